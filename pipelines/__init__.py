@@ -1,0 +1,1 @@
+"""Ray recipes: each module composes actprm components into one end-to-end job."""
