@@ -1,0 +1,136 @@
+"""The `actprm` command.
+
+Each verb parses its flags, merges them over `--config` YAML over defaults
+(actprm.config), and calls a component (in-process) or a recipe in `pipelines/`
+(with `--ray`). A user's mistake is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable
+
+from actprm import __version__
+from actprm.errors import UserError
+
+EPILOG = """\
+verbs:
+  validate     check a corpus in any supported format; valid rows and error rows as Parquet
+  init-model   create a randomly initialised ensemble PRM from a preset
+  score        score every step with the ensemble PRM; uncertainty and ActPRM selection
+
+examples:
+  actprm validate --input ../shared/data/processbench/ --output out/checked
+  actprm init-model --preset tiny --output models/tiny
+  actprm score --input out/checked/valid --output out/scored --model models/tiny
+  actprm <verb> --help
+"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _add_read_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", nargs="+", metavar="PATH", help="files, directories (recursive) or globs")
+    p.add_argument("--format", choices=["auto", "canonical", "processbench", "activeprm", "trl", "rollout"],
+                   help="input format (default: auto, from the columns)")
+    p.add_argument("--step-separator", dest="step_separator",
+                   help="splits a rollout response into steps (default: a blank line)")
+    p.add_argument("--max-problem-chars", dest="max_problem_chars", type=int, metavar="N")
+    p.add_argument("--max-step-chars", dest="max_step_chars", type=int, metavar="N")
+    p.add_argument("--batch-rows", dest="batch_rows", type=int, metavar="N", help="rows read per batch")
+
+
+def _add_output_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", metavar="DIR", help="output directory")
+    p.add_argument("--overwrite", action="store_true", default=argparse.SUPPRESS,
+                   help="replace the tables an earlier run left in --output")
+    p.add_argument("--rows-per-shard", dest="rows_per_shard", type=int, metavar="N")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="YAML", help="YAML with the same keys as the flags; flags win")
+    p.add_argument("--no-progress", dest="no_progress", action="store_true", default=argparse.SUPPRESS,
+                   help="no progress bar")
+
+
+def _overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if k in cls.model_fields}
+
+
+# ------------------------------------------------------------------------ verbs
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from actprm.config import ValidateConfig, load_config
+
+    cfg = load_config(ValidateConfig, getattr(args, "config", None), _overrides(args, ValidateConfig))
+    progress = not getattr(args, "no_progress", False)
+    if getattr(args, "ray", False):
+        from pipelines import validate as recipe
+
+        result = recipe.run(cfg, address=getattr(args, "address", None), progress=progress)
+    else:
+        from actprm.validate import run_validate
+
+        result = run_validate(cfg, progress=progress)
+    print(result.summary_line())
+    return 0
+
+
+def _parser_validate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "validate", formatter_class=_Formatter, argument_default=argparse.SUPPRESS,
+        help="check a corpus; write valid rows and error rows",
+        description="Read a corpus in any supported format (Parquet, JSONL, ProcessBench JSON, ActivePRM, "
+                    "TRL stepwise, raw rollouts), write the valid rows as canonical Parquet under "
+                    "OUTPUT/valid/ and every bad row with its reason under OUTPUT/errors/.",
+        epilog="examples:\n"
+               "  actprm validate --input ../shared/data/processbench/ --output out/checked\n"
+               "  actprm validate --input 'rollouts/*.jsonl' --format rollout --output out/checked\n"
+               "  actprm validate --config configs/validate.yaml --output out/checked --overwrite\n"
+               "  actprm validate --ray --input corpus/ --output out/checked      # the Ray recipe\n")
+    _add_read_flags(p)
+    _add_output_flags(p)
+    _add_common(p)
+    p.add_argument("--ray", action="store_true", help="run the Ray recipe pipelines/validate.py")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.set_defaults(handler=cmd_validate)
+
+
+VERBS: list[Callable[[argparse._SubParsersAction], None]] = [_parser_validate]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="actprm", formatter_class=_Formatter,
+        description="actprm: train process reward models with active learning - score a corpus with an "
+                    "ensemble PRM, send only the uncertain trajectories to a judge, fine-tune on the labels.",
+        epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"actprm {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for add in VERBS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args)
+    except UserError as exc:
+        print(f"actprm: error: {exc}", file=sys.stderr)
+        return UserError.exit_code
+    except KeyboardInterrupt:
+        print("actprm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Job configs: defaults here, overridden by a `--config` YAML, overridden by CLI flags.
+
+Each job has one pydantic model; YAML keys and flag names are the same words
+(`--batch-tokens` ↔ `batch_tokens`). Unknown keys and bad values are user errors
+(one line, exit code 2), never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from actprm.errors import UserError
+from actprm.io.formats import FORMATS
+from actprm.schemas import Limits
+
+FormatName = Literal["auto", *FORMATS]  # type: ignore[valid-type]
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ReadConfig(Config):
+    """How input is found and checked."""
+
+    input: list[str] = Field(default_factory=list, description="files, directories or globs")
+    format: FormatName = "auto"  # type: ignore[valid-type]
+    step_separator: str = Field("\n\n", description="splits a rollout's response into steps")
+    max_problem_chars: int = Field(50_000, gt=0)
+    max_step_chars: int = Field(20_000, gt=0)
+    max_steps: int = Field(1_000, gt=0)
+    batch_rows: int = Field(2048, gt=0, description="rows read per batch")
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_problem_chars, self.max_step_chars, self.max_steps)
+
+
+class OutputConfig(Config):
+    output: str | None = None
+    overwrite: bool = False
+    rows_per_shard: int = Field(100_000, gt=0)
+
+
+class ValidateConfig(ReadConfig, OutputConfig):
+    pass
+
+
+class SelectionConfig(Config):
+    """The ActPRM rule and the acquisition/selection settings (see actprm.uncertainty)."""
+
+    delta_pred: float = Field(0.95, gt=0.5, le=1.0)
+    delta_std: float = Field(0.005, ge=0.0)
+    acquisition: Literal["entropy", "bald", "variance", "margin", "random"] = "entropy"
+    reduction: Literal["max", "mean"] = "max"
+    selection: Literal["threshold", "budget"] = "threshold"
+    budget: int | None = Field(None, ge=0, description="rows to select with --selection budget")
+    seed: int = 0
+
+
+class ScoreConfig(ValidateConfig, SelectionConfig):
+    model: str | None = Field(None, description="PRM directory (from init-model or train)")
+    batch_tokens: int = Field(16_384, gt=0, description="padded tokens per micro-batch")
+    max_length: int | None = Field(None, gt=0, description="default: the model's maximum")
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's)")
+
+
+class InitModelConfig(Config):
+    preset: Literal["tiny", "small", "qwen2-0.5b"] = "tiny"
+    n_heads: int = Field(8, gt=0)
+    seed: int = 0
+    output: str | None = None
+    overwrite: bool = False
+
+
+C = TypeVar("C", bound=Config)
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise UserError(f"{path}: not valid YAML{line}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config must be a mapping of key: value")
+    return data
+
+
+def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> C:
+    """defaults < YAML file < overrides (flags that were given: None means not given)."""
+    data: dict[str, Any] = read_yaml(path) if path else {}
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if isinstance(data.get("input"), str):
+        data["input"] = [data["input"]]
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "config"
+        source = f"{path}: " if path else ""
+        if first["type"] == "extra_forbidden":
+            raise UserError(f"{source}unknown setting {field!r}") from None
+        raise UserError(f"{source}{field}: {first['msg']}") from None
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,1 @@
+"""Readers (every input format → trajectory rows) and writers (rows → canonical Parquet shards)."""

@@ -1,0 +1,80 @@
+"""Token constants and the loader for the project's tokenizer.
+
+The committed tokenizer lives in ``actprm/assets/tokenizer`` and is produced by
+``python -m actprm.tokenizer_build`` (see that module for the recipe).  It is a
+byte-level BPE tokenizer (4096 ids by default) whose vocabulary never holds a
+token with more than one digit, with these special tokens, each a single id:
+
+* ``EOS_TOKEN`` / ``BOS_TOKEN`` (``<|endoftext|>``), ``PAD_TOKEN`` (``<|pad|>``);
+* ``IM_START`` / ``IM_END`` (``<|im_start|>``, ``<|im_end|>``) for the ChatML
+  chat template stored in ``tokenizer_config.json``;
+* ``STEP_SEPARATOR`` (``<extra_0>``), the PRM step tag placed after every
+  reasoning step; the reward is read at its positions.
+
+The separator is recorded in ``tokenizer_config.json`` under the key
+``step_separator_token`` (``STEP_SEPARATOR_CONFIG_KEY``).  transformers 5.x
+exposes such ``*_token`` keys as named special tokens, i.e. as
+``tokenizer.step_separator_token`` and ``tokenizer.step_separator_token_id``;
+code that must also run with other (hub) tokenizers should use
+:func:`step_separator_id`, which works for any tokenizer that has the
+separator as a single token.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import pathlib
+from typing import Any
+
+STEP_SEPARATOR = "<extra_0>"
+EOS_TOKEN = "<|endoftext|>"
+BOS_TOKEN = EOS_TOKEN
+PAD_TOKEN = "<|pad|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+
+#: Key under which the separator is recorded in ``tokenizer_config.json``.
+STEP_SEPARATOR_CONFIG_KEY = "step_separator_token"
+
+#: All special tokens in id order (ids 0..4 in the committed tokenizer).
+SPECIAL_TOKENS: tuple[str, ...] = (EOS_TOKEN, PAD_TOKEN, IM_START, IM_END, STEP_SEPARATOR)
+
+__all__ = [
+    "BOS_TOKEN",
+    "EOS_TOKEN",
+    "IM_END",
+    "IM_START",
+    "PAD_TOKEN",
+    "SPECIAL_TOKENS",
+    "STEP_SEPARATOR",
+    "STEP_SEPARATOR_CONFIG_KEY",
+    "default_tokenizer_path",
+    "load_tokenizer",
+    "step_separator_id",
+]
+
+
+def default_tokenizer_path() -> pathlib.Path:
+    """Directory of the tokenizer committed with the package."""
+    return pathlib.Path(str(importlib.resources.files("actprm") / "assets" / "tokenizer"))
+
+
+def load_tokenizer(name_or_path: str | os.PathLike | None = None, **kwargs: Any):
+    """Load a tokenizer with ``transformers.AutoTokenizer``.
+
+    With no argument the committed project tokenizer is loaded (offline).  A hub
+    name or another local directory may be given for real models; extra keyword
+    arguments go to ``AutoTokenizer.from_pretrained``.
+    """
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(name_or_path or default_tokenizer_path(), **kwargs)
+
+
+def step_separator_id(tokenizer: Any, separator: str = STEP_SEPARATOR) -> int:
+    """Id of the PRM step separator; raises if it is not a single known token."""
+    ids = tokenizer.encode(separator, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ValueError(f"{separator!r} is not a single token for this tokenizer (got ids {ids})")
+    return int(ids[0])

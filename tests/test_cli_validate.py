@@ -1,0 +1,149 @@
+"""`actprm validate`: outputs, canonical schemas, one-line errors with exit code 2, config precedence."""
+
+import gzip
+import json
+import subprocess
+import sys
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from actprm.cli import main
+from actprm.schemas import arrow_schema
+from conftest import REPO, good_row
+
+
+def shards(directory):
+    files = sorted(directory.glob("*.parquet"))
+    assert files, f"no shards in {directory}"
+    return files
+
+
+def assert_canonical(directory, table):
+    for f in shards(directory):
+        assert pq.read_schema(f).remove_metadata() == arrow_schema(table), f
+
+
+def read_dir(directory):
+    return pa.concat_tables([pq.read_table(f) for f in shards(directory)]).to_pylist()
+
+
+def test_validate_writes_valid_errors_summary_with_canonical_schemas(tmp_path, write_jsonl, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    pl.DataFrame([good_row(i) for i in range(5)]).write_parquet(src / "a.parquet")  # large types
+    (src / "b.jsonl").write_text("\n".join(json.dumps(r) for r in [good_row(9), {"id": "bad", "problem": "p",
+                                                                                 "steps": []}]) + "\n")
+    out = tmp_path / "out"
+    rc = main(["validate", "--input", str(src), "--output", str(out), "--rows-per-shard", "2"])
+    assert rc == 0
+    line = capsys.readouterr().out.strip().splitlines()
+    assert len(line) == 1 and "7 rows read" in line[0] and "6 valid" in line[0] and "empty steps 1" in line[0]
+    assert_canonical(out / "valid", "trajectories")
+    assert_canonical(out / "errors", "errors")
+    assert len(shards(out / "valid")) == 3
+    assert sorted(r["id"] for r in read_dir(out / "valid")) == ["t0", "t1", "t2", "t3", "t4", "t9"]
+    assert [r["id"] for r in read_dir(out / "errors")] == ["bad"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rows_read"] == 7 and summary["rows_error"] == 1 and summary["errors_by_kind"] == {"empty steps": 1}
+    assert not list(out.glob(".staging-*"))
+
+
+def test_no_errors_still_writes_an_empty_errors_table(tmp_path, write_jsonl):
+    path = write_jsonl("ok.jsonl", [good_row(0)])
+    assert main(["validate", "--input", str(path), "--output", str(tmp_path / "o")]) == 0
+    assert_canonical(tmp_path / "o" / "errors", "errors")
+    assert read_dir(tmp_path / "o" / "errors") == []
+
+
+def test_empty_input_gives_empty_outputs(tmp_path, capsys):
+    (tmp_path / "empty.jsonl").write_text("")
+    assert main(["validate", "--input", str(tmp_path / "empty.jsonl"), "--output", str(tmp_path / "o")]) == 0
+    assert "0 rows read" in capsys.readouterr().out
+    assert read_dir(tmp_path / "o" / "valid") == []
+
+
+def _bad_files(tmp_path):
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(b"PAR1 this is not really parquet")
+    no_steps = tmp_path / "nosteps.parquet"
+    pq.write_table(pa.Table.from_pylist([{"id": "a", "problem": "p", "label": 0}]), no_steps)
+    missing_col = tmp_path / "missing.jsonl"
+    missing_col.write_text(json.dumps({"question": "q", "hard_labels": [1]}) + "\n")
+    truncated = tmp_path / "trunc.json"
+    truncated.write_text(json.dumps([good_row(0), good_row(1)])[:-30])
+    notjson = tmp_path / "x.json"
+    notjson.write_text("hello")
+    badgz = tmp_path / "bad.jsonl.gz"
+    payload = "".join(json.dumps(good_row(i)) + "\n" for i in range(20000)).encode()
+    badgz.write_bytes(gzip.compress(payload)[:40000])  # the first rows read fine, then the stream breaks
+    return {
+        "missing path": ([str(tmp_path / "nope")], "no such file"),
+        "corrupt parquet": ([str(corrupt)], "cannot be read as Parquet"),
+        "unknown columns": ([str(no_steps)], "cannot tell the format"),
+        "missing column": ([str(missing_col), "--format", "activeprm"], "missing required column 'steps'"),
+        "truncated json": ([str(truncated)], "cannot be read as JSON"),
+        "not json": ([str(notjson)], "not JSON"),
+        "truncated gzip": ([str(badgz)], "cannot be read"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing path", "corrupt parquet", "unknown columns", "missing column",
+                                  "truncated json", "not json", "truncated gzip"])
+def test_bad_files_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, case):
+    args, message = _bad_files(tmp_path)[case]
+    out = tmp_path / "out"
+    rc = main(["validate", "--input", *args, "--output", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1 and err.startswith("actprm: error: ") and message in err, err
+    assert "Traceback" not in err
+    assert not (out / "valid").exists()  # nothing half-written
+
+
+def test_bad_file_exit_code_2_from_the_installed_command(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "actprm.cli", "validate", "--input", str(tmp_path / "nope"),
+                           "--output", str(tmp_path / "o")], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"actprm: error: {tmp_path / 'nope'}: no such file or directory"
+
+
+def test_existing_output_needs_overwrite(tmp_path, write_jsonl, capsys):
+    path = write_jsonl("ok.jsonl", [good_row(0)])
+    out = str(tmp_path / "o")
+    assert main(["validate", "--input", str(path), "--output", out]) == 0
+    assert main(["validate", "--input", str(path), "--output", out]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["validate", "--input", str(path), "--output", out, "--overwrite"]) == 0
+
+
+def test_flags_override_yaml_override_defaults(tmp_path, write_jsonl, capsys):
+    path = write_jsonl("ok.jsonl", [good_row(0), good_row(1, problem="z" * 50)])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"input: {path}\nmax_problem_chars: 10\noutput: {tmp_path / 'fromyaml'}\n")
+    assert main(["validate", "--config", str(cfg)]) == 0
+    assert "2 valid" not in capsys.readouterr().out  # YAML limit applied: both problems > 10 chars
+    assert main(["validate", "--config", str(cfg), "--max-problem-chars", "30",
+                 "--output", str(tmp_path / "fromflag")]) == 0
+    assert "1 valid" in capsys.readouterr().out and (tmp_path / "fromflag" / "valid").exists()
+
+
+@pytest.mark.parametrize("text,message", [("max_problem_chars: [1\n", "not valid YAML"),
+                                          ("colour: blue\n", "unknown setting 'colour'"),
+                                          ("max_problem_chars: -3\n", "max_problem_chars")])
+def test_bad_config_is_a_user_error(tmp_path, capsys, text, message):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    assert main(["validate", "--config", str(cfg), "--input", "x", "--output", "y"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_shows_examples(capsys):
+    with pytest.raises(SystemExit):
+        main(["validate", "--help"])
+    assert "examples:" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "actprm validate --input" in capsys.readouterr().out
