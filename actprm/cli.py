@@ -8,6 +8,7 @@ Each verb parses its flags, merges them over `--config` YAML over defaults
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, Callable
 
@@ -100,7 +101,90 @@ def _parser_validate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_validate)
 
 
-VERBS: list[Callable[[argparse._SubParsersAction], None]] = [_parser_validate]
+def cmd_init_model(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from actprm.config import InitModelConfig, load_config
+    from actprm.model import PRM_CONFIG_NAME, count_parameters, init_model
+
+    cfg = load_config(InitModelConfig, getattr(args, "config", None), _overrides(args, InitModelConfig))
+    if not cfg.output:
+        raise UserError("no output: pass --output DIR")
+    out = Path(cfg.output)
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise UserError(f"{out}: exists and is not empty; choose another --output or pass --overwrite")
+    model, tokenizer = init_model(cfg.preset, n_heads=cfg.n_heads, seed=cfg.seed)
+    model.save_pretrained(out, tokenizer=tokenizer)
+    assert (out / PRM_CONFIG_NAME).is_file()
+    print(f"init-model: preset {cfg.preset}, {count_parameters(model.backbone) / 1e6:.2f}M backbone parameters, "
+          f"{cfg.n_heads} heads, max length {model.max_length}, seed {cfg.seed} -> {out}")
+    return 0
+
+
+def _parser_init_model(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "init-model", formatter_class=_Formatter, argument_default=argparse.SUPPRESS,
+        help="create a randomly initialised ensemble PRM from a preset",
+        description="A Qwen2-shaped backbone (random init, seeded) with K heads and the committed tokenizer, "
+                    "saved as safetensors + config + tokenizer. Presets: tiny (seconds on a CPU), small "
+                    "(hidden 512, for throughput measurements), qwen2-0.5b (Qwen2-0.5B shape, for GPUs).",
+        epilog="examples:\n"
+               "  actprm init-model --preset tiny --output models/tiny\n"
+               "  actprm init-model --preset small --n-heads 32 --seed 1 --output models/small-k32\n")
+    p.add_argument("--preset", choices=["tiny", "small", "qwen2-0.5b"], help="model shape (default: tiny)")
+    p.add_argument("--n-heads", dest="n_heads", type=int, metavar="K", help="ensemble heads (default: 8)")
+    p.add_argument("--seed", type=int, help="initialisation seed (default: 0)")
+    p.add_argument("--output", metavar="DIR", help="where to save the model")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty DIR")
+    p.add_argument("--config", metavar="YAML", help="YAML with the same keys as the flags; flags win")
+    p.set_defaults(handler=cmd_init_model)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from actprm.config import ScoreConfig, load_config
+    from actprm.score import run_score
+
+    cfg = load_config(ScoreConfig, getattr(args, "config", None), _overrides(args, ScoreConfig))
+    result = run_score(cfg, progress=not getattr(args, "no_progress", False))
+    print(result.summary_line())
+    return 0
+
+
+def _parser_score(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "score", formatter_class=_Formatter, argument_default=argparse.SUPPRESS,
+        help="score every step with the ensemble PRM; uncertainty and ActPRM selection",
+        description="Validate and score a corpus in-process (no Ray): per step the ensemble mean and spread, "
+                    "the predicted earliest error, the acquisition score, and whether ActPRM sends the "
+                    "trajectory to the judge. Writes OUTPUT/scored/, OUTPUT/errors/, OUTPUT/summary.json.",
+        epilog="examples:\n"
+               "  actprm score --input out/checked/valid --output out/scored --model models/tiny\n"
+               "  actprm score --input corpus/ --output out/scored --model models/tiny --batch-tokens 32768\n"
+               "  actprm score --input corpus/ --output out/top100 --model models/tiny \\\n"
+               "      --selection budget --budget 100 --acquisition bald\n"
+               "  actprm score --config configs/score.yaml --input corpus/ --output out/scored\n")
+    _add_read_flags(p)
+    _add_output_flags(p)
+    _add_common(p)
+    p.add_argument("--model", metavar="DIR", help="PRM directory (from init-model or train)")
+    p.add_argument("--batch-tokens", dest="batch_tokens", type=int, metavar="N",
+                   help="padded tokens per micro-batch (default: 16384)")
+    p.add_argument("--max-length", dest="max_length", type=int, metavar="N",
+                   help="tokens per trajectory (default: the model's)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: cuda when available")
+    p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
+    p.add_argument("--selection", choices=["threshold", "budget"],
+                   help="threshold = the ActPRM rule (default); budget = top-k by acquisition")
+    p.add_argument("--budget", type=int, metavar="N", help="rows to select with --selection budget")
+    p.add_argument("--delta-pred", dest="delta_pred", type=float, metavar="X", help="default: 0.95")
+    p.add_argument("--delta-std", dest="delta_std", type=float, metavar="X", help="default: 0.005")
+    p.add_argument("--acquisition", choices=["entropy", "bald", "variance", "margin", "random"])
+    p.add_argument("--reduction", choices=["max", "mean"], help="over steps up to the predicted error")
+    p.add_argument("--seed", type=int, help="seed of the random acquisition")
+    p.set_defaults(handler=cmd_score)
+
+
+VERBS: list[Callable[[argparse._SubParsersAction], None]] = [_parser_validate, _parser_init_model, _parser_score]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # our own bars and one summary line: keep transformers' loading bars out of the output
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):

@@ -225,8 +225,9 @@ def iter_raw(src: SourceFile, batch_rows: int = 2048) -> Iterator[list[tuple[int
 
 @dataclass
 class Batch:
-    """One step of the stream: valid trajectory rows and error rows (errors schema)."""
+    """One step of the stream, all from one file: valid trajectory rows and error rows (errors schema)."""
 
+    source_file: str
     valid: list[dict[str, Any]]
     errors: list[dict[str, Any]]
     valid_index: list[int] = field(default_factory=list)  # row_index of each valid row
@@ -294,7 +295,7 @@ def iter_file_batches(
     src = sources[file_index]
     source_file = str(src.path)
     for raw in iter_raw(src, batch_rows):
-        batch = Batch(valid=[], errors=[])
+        batch = Batch(source_file=source_file, valid=[], errors=[])
         for row_index, record in raw:
             rid = record.get("id") if isinstance(record, dict) else None
             try:

@@ -1,0 +1,167 @@
+"""The score job (in-process, no Ray): every step of every trajectory through the ensemble PRM.
+
+    DIR/scored/*.parquet   scored schema: step_mean, step_std, pred_first_error, uncertain,
+                           acquisition, selected, n_scored_steps, prm_model
+    DIR/errors/*.parquet   errors schema: invalid rows, and rows whose first step cannot fit
+    DIR/summary.json       counts, selection rate, tokens, padding efficiency, rows/s
+
+Read + validate (actprm.io) → score (actprm.scoring) → uncertainty and selection
+(actprm.uncertainty) → write (actprm.io.writers). With `selection: budget` the top-k by
+acquisition score is chosen over the whole corpus, so `selected` is set in a second
+pass over the staged shards.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from actprm import uncertainty
+from actprm.config import ScoreConfig
+from actprm.errors import UserError
+from actprm.io.readers import Batch, iter_batches
+from actprm.io.writers import ShardWriter, StagedOutput, write_parquet_atomic
+from actprm.progress import RowCounts, progress_bar
+from actprm.schemas import error_row
+from actprm.scoring import ScoringStats, score_trajectories
+from actprm.validate import check_paths
+
+PARTS = ["scored", "errors", "summary.json"]
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here (use --device cpu)")
+    return name
+
+
+def load_scoring_model(path: str | None, device: str):
+    """(model, tokenizer) from a PRM directory; a user error if it is not one."""
+    from actprm.model import PRM_CONFIG_NAME, load_prm
+
+    if not path:
+        raise UserError("no model: pass --model DIR (make one with: actprm init-model --preset tiny --output DIR)")
+    if not (Path(path) / PRM_CONFIG_NAME).is_file():
+        raise UserError(f"{path}: not a PRM directory (no {PRM_CONFIG_NAME}); make one with actprm init-model")
+    dtype = torch.bfloat16 if device == "cuda" else None
+    return load_prm(path, device=device, dtype=dtype)
+
+
+def scored_rows(batch: Batch, results: list, cfg: ScoreConfig, model_name: str) -> tuple[list[dict], list[dict]]:
+    """Join a batch's valid rows with their scores: (scored rows, error rows for unscorable ones).
+
+    An unscorable row (its first step alone does not fit the model) goes to errors with
+    its canonical row as `row_json`.
+    """
+    rows = batch.valid
+    ok = [(row, res) for row, res in zip(rows, results) if res.error is None]
+    errors = [error_row(batch.source_file, index, row["id"], f"too long: {res.error}", row)
+              for row, index, res in zip(rows, batch.valid_index, results) if res.error is not None]
+    if not ok:
+        return [], errors
+    summary = uncertainty.summarize(
+        [res.probs for _, res in ok], [row["id"] for row, _ in ok],
+        delta_pred=cfg.delta_pred, delta_std=cfg.delta_std,
+        acquisition=cfg.acquisition, reduction=cfg.reduction, seed=cfg.seed)
+    out = []
+    for i, (row, res) in enumerate(ok):
+        out.append(row | {
+            "step_mean": summary["step_mean"][i].tolist(),
+            "step_std": summary["step_std"][i].tolist(),
+            "pred_first_error": int(summary["pred_first_error"][i]),
+            "uncertain": bool(summary["uncertain"][i]),
+            "acquisition": float(summary["acquisition"][i]),
+            "selected": bool(summary["uncertain"][i]) if cfg.selection == "threshold" else False,
+            "n_scored_steps": int(res.n_scored_steps),
+            "prm_model": model_name,
+        })
+    return out, errors
+
+
+def apply_budget(directory: Path, budget: int) -> int:
+    """Set `selected` on the top-`budget` rows by acquisition (ties by id) across every shard."""
+    files = sorted(directory.glob("*.parquet"))
+    keys = [pq.read_table(f, columns=["id", "acquisition"]) for f in files]
+    ids = [i for t in keys for i in t.column("id").to_pylist()]
+    scores = np.concatenate([t.column("acquisition").to_numpy() for t in keys]) if keys else np.zeros(0)
+    chosen = {rid for rid, keep in zip(ids, uncertainty.select_budget(ids, scores, budget)) if keep}
+    for f in files:
+        table = pq.read_table(f)
+        mask = pa.array([rid in chosen for rid in table.column("id").to_pylist()], type=pa.bool_())
+        table = table.set_column(table.schema.get_field_index("selected"), table.schema.field("selected"), mask)
+        write_parquet_atomic(table, f)
+    return len(chosen)
+
+
+@dataclass
+class ScoreJobResult:
+    counts: RowCounts
+    n_scored: int
+    n_uncertain: int
+    n_selected: int
+    stats: ScoringStats
+    seconds: float
+    output: Path
+
+    def summary_line(self) -> str:
+        rate = self.counts.read / self.seconds if self.seconds > 0 else 0.0
+        return (f"score: {self.counts.read} rows in, {self.n_scored} scored, {self.n_uncertain} uncertain, "
+                f"{self.n_selected} selected, {self.counts.n_errors} quarantined in {self.seconds:.1f}s "
+                f"({rate:,.1f} rows/s) -> {self.output}")
+
+
+def run_score(cfg: ScoreConfig, progress: bool = True) -> ScoreJobResult:
+    start = time.perf_counter()
+    sources = check_paths(cfg)
+    if cfg.selection == "budget" and cfg.budget is None:
+        raise UserError("--selection budget needs --budget N")
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model, tokenizer = load_scoring_model(cfg.model, device)
+    counts, stats = RowCounts(), ScoringStats()
+    n_scored = n_uncertain = n_selected = 0
+    known = [s.n_rows for s in sources]
+    total = sum(known) if all(n is not None for n in known) else None
+    with StagedOutput(cfg.output, PARTS, cfg.overwrite) as out:
+        with ShardWriter(out.path("scored"), "scored", cfg.rows_per_shard) as scored, \
+             ShardWriter(out.path("errors"), "errors", cfg.rows_per_shard) as errors, \
+             progress_bar(total, "score", progress) as bar:
+            for batch in iter_batches(sources, limits=cfg.limits, step_separator=cfg.step_separator,
+                                      batch_rows=cfg.batch_rows):
+                results = score_trajectories(
+                    model, tokenizer, [r["problem"] for r in batch.valid], [r["steps"] for r in batch.valid],
+                    batch_tokens=cfg.batch_tokens, max_length=cfg.max_length, device=device, stats=stats)
+                rows, too_long = scored_rows(batch, results, cfg, str(cfg.model))
+                scored.add_rows(rows)
+                errors.add_rows(batch.errors + too_long)
+                counts.read += batch.n_read
+                counts.valid += len(rows)
+                counts.add_errors(batch.errors + too_long)
+                n_scored += len(rows)
+                n_uncertain += sum(r["uncertain"] for r in rows)
+                n_selected += sum(r["selected"] for r in rows)
+                bar.update(batch.n_read)
+                bar.set_postfix(uncertain=n_uncertain, tok_s=f"{stats.real_tokens / max(stats.seconds_forward, 1e-9):,.0f}")
+        if cfg.selection == "budget":
+            n_selected = apply_budget(out.path("scored"), cfg.budget)
+        seconds = time.perf_counter() - start
+        summary = {
+            "files": [str(s.path) for s in sources], **counts.as_dict(), "rows_scored": n_scored,
+            "rows_uncertain": n_uncertain, "rows_selected": n_selected,
+            "selection_rate": n_selected / n_scored if n_scored else 0.0,
+            "model": str(cfg.model), "device": device, "seconds": round(seconds, 3),
+            "rows_per_second": counts.read / seconds if seconds else 0.0,
+            "scoring": stats.as_dict(),
+        }
+        out.path("summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return ScoreJobResult(counts, n_scored, n_uncertain, n_selected, stats, seconds, Path(cfg.output))
