@@ -168,7 +168,7 @@ def _parser_score(sub: argparse._SubParsersAction) -> None:
     _add_common(p)
     p.add_argument("--model", metavar="DIR", help="PRM directory (from init-model or train)")
     p.add_argument("--batch-tokens", dest="batch_tokens", type=int, metavar="N",
-                   help="padded tokens per micro-batch (default: 16384)")
+                   help="padded tokens per micro-batch (default: 2048 on CPU, 32768 on CUDA)")
     p.add_argument("--max-length", dest="max_length", type=int, metavar="N",
                    help="tokens per trajectory (default: the model's)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: cuda when available")

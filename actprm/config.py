@@ -65,7 +65,7 @@ class SelectionConfig(Config):
 
 class ScoreConfig(ValidateConfig, SelectionConfig):
     model: str | None = Field(None, description="PRM directory (from init-model or train)")
-    batch_tokens: int = Field(16_384, gt=0, description="padded tokens per micro-batch")
+    batch_tokens: int | None = Field(None, gt=0, description="padded tokens per micro-batch (default: by device)")
     max_length: int | None = Field(None, gt=0, description="default: the model's maximum")
     device: Literal["cpu", "cuda", "auto"] = "auto"
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's)")

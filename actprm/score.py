@@ -30,7 +30,7 @@ from actprm.io.readers import Batch, iter_batches
 from actprm.io.writers import ShardWriter, StagedOutput, write_parquet_atomic
 from actprm.progress import RowCounts, progress_bar
 from actprm.schemas import error_row
-from actprm.scoring import ScoringStats, score_trajectories
+from actprm.scoring import ScoringStats, default_batch_tokens, score_trajectories
 from actprm.validate import check_paths
 
 PARTS = ["scored", "errors", "summary.json"]
@@ -128,6 +128,7 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> ScoreJobResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model, tokenizer = load_scoring_model(cfg.model, device)
+    batch_tokens = cfg.batch_tokens or default_batch_tokens(device)
     counts, stats = RowCounts(), ScoringStats()
     n_scored = n_uncertain = n_selected = 0
     known = [s.n_rows for s in sources]
@@ -140,7 +141,7 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> ScoreJobResult:
                                       batch_rows=cfg.batch_rows):
                 results = score_trajectories(
                     model, tokenizer, [r["problem"] for r in batch.valid], [r["steps"] for r in batch.valid],
-                    batch_tokens=cfg.batch_tokens, max_length=cfg.max_length, device=device, stats=stats)
+                    batch_tokens=batch_tokens, max_length=cfg.max_length, device=device, stats=stats)
                 rows, too_long = scored_rows(batch, results, cfg, str(cfg.model))
                 scored.add_rows(rows)
                 errors.add_rows(batch.errors + too_long)

@@ -147,3 +147,13 @@ def test_help_shows_examples(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "actprm validate --input" in capsys.readouterr().out
+
+
+def test_recipe_runs_as_a_module_from_the_repo_root_and_the_console_script_exists(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pipelines.validate", "--help"], capture_output=True, text=True,
+                          cwd=REPO)
+    assert proc.returncode == 0 and "examples:" in proc.stdout and "--address" in proc.stdout
+    script = __import__("shutil").which("actprm", path=str(__import__("pathlib").Path(sys.executable).parent))
+    assert script, "the actprm console script is not installed next to this Python"
+    proc = subprocess.run([script, "init-model", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "--preset" in proc.stdout

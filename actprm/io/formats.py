@@ -87,76 +87,46 @@ class MapContext:
 
 _CANONICAL = tuple(load_schema("trajectories").names)
 
+# per format: canonical column -> the record's column (others keep their canonical name)
+RENAMES: dict[str, dict[str, str]] = {
+    "canonical": {},
+    "processbench": {"first_error_step": "label"},
+    "activeprm": {"problem": "question"},
+    "trl": {"problem": "prompt", "steps": "completions"},
+    "rollout": {"steps": "response"},
+}
+# formats whose per-step labels give first_error_step: the first falsy label
+STEP_LABELS = {"activeprm": "hard_labels", "trl": "labels"}
 
-def _meta(record: dict[str, Any], used: set[str]) -> str | None:
-    extra = {k: v for k, v in record.items() if k not in used}
-    return json.dumps(extra, ensure_ascii=False, default=repr, sort_keys=True) if extra else None
+
+def split_response(response: Any, separator: str) -> list[str] | None:
+    """A rollout's response text → its non-empty, stripped steps."""
+    if response is None:
+        return None
+    if not isinstance(response, str):
+        raise RowError("wrong type", f"response must be a string, got {type(response).__name__}")
+    return [s for s in (part.strip() for part in response.split(separator)) if s]
 
 
 def to_trajectory(record: dict[str, Any], fmt: str, ctx: MapContext) -> dict[str, Any]:
     """Map one record of format `fmt` onto the trajectories columns (not yet validated)."""
-    if fmt == "canonical":
-        row = {k: record.get(k) for k in _CANONICAL if k != "meta"}
-        row["meta"] = record.get("meta") if "meta" in record else _meta(record, set(_CANONICAL))
-    elif fmt == "processbench":
-        used = {"id", "problem", "steps", "label", "final_answer_correct", "reference_answer", "source"}
-        row = {
-            "id": record.get("id"),
-            "problem": record.get("problem"),
-            "steps": record.get("steps"),
-            "first_error_step": record.get("label"),
-            "final_answer_correct": record.get("final_answer_correct"),
-            "reference_answer": record.get("reference_answer"),
-            "source": record.get("source", f"processbench/{ctx.file_stem}"),
-            "meta": _meta(record, used),
-        }
-    elif fmt == "activeprm":
-        steps = record.get("steps")
-        n = len(steps) if isinstance(steps, (list, tuple)) else None
-        used = {"id", "question", "steps", "hard_labels", "final_answer_correct", "reference_answer", "source"}
-        row = {
-            "id": record.get("id"),
-            "problem": record.get("question"),
-            "steps": steps,
-            "first_error_step": first_index(record.get("hard_labels"), lambda v: not v, n),
-            "final_answer_correct": record.get("final_answer_correct"),
-            "reference_answer": record.get("reference_answer"),
-            "source": record.get("source"),
-            "meta": _meta(record, used),
-        }
-    elif fmt == "trl":
-        steps = record.get("completions")
-        n = len(steps) if isinstance(steps, (list, tuple)) else None
-        used = {"id", "prompt", "completions", "labels", "final_answer_correct", "reference_answer", "source"}
-        row = {
-            "id": record.get("id"),
-            "problem": record.get("prompt"),
-            "steps": steps,
-            "first_error_step": first_index(record.get("labels"), lambda v: not v, n),
-            "final_answer_correct": record.get("final_answer_correct"),
-            "reference_answer": record.get("reference_answer"),
-            "source": record.get("source"),
-            "meta": _meta(record, used),
-        }
-    elif fmt == "rollout":
-        response = record.get("response")
-        if response is not None and not isinstance(response, str):
-            raise RowError("wrong type", f"response must be a string, got {type(response).__name__}")
-        steps = None
-        if response is not None:
-            steps = [s.strip() for s in response.split(ctx.step_separator)]
-            steps = [s for s in steps if s]
-        used = {"id", "problem", "response", "first_error_step", "final_answer_correct", "reference_answer", "source"}
-        row = {
-            "id": record.get("id"),
-            "problem": record.get("problem"),
-            "steps": steps,
-            "first_error_step": record.get("first_error_step"),
-            "final_answer_correct": record.get("final_answer_correct"),
-            "reference_answer": record.get("reference_answer"),
-            "source": record.get("source"),
-            "meta": _meta(record, used),
-        }
-    else:
+    if fmt not in RENAMES:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    names = {col: RENAMES[fmt].get(col, col) for col in _CANONICAL if col != "meta"}
+    row = {col: record.get(name) for col, name in names.items()}
+    used = set(names.values())
+    if fmt == "rollout":
+        row["steps"] = split_response(row["steps"], ctx.step_separator)
+    if fmt in STEP_LABELS:
+        steps = row["steps"]
+        n_steps = len(steps) if isinstance(steps, (list, tuple)) else None
+        row["first_error_step"] = first_index(record.get(STEP_LABELS[fmt]), lambda v: not v, n_steps)
+        used.add(STEP_LABELS[fmt])
+    if fmt == "processbench" and row["source"] is None:
+        row["source"] = f"processbench/{ctx.file_stem}"
+    if fmt == "canonical" and "meta" in record:
+        row["meta"] = record["meta"]
+    else:
+        extra = {k: v for k, v in record.items() if k not in used}
+        row["meta"] = json.dumps(extra, ensure_ascii=False, default=repr, sort_keys=True) if extra else None
     return row
