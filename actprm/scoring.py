@@ -302,7 +302,7 @@ class TrajectoryEncoder:
         if n_fit == 0:
             first = seps[0] + 1 - max_cut
             return EncodedTrajectory(
-                [], [], n_steps, error=f"first step alone is {first} tokens, over max_length {M}"
+                [], [], n_steps, error=f"the first step needs {first} tokens with the problem at its shortest, over max_length {M}"
             )
         keep = n_problem - cut
         head = keep - keep // 2

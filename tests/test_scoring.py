@@ -241,7 +241,7 @@ def test_first_step_too_long_gives_error(tiny):
     stats = ScoringStats()
     res = score_trajectories(model, tok, problems, steps, max_length=128, min_problem_tokens=16, stats=stats)
     assert res[0].probs is None and res[0].n_scored_steps == 0
-    m = re.fullmatch(r"first step alone is (\d+) tokens, over max_length 128", res[0].error)
+    m = re.fullmatch(r"the first step needs (\d+) tokens with the problem at its shortest, over max_length 128", res[0].error)
     assert m and int(m.group(1)) > 128
     assert res[1].error is None and res[1].n_scored_steps == 2
     # long problem, first step fits only after cutting the problem to its minimum
@@ -260,7 +260,7 @@ def test_min_problem_tokens_is_respected(tiny):
     kept = len(base) - e0.problem_tokens_dropped
     # with a floor above what would fit, the first step no longer fits
     [e1] = encode_trajectories(tok, [problem], [[step]], max_length=200, min_problem_tokens=10_000)
-    assert e1.error is not None and e1.error.startswith(f"first step alone is {len(base)} tokens")
+    assert e1.error is not None and e1.error.startswith(f"the first step needs {len(base)} tokens")
     assert kept == len(e0)
 
 
