@@ -373,7 +373,9 @@ class EnsemblePRM(nn.Module):
         if int(cfg.get("format_version", -1)) > FORMAT_VERSION:
             raise ValueError(f"{path}: checkpoint format {cfg.get('format_version')} is newer than {FORMAT_VERSION}")
         tokenizer = AutoTokenizer.from_pretrained(path)
-        kwargs: dict[str, Any] = {"dtype": _resolve_dtype(dtype) if dtype is not None else "auto"}
+        # safetensors only: never unpickle a pytorch_model.bin someone left in the directory
+        kwargs: dict[str, Any] = {"dtype": _resolve_dtype(dtype) if dtype is not None else "auto",
+                                  "use_safetensors": True}
         if attn_implementation is not None:
             kwargs["attn_implementation"] = attn_implementation
         backbone = AutoModel.from_pretrained(path, **kwargs)
@@ -505,6 +507,7 @@ def from_backbone(
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, **from_pretrained_kwargs)
     kwargs: dict[str, Any] = dict(from_pretrained_kwargs)
     kwargs["dtype"] = _resolve_dtype(dtype) if dtype is not None else "auto"
+    kwargs.setdefault("use_safetensors", True)  # weights from safetensors only, never pickle
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     backbone = AutoModel.from_pretrained(name_or_path, **kwargs)

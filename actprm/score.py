@@ -53,7 +53,11 @@ def load_scoring_model(path: str | None, device: str):
     if not (Path(path) / PRM_CONFIG_NAME).is_file():
         raise UserError(f"{path}: not a PRM directory (no {PRM_CONFIG_NAME}); make one with actprm init-model")
     dtype = torch.bfloat16 if device == "cuda" else None
-    return load_prm(path, device=device, dtype=dtype)
+    try:
+        return load_prm(path, device=device, dtype=dtype)
+    except (OSError, ValueError) as exc:  # missing/foreign weights (no safetensors), bad config
+        detail = " ".join(str(exc).split())
+        raise UserError(f"{path}: cannot load the PRM ({detail[:200]})") from None
 
 
 def scored_rows(batch: Batch, results: list, cfg: ScoreConfig, model_name: str) -> tuple[list[dict], list[dict]]:

@@ -76,3 +76,15 @@ def test_score_user_errors(tmp_path, write_jsonl, capsys):
     assert main(["score", "--input", str(path), "--output", str(tmp_path / "o"), "--model", str(tmp_path),
                  "--selection", "budget"]) == 2
     assert "--budget" in capsys.readouterr().err
+
+
+def test_a_model_dir_without_safetensors_weights_is_a_user_error(tmp_path, write_jsonl, tiny_model, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    (broken / "model.safetensors").unlink()
+    path = write_jsonl("in.jsonl", [good_row(0)])
+    assert main(["score", "--input", str(path), "--output", str(tmp_path / "o"), "--model", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"actprm: error: {broken}: cannot load the PRM") and err.count("\n") == 1

@@ -343,3 +343,14 @@ def test_from_backbone_local_qwen2_dir(tmp_path):
     assert back.separator_token_id == sep_id
     ref = np.concatenate([r.probs for r in res])
     np.testing.assert_array_equal(_scores(back, back.tokenizer), ref)
+
+
+def test_a_pickled_backbone_is_never_loaded(tiny, tmp_path):
+    model, _ = tiny
+    out = tmp_path / "prm"
+    model.save_pretrained(out)
+    state = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    (out / "model.safetensors").unlink()
+    torch.save(state, out / "pytorch_model.bin")  # a pickle where the weights should be
+    with pytest.raises(OSError):
+        EnsemblePRM.from_pretrained(out)
