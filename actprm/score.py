@@ -4,6 +4,7 @@
                            acquisition, selected, n_scored_steps, prm_model
     DIR/errors/*.parquet   errors schema: invalid rows, and rows whose first step cannot fit
     DIR/summary.json       counts, selection rate, tokens, padding efficiency, rows/s
+    DIR/selection.png      step mean vs spread with the rule's certain region; acquisition histogram
 
 Read + validate (actprm.io) → score (actprm.scoring) → uncertainty and selection
 (actprm.uncertainty) → write (actprm.io.writers). With `selection: budget` the top-k by
@@ -27,13 +28,15 @@ from actprm import uncertainty
 from actprm.config import ScoreConfig
 from actprm.errors import UserError
 from actprm.io.readers import Batch, iter_batches
+from actprm.plots import plot_selection
 from actprm.io.writers import ShardWriter, StagedOutput, write_parquet_atomic
 from actprm.progress import RowCounts, progress_bar
 from actprm.schemas import error_row
 from actprm.scoring import ScoringStats, default_batch_tokens, score_trajectories
 from actprm.validate import check_paths
 
-PARTS = ["scored", "errors", "summary.json"]
+PARTS = ["scored", "errors", "summary.json", "selection.png"]
+PLOT_MAX_STEPS = 50_000  # steps kept for the plot (the first ones scored)
 
 
 def resolve_device(name: str) -> str:
@@ -135,6 +138,7 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> ScoreJobResult:
     batch_tokens = cfg.batch_tokens or default_batch_tokens(device)
     counts, stats = RowCounts(), ScoringStats()
     n_scored = n_uncertain = n_selected = 0
+    plot = {"mean": [], "std": [], "acq": [], "unc": [], "steps": 0}
     known = [s.n_rows for s in sources]
     total = sum(known) if all(n is not None for n in known) else None
     with StagedOutput(cfg.output, PARTS, cfg.overwrite) as out:
@@ -152,6 +156,13 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> ScoreJobResult:
                 counts.read += batch.n_read
                 counts.valid += len(rows)
                 counts.add_errors(batch.errors + too_long)
+                if plot["steps"] < PLOT_MAX_STEPS:
+                    for r in rows:
+                        plot["mean"] += r["step_mean"]
+                        plot["std"] += r["step_std"]
+                        plot["steps"] += len(r["step_mean"])
+                    plot["acq"] += [r["acquisition"] for r in rows]
+                    plot["unc"] += [r["uncertain"] for r in rows]
                 n_scored += len(rows)
                 n_uncertain += sum(r["uncertain"] for r in rows)
                 n_selected += sum(r["selected"] for r in rows)
@@ -169,4 +180,8 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> ScoreJobResult:
             "scoring": stats.as_dict(),
         }
         out.path("summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if n_scored:
+            plot_selection(np.array(plot["mean"]), np.array(plot["std"]), np.array(plot["acq"]),
+                           np.array(plot["unc"], dtype=bool), cfg.delta_pred, cfg.delta_std,
+                           out.path("selection.png"), title=f"{cfg.model}: {n_uncertain}/{n_scored} uncertain")
     return ScoreJobResult(counts, n_scored, n_uncertain, n_selected, stats, seconds, Path(cfg.output))

@@ -51,6 +51,7 @@ def test_score_writes_every_row_once_with_consistent_columns(tmp_path, write_jso
         assert r["uncertain"] == uncertainty.is_uncertain(np.array(mean), np.array(std), 0.6, 0.5)
         assert r["selected"] == r["uncertain"]
         assert r["prm_model"] == str(tiny_model)
+    assert (out / "selection.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rows_scored"] == 12 and summary["scoring"]["n_forward"] >= 1
 
