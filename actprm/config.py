@@ -18,7 +18,7 @@ from actprm.errors import UserError
 from actprm.io.formats import FORMATS
 from actprm.schemas import Limits
 
-FormatName = Literal["auto", *FORMATS]  # type: ignore[valid-type]
+FormatName = Literal[("auto", *FORMATS)]  # type: ignore[valid-type]
 
 
 class Config(BaseModel):

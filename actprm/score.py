@@ -28,8 +28,8 @@ from actprm import uncertainty
 from actprm.config import ScoreConfig
 from actprm.errors import UserError
 from actprm.io.readers import Batch, iter_batches
-from actprm.plots import plot_selection
 from actprm.io.writers import ShardWriter, StagedOutput, write_parquet_atomic
+from actprm.plots import plot_selection
 from actprm.progress import RowCounts, progress_bar
 from actprm.schemas import error_row
 from actprm.scoring import ScoringStats, default_batch_tokens, score_trajectories
