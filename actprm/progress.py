@@ -34,6 +34,12 @@ class RowCounts:
         for row in error_rows:
             self.errors[row["reason"].split(":", 1)[0]] += 1
 
+    def merge(self, other: "RowCounts") -> "RowCounts":
+        self.read += other.read
+        self.valid += other.valid
+        self.errors.update(other.errors)
+        return self
+
     @property
     def n_errors(self) -> int:
         return sum(self.errors.values())

@@ -27,7 +27,7 @@ import torch
 from actprm import uncertainty
 from actprm.config import ScoreConfig
 from actprm.errors import UserError
-from actprm.io.readers import Batch, iter_batches
+from actprm.io.readers import Batch, iter_batches, known_rows
 from actprm.io.writers import ShardWriter, StagedOutput, write_parquet_atomic
 from actprm.plots import plot_selection
 from actprm.progress import RowCounts, progress_bar
@@ -139,8 +139,7 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> ScoreJobResult:
     counts, stats = RowCounts(), ScoringStats()
     n_scored = n_uncertain = n_selected = 0
     plot = {"mean": [], "std": [], "acq": [], "unc": [], "steps": 0}
-    known = [s.n_rows for s in sources]
-    total = sum(known) if all(n is not None for n in known) else None
+    total = known_rows(sources)
     with StagedOutput(cfg.output, PARTS, cfg.overwrite) as out:
         with ShardWriter(out.path("scored"), "scored", cfg.rows_per_shard) as scored, \
              ShardWriter(out.path("errors"), "errors", cfg.rows_per_shard) as errors, \

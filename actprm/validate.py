@@ -19,7 +19,7 @@ from typing import Iterable
 
 from actprm.config import ValidateConfig
 from actprm.errors import UserError
-from actprm.io.readers import Batch, SourceFile, iter_batches, open_corpus
+from actprm.io.readers import Batch, SourceFile, iter_batches, known_rows, open_corpus
 from actprm.io.writers import ShardWriter, StagedOutput
 from actprm.progress import RowCounts, progress_bar
 
@@ -74,8 +74,7 @@ def write_summary(path: Path, sources: list[SourceFile], counts: RowCounts, seco
 def run_validate(cfg: ValidateConfig, progress: bool = True) -> ValidateResult:
     start = time.perf_counter()
     sources = check_paths(cfg)
-    known = [s.n_rows for s in sources]
-    total = sum(known) if all(n is not None for n in known) else None
+    total = known_rows(sources)
     with StagedOutput(cfg.output, PARTS, cfg.overwrite) as out, progress_bar(total, "validate", progress) as bar:
         batches = iter_batches(sources, limits=cfg.limits, step_separator=cfg.step_separator,
                                batch_rows=cfg.batch_rows)

@@ -72,10 +72,7 @@ def run(cfg: ValidateConfig, address: str | None = None, progress: bool = True) 
         pending = [write_file.remote(sources, i, plans[i], cfg, str(out.staging)) for i in range(len(sources))]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            part = ray.get(done[0])
-            counts.read += part.read
-            counts.valid += part.valid
-            counts.errors.update(part.errors)
+            counts.merge(ray.get(done[0]))
             bar.update(1)
         seconds = time.perf_counter() - start
         write_summary(out.path("summary.json"), sources, counts, seconds)

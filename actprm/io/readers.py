@@ -177,6 +177,12 @@ def open_corpus(inputs: list[str | os.PathLike], fmt: str = "auto") -> list[Sour
     return [inspect_file(path, fmt) for path in list_files(inputs)]
 
 
+def known_rows(sources: list[SourceFile]) -> int | None:
+    """Rows in the corpus when every file says up front (Parquet), else None: a progress bar's total."""
+    counts = [s.n_rows for s in sources]
+    return sum(counts) if all(n is not None for n in counts) else None
+
+
 # ------------------------------------------------------------------- raw records
 
 
