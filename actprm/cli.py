@@ -17,14 +17,18 @@ from actprm.errors import UserError
 
 EPILOG = """\
 verbs:
+  generate     synthetic trajectories of a verifiable world, with exact step labels
   validate     check a corpus in any supported format; valid rows and error rows as Parquet
   init-model   create a randomly initialised ensemble PRM from a preset
   score        score every step with the ensemble PRM; uncertainty and ActPRM selection
+  annotate     label trajectories with an annotator (verifier: ground truth of known quality)
 
 examples:
+  actprm generate --world arith --n 100000 --output out/world
   actprm validate --input ../shared/data/processbench/ --output out/checked
   actprm init-model --preset tiny --output models/tiny
   actprm score --input out/checked/valid --output out/scored --model models/tiny
+  actprm annotate --backend verifier --input out/scored/scored --output out/annotated
   actprm <verb> --help
 """
 
@@ -62,6 +66,44 @@ def _overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------ verbs
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from actprm.config import GenerateConfig, load_config
+    from actprm.generate import run_generate
+
+    cfg = load_config(GenerateConfig, getattr(args, "config", None), _overrides(args, GenerateConfig))
+    result = run_generate(cfg, progress=not getattr(args, "no_progress", False))
+    print(result.summary_line())
+    return 0
+
+
+def _parser_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "generate", formatter_class=_Formatter, argument_default=argparse.SUPPRESS,
+        help="synthetic trajectories of a verifiable world, with exact step labels",
+        description="Write N trajectories of a verifiable world as Parquet shards (trajectories schema) with "
+                    "the true first_error_step, final_answer_correct and reference_answer. World arith: "
+                    "word problems solved one `a op b = c` step at a time, with mistakes of three kinds "
+                    "(wrong result, wrong carried value, wrong operation); parameters in "
+                    "configs/worlds/arith.yaml. Row i depends only on (seed, split, i).",
+        epilog="examples:\n"
+               "  actprm generate --world arith --n 100000 --output out/world\n"
+               "  actprm generate --world arith --n 2000 --eval-set --output out/world-eval\n"
+               "  actprm generate --n 1000000 --seed 1 --shard-rows 250000 --output out/pool\n"
+               "  actprm generate --world-config my_arith.yaml --n 1000 --output out/custom\n")
+    p.add_argument("--world", choices=["arith"], help="which world (default: arith)")
+    p.add_argument("--world-config", dest="world_config", metavar="YAML",
+                   help="world parameters (default: the built-in ones = configs/worlds/arith.yaml)")
+    p.add_argument("--n", type=int, metavar="N", help="trajectories to write")
+    p.add_argument("--seed", type=int, help="default: 0")
+    p.add_argument("--eval-set", dest="eval_set", action="store_true",
+                   help="a held-out set, about half with an error (like ProcessBench)")
+    p.add_argument("--output", metavar="DIR", help="output directory (must be empty, or --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace what DIR holds")
+    p.add_argument("--shard-rows", dest="shard_rows", type=int, metavar="R", help="rows per shard (default: 100000)")
+    _add_common(p)
+    p.set_defaults(handler=cmd_generate)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -166,7 +208,7 @@ def _parser_score(sub: argparse._SubParsersAction) -> None:
     _add_read_flags(p)
     _add_output_flags(p)
     _add_common(p)
-    p.add_argument("--model", metavar="DIR", help="PRM directory (from init-model or train)")
+    p.add_argument("--model", metavar="DIR", help="PRM directory (default: the shipped world PRM)")
     p.add_argument("--batch-tokens", dest="batch_tokens", type=int, metavar="N",
                    help="padded tokens per micro-batch (default: 2048 on CPU, 32768 on CUDA)")
     p.add_argument("--max-length", dest="max_length", type=int, metavar="N",
@@ -184,7 +226,46 @@ def _parser_score(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_score)
 
 
-VERBS: list[Callable[[argparse._SubParsersAction], None]] = [_parser_validate, _parser_init_model, _parser_score]
+def cmd_annotate(args: argparse.Namespace) -> int:
+    from actprm.annotate import run_annotate
+    from actprm.config import AnnotateConfig, load_config
+
+    cfg = load_config(AnnotateConfig, getattr(args, "config", None), _overrides(args, AnnotateConfig))
+    result = run_annotate(cfg, progress=not getattr(args, "no_progress", False))
+    print(result.summary_line())
+    return 0
+
+
+def _parser_annotate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "annotate", formatter_class=_Formatter, argument_default=argparse.SUPPRESS,
+        help="label trajectories with an annotator (verifier: ground truth of known quality)",
+        description="Validate a corpus (any trajectories table, e.g. score's OUTPUT/scored/) and label every "
+                    "valid row with the annotator --backend: the earliest wrong step, -1 if none, or a failed "
+                    "row with its reason. Writes OUTPUT/annotations/, OUTPUT/errors/ (invalid input rows), "
+                    "OUTPUT/summary.json. Backend verifier answers from each row's first_error_step, wrong "
+                    "with probability --wrong-rate (F1 = 1 - rate; default 0.18 ~ QwQ-32B), refused with "
+                    "--refusal-rate, seeded per row: a rerun into the same OUTPUT replaces an earlier annotate "
+                    "run with identical rows, no --overwrite needed.",
+        epilog="examples:\n"
+               "  actprm annotate --backend verifier --input out/scored/scored --output out/annotated\n"
+               "  actprm annotate --input corpus/ --output out/ann --wrong-rate 0.3 --samples 5 --seed 1\n"
+               "  actprm annotate --config configs/judge/verifier.yaml --input corpus/ --output out/ann\n")
+    _add_read_flags(p)
+    _add_output_flags(p)
+    _add_common(p)
+    p.add_argument("--backend", metavar="NAME", help="annotator backend: verifier (default)")
+    p.add_argument("--wrong-rate", dest="wrong_rate", type=float, metavar="X",
+                   help="verifier: share of wrong answers (default: 0.18)")
+    p.add_argument("--refusal-rate", dest="refusal_rate", type=float, metavar="X",
+                   help="verifier: share of refused answers (default: 0)")
+    p.add_argument("--samples", type=int, metavar="N", help="answers per row, majority vote (default: 1)")
+    p.add_argument("--seed", type=int, help="seed of the verifier's answers (default: 0)")
+    p.set_defaults(handler=cmd_annotate)
+
+
+VERBS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _parser_generate, _parser_validate, _parser_init_model, _parser_score, _parser_annotate]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -64,11 +64,26 @@ class SelectionConfig(Config):
 
 
 class ScoreConfig(ValidateConfig, SelectionConfig):
-    model: str | None = Field(None, description="PRM directory (from init-model or train)")
+    model: str | None = Field(None, description="PRM directory (default: the shipped PRM, actprm/assets/prm)")
     batch_tokens: int | None = Field(None, gt=0, description="padded tokens per micro-batch (default: by device)")
     max_length: int | None = Field(None, gt=0, description="default: the model's maximum")
     device: Literal["cpu", "cuda", "auto"] = "auto"
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's)")
+
+
+class JudgeConfig(Config):
+    """Which annotator labels the rows and how (see actprm.judge)."""
+
+    backend: Literal["verifier"] = Field("verifier", description="annotator backend (actprm.judge.BACKENDS)")
+    seed: int = Field(0, description="seeds the verifier's wrong answers and refusals")
+    # uniform wrong answers at rate w give ProcessBench F1 = 1 - w: 0.18 ~ QwQ-32B as a critic (0.816)
+    wrong_rate: float = Field(0.18, ge=0.0, le=1.0, description="verifier: share of wrong answers")
+    refusal_rate: float = Field(0.0, ge=0.0, le=1.0, description="verifier: share of refused answers")
+    samples: int = Field(1, ge=1, description="answers per row, aggregated by majority vote")
+
+
+class AnnotateConfig(ValidateConfig, JudgeConfig):
+    pass
 
 
 class InitModelConfig(Config):
@@ -78,6 +93,43 @@ class InitModelConfig(Config):
     output: str | None = None
     overwrite: bool = False
 
+
+class GenerateConfig(Config):
+    """`actprm generate`: synthetic trajectories of a verifiable world."""
+
+    world: Literal["arith"] = "arith"
+    world_config: str | None = Field(None, description="YAML of world parameters (default: the built-in world)")
+    n: int | None = Field(None, gt=0, description="trajectories to write")
+    seed: int = 0
+    eval_set: bool = Field(False, description="a held-out set balanced like ProcessBench")
+    output: str | None = None
+    overwrite: bool = False
+    shard_rows: int = Field(100_000, gt=0)
+
+
+
+class PretrainConfig(Config):
+    """pipelines/pretrain_backbone.py: the world's policy backbone and the default PRM on it."""
+
+    world_config: str | None = Field(None, description="world parameters YAML (default: built-in)")
+    seed: int = Field(0, description="data order, initialisation and the world's lm split")
+    preset: Literal["world"] = "world"
+    train_rows: int = Field(60_000, gt=0, description="correct trajectories to train on")
+    test_rows: int = Field(500, gt=0, description="held-out correct trajectories for accuracy")
+    steps: int = Field(1600, gt=0)
+    batch_size: int = Field(32, gt=0)
+    lr: float = Field(3e-3, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    final_lr_ratio: float = Field(0.05, ge=0, le=1)
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    result_weight: float = Field(4.0, gt=0, description="loss weight of result digits (after '=')")
+    eval_every: int = Field(200, gt=0)
+    threads: int | None = Field(None, gt=0)
+    output: str | None = Field(None, description="backbone directory")
+    prm_output: str | None = Field(None, description="default PRM directory (backbone + seeded heads)")
+    n_heads: int = Field(8, gt=0)
+    overwrite: bool = False
 
 C = TypeVar("C", bound=Config)
 
@@ -118,3 +170,4 @@ def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: 
 
 def dump_config(config: Config) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+

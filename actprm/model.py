@@ -49,6 +49,8 @@ __all__ = [
     "EnsembleHeads",
     "EnsemblePRM",
     "count_parameters",
+    "default_backbone_path",
+    "default_prm_path",
     "ensure_separator",
     "from_backbone",
     "init_model",
@@ -82,6 +84,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         intermediate_size=256,
         max_position_embeddings=4096,
         **_COMMON,
+    ),
+    # the shipped world backbone (pipelines/pretrain_backbone.py): a causal LM with tied embeddings
+    "world": dict(
+        hidden_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=512,
+        max_position_embeddings=1024,
+        **{**_COMMON, "tie_word_embeddings": True},
     ),
     "small": dict(
         hidden_size=512,
@@ -536,6 +548,18 @@ def load_prm(
     """``(model, tokenizer)`` from a :meth:`EnsemblePRM.save_pretrained` directory."""
     model = EnsemblePRM.from_pretrained(directory, device=device, dtype=dtype, **kwargs)
     return model, model.tokenizer
+
+
+def default_backbone_path() -> pathlib.Path:
+    """The world's policy backbone shipped in the package (a causal LM; pipelines/pretrain_backbone.py)."""
+    import importlib.resources
+
+    return pathlib.Path(str(importlib.resources.files("actprm") / "assets" / "backbone"))
+
+
+def default_prm_path() -> pathlib.Path:
+    """The default PRM shipped in the package: the world backbone with K=8 seeded heads."""
+    return default_backbone_path().parent / "prm"
 
 
 def count_parameters(module: nn.Module) -> int:

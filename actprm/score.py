@@ -36,6 +36,7 @@ from actprm.scoring import ScoringStats, default_batch_tokens, score_trajectorie
 from actprm.validate import check_paths
 
 PARTS = ["scored", "errors", "summary.json", "selection.png"]
+DEFAULT_MODEL_NAME = "actprm/assets/prm"  # prm_model of rows scored by the shipped PRM (same on every machine)
 PLOT_MAX_STEPS = 50_000  # steps kept for the plot (the first ones scored)
 
 
@@ -48,11 +49,10 @@ def resolve_device(name: str) -> str:
 
 
 def load_scoring_model(path: str | None, device: str):
-    """(model, tokenizer) from a PRM directory; a user error if it is not one."""
-    from actprm.model import PRM_CONFIG_NAME, load_prm
+    """(model, tokenizer) from a PRM directory (None: the shipped default PRM); a user error if it is not one."""
+    from actprm.model import PRM_CONFIG_NAME, default_prm_path, load_prm
 
-    if not path:
-        raise UserError("no model: pass --model DIR (make one with: actprm init-model --preset tiny --output DIR)")
+    path = path or str(default_prm_path())
     if not (Path(path) / PRM_CONFIG_NAME).is_file():
         raise UserError(f"{path}: not a PRM directory (no {PRM_CONFIG_NAME}); make one with actprm init-model")
     dtype = torch.bfloat16 if device == "cuda" else None
@@ -135,6 +135,7 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> ScoreJobResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model, tokenizer = load_scoring_model(cfg.model, device)
+    model_name = cfg.model or DEFAULT_MODEL_NAME
     batch_tokens = cfg.batch_tokens or default_batch_tokens(device)
     counts, stats = RowCounts(), ScoringStats()
     n_scored = n_uncertain = n_selected = 0
@@ -149,7 +150,7 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> ScoreJobResult:
                 results = score_trajectories(
                     model, tokenizer, [r["problem"] for r in batch.valid], [r["steps"] for r in batch.valid],
                     batch_tokens=batch_tokens, max_length=cfg.max_length, device=device, stats=stats)
-                rows, too_long = scored_rows(batch, results, cfg, str(cfg.model))
+                rows, too_long = scored_rows(batch, results, cfg, model_name)
                 scored.add_rows(rows)
                 errors.add_rows(batch.errors + too_long)
                 counts.read += batch.n_read
@@ -174,7 +175,7 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> ScoreJobResult:
             "files": [str(s.path) for s in sources], **counts.as_dict(), "rows_scored": n_scored,
             "rows_uncertain": n_uncertain, "rows_selected": n_selected,
             "selection_rate": n_selected / n_scored if n_scored else 0.0,
-            "model": str(cfg.model), "device": device, "seconds": round(seconds, 3),
+            "model": model_name, "device": device, "seconds": round(seconds, 3),
             "rows_per_second": counts.read / seconds if seconds else 0.0,
             "scoring": stats.as_dict(),
         }
@@ -182,5 +183,5 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> ScoreJobResult:
         if n_scored:
             plot_selection(np.array(plot["mean"]), np.array(plot["std"]), np.array(plot["acq"]),
                            np.array(plot["unc"], dtype=bool), cfg.delta_pred, cfg.delta_std,
-                           out.path("selection.png"), title=f"{cfg.model}: {n_uncertain}/{n_scored} uncertain")
+                           out.path("selection.png"), title=f"{model_name}: {n_uncertain}/{n_scored} uncertain")
     return ScoreJobResult(counts, n_scored, n_uncertain, n_selected, stats, seconds, Path(cfg.output))

@@ -70,13 +70,13 @@ def test_budget_selection_is_the_corpus_wide_top_k(tmp_path, write_jsonl, tiny_m
 
 def test_score_user_errors(tmp_path, write_jsonl, capsys):
     path = write_jsonl("in.jsonl", [good_row(0)])
-    assert main(["score", "--input", str(path), "--output", str(tmp_path / "o")]) == 2
-    assert "pass --model" in capsys.readouterr().err
     assert main(["score", "--input", str(path), "--output", str(tmp_path / "o"), "--model", str(tmp_path)]) == 2
     assert "not a PRM directory" in capsys.readouterr().err
     assert main(["score", "--input", str(path), "--output", str(tmp_path / "o"), "--model", str(tmp_path),
                  "--selection", "budget"]) == 2
     assert "--budget" in capsys.readouterr().err
+    # no --model: the shipped default PRM (tests/test_shipped_models.py checks its scores)
+    assert main(["score", "--input", str(path), "--output", str(tmp_path / "o"), "--no-progress"]) == 0
 
 
 def test_a_model_dir_without_safetensors_weights_is_a_user_error(tmp_path, write_jsonl, tiny_model, capsys):

@@ -1,0 +1,135 @@
+"""The annotate job (in-process, no Ray): label every valid trajectory with an annotator.
+
+    DIR/annotations/*.parquet   annotations schema: one row per valid input row, labelled or
+                                failed with its reason (`error`)
+    DIR/errors/*.parquet        errors schema: input rows that are not valid trajectories
+    DIR/summary.json            counts, failures by kind, label distribution, tokens and cost
+
+Read + validate (actprm.io; any trajectories table works, e.g. `actprm score`'s scored/
+whose extra columns are ignored) → annotate batch by batch (actprm.judge) → write. Every
+input row ends in exactly one of annotations/ or errors/. Outputs are staged: a crash
+leaves DIR as it was.
+
+Reruns: an --output that already holds an annotate run (DIR/annotations/) is replaced
+without --overwrite. The verifier is deterministic and free, so a rerun writes identical
+rows (latency_s aside); the OpenAI judge's answer cache (a later issue) makes a rerun
+resume instead of paying again. Any other existing output (e.g. a validate or score run's
+errors/ and summary.json) still needs --overwrite.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from actprm.config import AnnotateConfig
+from actprm.io.readers import iter_batches, known_rows
+from actprm.io.writers import ShardWriter, StagedOutput
+from actprm.judge import Annotator, error_kind, make_annotator
+from actprm.progress import RowCounts, progress_bar
+from actprm.validate import check_paths
+
+PARTS = ["annotations", "errors", "summary.json"]
+
+
+@dataclass
+class AnnotationCounts:
+    """What the annotator did with the valid rows."""
+
+    labelled: int = 0
+    failed: Counter = field(default_factory=Counter)  # by error kind
+    labels: Counter = field(default_factory=Counter)  # first_error_step -> rows
+    agreement_sum: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            if row["error"] is None:
+                self.labelled += 1
+                self.labels[row["first_error_step"]] += 1
+                self.agreement_sum += row["agreement"]
+            else:
+                self.failed[error_kind(row["error"])] += 1
+            self.prompt_tokens += row["prompt_tokens"]
+            self.completion_tokens += row["completion_tokens"]
+            self.cost_usd += row["cost_usd"]
+
+    @property
+    def n_failed(self) -> int:
+        return sum(self.failed.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        n = self.labelled
+        return {
+            "rows_labelled": n, "rows_failed": self.n_failed, "failures_by_kind": dict(self.failed.most_common()),
+            "labels": {str(k): v for k, v in sorted(self.labels.items())},
+            "share_no_error": self.labels[-1] / n if n else 0.0,
+            "mean_agreement": self.agreement_sum / n if n else 0.0,
+            "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+            "cost_usd": round(self.cost_usd, 6),
+        }
+
+
+def _kinds(counter: Counter) -> str:
+    return f" ({', '.join(f'{kind} {n}' for kind, n in counter.most_common())})" if counter else ""
+
+
+@dataclass
+class AnnotateResult:
+    counts: RowCounts  # read / valid / invalid input rows by reason kind
+    annotations: AnnotationCounts
+    judge: str
+    seconds: float
+    output: Path
+
+    def summary_line(self) -> str:
+        a, c = self.annotations, self.counts
+        return (f"annotate: {c.read} rows, {a.labelled} labelled, {a.n_failed} failed{_kinds(a.failed)}, "
+                f"{c.n_errors} invalid{_kinds(c.errors)} in {self.seconds:.1f}s -> {self.output}")
+
+
+def check_contract(rows: list[dict[str, Any]], out: list[dict[str, Any]], annotator: Annotator) -> None:
+    """One annotation per input row with the same ids: a backend that breaks this is a bug."""
+    if [r["id"] for r in rows] != [r["id"] for r in out]:
+        raise RuntimeError(f"annotator {annotator.judge!r} returned {len(out)} rows for {len(rows)} "
+                           "or changed their ids/order")
+
+
+def run_annotate(cfg: AnnotateConfig, progress: bool = True, annotator: Annotator | None = None) -> AnnotateResult:
+    """Annotate every valid row of `cfg.input` into `cfg.output` (`annotator`: default from the config)."""
+    start = time.perf_counter()
+    sources = check_paths(cfg)
+    annotator = annotator or make_annotator(cfg)
+    counts, done = RowCounts(), AnnotationCounts()
+    rerun = (Path(cfg.output) / "annotations").is_dir()  # an earlier annotate run: replace it
+    with StagedOutput(cfg.output, PARTS, cfg.overwrite or rerun) as out:
+        with ShardWriter(out.path("annotations"), "annotations", cfg.rows_per_shard) as annotations, \
+             ShardWriter(out.path("errors"), "errors", cfg.rows_per_shard) as errors, \
+             progress_bar(known_rows(sources), "annotate", progress) as bar:
+            for batch in iter_batches(sources, limits=cfg.limits, step_separator=cfg.step_separator,
+                                      batch_rows=cfg.batch_rows):
+                rows = annotator.annotate(batch.valid) if batch.valid else []
+                check_contract(batch.valid, rows, annotator)
+                annotations.add_rows(rows)
+                errors.add_rows(batch.errors)
+                counts.read += batch.n_read
+                counts.valid += len(batch.valid)
+                counts.add_errors(batch.errors)
+                done.add(rows)
+                bar.update(batch.n_read)
+                bar.set_postfix(labelled=done.labelled, failed=done.n_failed)
+        seconds = time.perf_counter() - start
+        summary = {
+            "files": [str(s.path) for s in sources], "backend": cfg.backend, "judge": annotator.judge,
+            "prompt_version": annotator.prompt_version, "samples": cfg.samples,
+            **counts.as_dict(), **done.as_dict(),
+            "seconds": round(seconds, 3), "rows_per_second": counts.read / seconds if seconds else 0.0,
+        }
+        out.path("summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return AnnotateResult(counts, done, annotator.judge, seconds, Path(cfg.output))

@@ -1,0 +1,94 @@
+"""The generate job: trajectories of a verifiable world as Parquet shards.
+
+    DIR/part-00000.parquet ...   trajectories schema, with the true first_error_step
+    DIR/_world.json              world, parameters, seed, split, rows, seconds
+
+`DIR` is itself a valid `--input` (files starting with `_` are not read). The job
+writes into a staging directory that replaces `DIR` only when every shard is
+written, so a killed run leaves `DIR` as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from actprm.config import GenerateConfig, read_yaml
+from actprm.errors import UserError
+from actprm.io.writers import ShardWriter
+from actprm.progress import progress_bar
+from actprm.world.arith import ArithWorld, Generator
+
+WORLD_FILE = "_world.json"
+
+
+def load_world(path: str | None) -> ArithWorld:
+    """The world's parameters: built-in defaults, or a YAML (configs/worlds/arith.yaml)."""
+    if not path:
+        return ArithWorld()
+    from pydantic import ValidationError
+
+    try:
+        return ArithWorld.model_validate(read_yaml(path))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "world"
+        raise UserError(f"{path}: {where}: {first['msg']}") from None
+
+
+@dataclass
+class GenerateResult:
+    rows: int
+    with_error: int
+    seconds: float
+    output: Path
+    split: str
+
+    def summary_line(self) -> str:
+        rate = self.rows / self.seconds if self.seconds > 0 else 0.0
+        share = self.with_error / self.rows if self.rows else 0.0
+        return (f"generate: {self.rows} {self.split} trajectories, {share:.1%} with an error, "
+                f"in {self.seconds:.1f}s ({rate:,.0f} rows/s) -> {self.output}")
+
+
+def run_generate(cfg: GenerateConfig, progress: bool = True) -> GenerateResult:
+    if not cfg.n:
+        raise UserError("no size: pass --n N (trajectories to write)")
+    if not cfg.output:
+        raise UserError("no output: pass --output DIR")
+    out = Path(cfg.output)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a directory")
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise UserError(f"{out}: exists and is not empty; choose another --output or pass --overwrite")
+    world = load_world(cfg.world_config)
+    gen = Generator(world, seed=cfg.seed)
+    split = "eval" if cfg.eval_set else "train"
+    start = time.perf_counter()
+    staging = out.parent / f".{out.name}.staging-{uuid.uuid4().hex[:8]}"
+    with_error = 0
+    try:
+        with ShardWriter(staging, "trajectories", cfg.shard_rows, "part") as writer, \
+             progress_bar(cfg.n, "generate", progress) as bar:
+            chunk = min(cfg.shard_rows, 10_000)
+            for lo in range(0, cfg.n, chunk):
+                rows = list(gen.rows(lo, min(cfg.n, lo + chunk), split))
+                with_error += sum(r["first_error_step"] >= 0 for r in rows)
+                writer.add_rows(rows)
+                bar.update(len(rows))
+        seconds = time.perf_counter() - start
+        meta = {"world": cfg.world, "source": world.source(), "parameters": world.model_dump(mode="json"),
+                "seed": cfg.seed, "split": split, "rows": cfg.n, "rows_with_error": with_error,
+                "seconds": round(seconds, 3)}
+        (staging / WORLD_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return GenerateResult(cfg.n, with_error, seconds, out, split)

@@ -1,0 +1,52 @@
+"""Annotators: who labels the trajectories the PRM is unsure of.
+
+    Annotator            the interface (base.py): rows in, one annotations row each out
+    VerifierAnnotator    `verifier`: ground truth with seeded wrong answers and refusals
+    make_annotator(cfg)  the backend named by `cfg.backend`
+
+The annotations table is data_schemas/annotations.yaml.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from actprm.errors import UserError
+from actprm.judge.base import Annotator, error_kind, failed_row, labelled_row, majority
+from actprm.judge.verifier import VerifierAnnotator
+
+
+def _verifier(cfg: Any) -> Annotator:
+    return VerifierAnnotator(wrong_rate=cfg.wrong_rate, refusal_rate=cfg.refusal_rate,
+                             samples=cfg.samples, seed=cfg.seed)
+
+
+# backend name -> factory taking the job config (actprm.config.JudgeConfig or a subclass).
+# A new backend (the OpenAI-compatible judge, `openai`, comes next) adds its factory here,
+# importing its module inside the factory so that its dependencies load only when used,
+# and its name to JudgeConfig.backend in actprm/config.py.
+BACKENDS: dict[str, Callable[[Any], Annotator]] = {
+    "verifier": _verifier,
+}
+
+
+def make_annotator(cfg: Any) -> Annotator:
+    """The annotator named by `cfg.backend`, built from the config's settings."""
+    name = getattr(cfg, "backend", None)
+    factory = BACKENDS.get(name)  # type: ignore[arg-type]
+    if factory is None:
+        raise UserError(f"unknown annotator backend {name!r}; choose one of: {', '.join(BACKENDS)}")
+    return factory(cfg)
+
+
+__all__ = [
+    "BACKENDS",
+    "Annotator",
+    "VerifierAnnotator",
+    "error_kind",
+    "failed_row",
+    "labelled_row",
+    "majority",
+    "make_annotator",
+]

@@ -1,0 +1,136 @@
+"""The annotator interface: trajectories in, one annotation row each out.
+
+Every backend (`verifier` now; an OpenAI-compatible judge and rollouts later) is an
+`Annotator`. The contract, which the jobs and the Ray recipes rely on:
+
+- in: a batch of canonical trajectory dicts (`id`, `problem`, `steps`, `first_error_step`, ...;
+  keys a backend does not use are ignored);
+- out: exactly one row of the annotations table (data_schemas/annotations.yaml) per input
+  row, with the same `id`, in input order (callers still join by id);
+- a problem with one row (no ground truth, a refusal, an unparseable answer, a request that
+  kept failing) never raises: the row comes back failed, `first_error_step=None` and an
+  `error` of the form `<kind>: <detail>`.
+
+Rows are built with `labelled_row` / `failed_row` so that every backend fills every column.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+
+def labelled_row(rid: str, first_error_step: int, *, judge: str, prompt_version: str,
+                 votes: Sequence[int] | None = None, agreement: float | None = None,
+                 prompt_tokens: int = 0, completion_tokens: int = 0, cost_usd: float = 0.0,
+                 attempts: int = 1, latency_s: float = 0.0, raw_output: str | None = None) -> dict[str, Any]:
+    """An annotation row with a label. Without `votes`, the label is the single vote (agreement 1.0)."""
+    votes = [int(first_error_step)] if votes is None else [int(v) for v in votes]
+    if agreement is None:
+        agreement = votes.count(int(first_error_step)) / len(votes) if votes else 1.0
+    return {
+        "id": rid,
+        "first_error_step": int(first_error_step),
+        "votes": votes,
+        "agreement": float(agreement),
+        "judge": judge,
+        "prompt_version": prompt_version,
+        "prompt_tokens": int(prompt_tokens),
+        "completion_tokens": int(completion_tokens),
+        "cost_usd": float(cost_usd),
+        "attempts": int(attempts),
+        "latency_s": float(latency_s),
+        "error": None,
+        "raw_output": raw_output,
+    }
+
+
+def failed_row(rid: str, error: str, *, judge: str, prompt_version: str,
+               prompt_tokens: int = 0, completion_tokens: int = 0, cost_usd: float = 0.0,
+               attempts: int = 1, latency_s: float = 0.0, raw_output: str | None = None) -> dict[str, Any]:
+    """An annotation row without a label; `error` is `<kind>: <detail>` (e.g. `refusal: ...`)."""
+    return {
+        "id": rid,
+        "first_error_step": None,
+        "votes": [],
+        "agreement": None,
+        "judge": judge,
+        "prompt_version": prompt_version,
+        "prompt_tokens": int(prompt_tokens),
+        "completion_tokens": int(completion_tokens),
+        "cost_usd": float(cost_usd),
+        "attempts": int(attempts),
+        "latency_s": float(latency_s),
+        "error": error,
+        "raw_output": raw_output,
+    }
+
+
+def error_kind(error: str) -> str:
+    """The part of an `error` (or errors-table `reason`) before the colon: what summaries count."""
+    return error.split(":", 1)[0]
+
+
+def _pessimism_key(label: int) -> float:
+    # earlier error = more pessimistic; -1 (no error) counts as later than every step
+    return float("inf") if label == -1 else float(label)
+
+
+def majority(votes: Sequence[int]) -> tuple[int, float]:
+    """The most common label among `votes` and its share of the votes: (label, agreement).
+
+    Tie rule: among the labels with the highest count, the earliest step index wins, with
+    -1 ("no error") counting as later than every step. That is the most pessimistic label:
+    a trajectory two samples call correct and two call wrong at step 3 is labelled 3, and
+    between steps 2 and 5 step 2 wins. Deterministic, independent of the order of the votes.
+
+    `votes` must not be empty (a row with no vote is a failed row, not a label).
+    """
+    if not votes:
+        raise ValueError("majority() needs at least one vote")
+    counts = Counter(int(v) for v in votes)
+    top = max(counts.values())
+    label = min((v for v, n in counts.items() if n == top), key=_pessimism_key)
+    return label, top / len(votes)
+
+
+class Annotator(abc.ABC):
+    """A source of earliest-error labels. Subclasses set `judge` and `prompt_version` and
+    implement `annotate_async`; see the module docstring for the contract.
+
+    `judge` is written to the annotations' `judge` column (who labelled, with whatever sets
+    its answers) and `prompt_version` to `prompt_version`.
+    """
+
+    judge: str
+    prompt_version: str
+
+    @abc.abstractmethod
+    async def annotate_async(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One annotation row per input row, same ids, input order. Never raises for a per-row problem."""
+
+    def annotate(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Synchronous `annotate_async`, run with `asyncio.run`.
+
+        Code that already runs inside an event loop (async Ray actors, Jupyter, an async
+        server) must `await annotator.annotate_async(rows)` instead: asyncio cannot start a
+        second loop in a thread that runs one, and this method says so with a RuntimeError.
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.annotate_async(list(rows)))
+        raise RuntimeError(
+            f"{type(self).__name__}.annotate() was called inside a running event loop; "
+            "use `await annotator.annotate_async(rows)` there")
+
+    def labelled(self, rid: str, first_error_step: int, **fields: Any) -> dict[str, Any]:
+        """`labelled_row` with this annotator's judge and prompt_version."""
+        return labelled_row(rid, first_error_step, judge=self.judge, prompt_version=self.prompt_version, **fields)
+
+    def failed(self, rid: str, error: str, **fields: Any) -> dict[str, Any]:
+        """`failed_row` with this annotator's judge and prompt_version."""
+        return failed_row(rid, error, judge=self.judge, prompt_version=self.prompt_version, **fields)

@@ -1,0 +1,1 @@
+"""Verifiable worlds: synthetic trajectories whose every step label is known exactly."""
