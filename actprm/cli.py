@@ -21,7 +21,9 @@ verbs:
   validate     check a corpus in any supported format; valid rows and error rows as Parquet
   init-model   create a randomly initialised ensemble PRM from a preset
   score        score every step with the ensemble PRM; uncertainty and ActPRM selection
+  train        one PRM training round (ActPRM loss) from trajectories + annotations
   annotate     label trajectories with an annotator (verifier: ground truth of known quality)
+  evaluate     ProcessBench F1 (the official metric), step AUROC and ECE of a PRM on labelled subsets
 
 examples:
   actprm generate --world arith --n 100000 --output out/world
@@ -29,6 +31,7 @@ examples:
   actprm init-model --preset tiny --output models/tiny
   actprm score --input out/checked/valid --output out/scored --model models/tiny
   actprm annotate --backend verifier --input out/scored/scored --output out/annotated
+  actprm evaluate --data ../shared/data/processbench/*.json --output out/eval
   actprm <verb> --help
 """
 
@@ -264,8 +267,115 @@ def _parser_annotate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_annotate)
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from actprm.config import EvaluateConfig, load_config
+    from actprm.evaluate import run_evaluate
+
+    cfg = load_config(EvaluateConfig, getattr(args, "config", None), _overrides(args, EvaluateConfig))
+    result = run_evaluate(cfg, progress=not getattr(args, "no_progress", False))
+    print(result.table())
+    print(result.summary_line())
+    return 0
+
+
+def _parser_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate", formatter_class=_Formatter, argument_default=argparse.SUPPRESS,
+        help="ProcessBench F1 (the official metric), step AUROC and ECE of a PRM on labelled subsets",
+        description="Score labelled subsets with a PRM and compute ProcessBench's metric exactly as the official "
+                    "script does: per subset, error_acc (items with an error whose earliest error is predicted "
+                    "exactly), correct_acc (error-free items predicted -1) and their harmonic mean F1; mean_f1 "
+                    "is the unweighted mean over subsets. The prediction is the first step whose ensemble mean "
+                    "is below --threshold (default 0.5), else -1; --sweep-subset picks the threshold (0.01..0.99) "
+                    "that maximises one subset's F1 and applies it to all, as ActivePRM does. Also step AUROC "
+                    "and ECE against ActPRM's step labels. Each --data path is one subset, named by its file "
+                    "stem or directory name, in any input format; rows without a label are skipped and "
+                    "counted. Writes OUTPUT/metrics.json and OUTPUT/predictions.parquet (every figure can be "
+                    "recomputed from it).",
+        epilog="examples:\n"
+               "  actprm evaluate --data ../shared/data/processbench/*.json --output out/eval\n"
+               "  actprm evaluate --data out/world-eval --model runs/round1/model --output out/eval\n"
+               "  actprm evaluate --data ../shared/data/processbench/*.json --sweep-subset gsm8k --output out/eval\n"
+               "  actprm evaluate --config configs/evaluate.yaml --output out/eval --overwrite\n")
+    p.add_argument("--data", nargs="+", metavar="PATH", help="one file or directory per subset (a glob: one per match)")
+    p.add_argument("--model", metavar="DIR", help="PRM directory (default: the shipped world PRM)")
+    p.add_argument("--output", metavar="DIR", help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace metrics.json/predictions.parquet in --output")
+    p.add_argument("--threshold", type=float, metavar="X", help="a step is wrong iff its mean < X (default: 0.5)")
+    p.add_argument("--sweep-subset", dest="sweep_subset", metavar="NAME",
+                   help="pick the threshold maximising this subset's F1 (ties: closest to 0.5)")
+    p.add_argument("--format", choices=["auto", "canonical", "processbench", "activeprm", "trl", "rollout"],
+                   help="input format (default: auto, from the columns)")
+    p.add_argument("--batch-rows", dest="batch_rows", type=int, metavar="N", help="rows read per batch")
+    p.add_argument("--batch-tokens", dest="batch_tokens", type=int, metavar="N",
+                   help="padded tokens per micro-batch (default: 2048 on CPU, 32768 on CUDA)")
+    p.add_argument("--max-length", dest="max_length", type=int, metavar="N",
+                   help="tokens per trajectory (default: the model's)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: cuda when available")
+    p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
+    _add_common(p)
+    p.set_defaults(handler=cmd_evaluate)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from actprm.config import TrainConfig, load_config
+
+    cfg = load_config(TrainConfig, getattr(args, "config", None), _overrides(args, TrainConfig))
+    progress = not getattr(args, "no_progress", False)
+    if cfg.workers > 1:
+        from pipelines import train as recipe
+
+        result = recipe.run(cfg, address=getattr(args, "address", None), progress=progress)
+    else:
+        from actprm.train import run_train
+
+        result = run_train(cfg, progress=progress)
+    print(result.summary_line())
+    return 0
+
+
+def _parser_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", formatter_class=_Formatter, argument_default=argparse.SUPPRESS,
+        help="one PRM training round with the ActPRM objective",
+        description="Join trajectories with their annotations by id (failed annotations are skipped and "
+                    "counted; ground-truth columns of the corpus are never used), then train one round from "
+                    "a checkpoint (default: the shipped PRM) with the ActPRM loss: BCE per head at each "
+                    "labelled step, steps after the earliest error untrained, a Bernoulli mask per (head, "
+                    "trajectory), an anchor on the heads. Writes a new checkpoint with its optimizer state, "
+                    "so the next round continues. --workers N > 1 runs under Ray Train (pipelines/train.py).",
+        epilog="examples:\n"
+               "  actprm train --trajectories out/world --annotations out/ann/annotations --output runs/r1\n"
+               "  actprm train --labelled labelled/ --model runs/r1 --output runs/r2\n"
+               "  actprm train --config configs/train.yaml --backbone frozen --lr 1e-3 --output runs/heads\n"
+               "  actprm train --workers 2 --trajectories D --annotations A --output runs/ddp   # Ray Train DDP\n")
+    p.add_argument("--trajectories", nargs="+", metavar="PATH", help="trajectories, any supported format")
+    p.add_argument("--annotations", nargs="+", metavar="PATH", help="annotations tables (actprm annotate)")
+    p.add_argument("--labelled", nargs="+", metavar="PATH", help="a labelled table instead")
+    p.add_argument("--model", metavar="DIR", help="checkpoint to start from (default: the shipped PRM)")
+    p.add_argument("--output", metavar="DIR", help="the new checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace DIR")
+    p.add_argument("--backbone", choices=["full", "frozen", "top"], help="what of the backbone trains (default full)")
+    p.add_argument("--top-layers", dest="top_layers", type=int, metavar="N")
+    p.add_argument("--lr", type=float, metavar="X")
+    p.add_argument("--head-lr", dest="head_lr", type=float, metavar="X")
+    p.add_argument("--epochs", type=int, metavar="N")
+    p.add_argument("--batch-size", dest="batch_size", type=int, metavar="N", help="trajectories per micro-batch")
+    p.add_argument("--grad-accum", dest="grad_accum", type=int, metavar="N")
+    p.add_argument("--learning-probability", dest="learning_probability", type=float, metavar="P")
+    p.add_argument("--anchor-lambda", dest="anchor_lambda", type=float, metavar="X")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, metavar="N")
+    p.add_argument("--workers", type=int, metavar="N", help="Ray Train workers (default 1: in-process)")
+    p.add_argument("--address", help="Ray cluster address for --workers > 1")
+    _add_common(p)
+    p.set_defaults(handler=cmd_train)
+
+
 VERBS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _parser_generate, _parser_validate, _parser_init_model, _parser_score, _parser_annotate]
+    _parser_generate, _parser_validate, _parser_init_model, _parser_score, _parser_annotate, _parser_train,
+    _parser_evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -86,6 +86,31 @@ class AnnotateConfig(ValidateConfig, JudgeConfig):
     pass
 
 
+class EvaluateConfig(Config):
+    """`actprm evaluate`: ProcessBench F1, step AUROC and ECE of a PRM on labelled subsets."""
+
+    data: list[str] = Field(default_factory=list, description="one path per subset, named by its stem")
+    model: str | None = Field(None, description="PRM directory (default: the shipped PRM, actprm/assets/prm)")
+    output: str | None = None
+    overwrite: bool = False
+    threshold: float = Field(0.5, ge=0.0, le=1.0, description="a step is wrong iff its ensemble mean < threshold")
+    sweep_subset: str | None = Field(None, description="pick the threshold maximising this subset's F1")
+    format: FormatName = "auto"  # type: ignore[valid-type]
+    step_separator: str = "\n\n"
+    max_problem_chars: int = Field(50_000, gt=0)
+    max_step_chars: int = Field(20_000, gt=0)
+    max_steps: int = Field(1_000, gt=0)
+    batch_rows: int = Field(2048, gt=0, description="rows read and scored per batch")
+    batch_tokens: int | None = Field(None, gt=0, description="padded tokens per micro-batch (default: by device)")
+    max_length: int | None = Field(None, gt=0, description="default: the model's maximum")
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's)")
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_problem_chars, self.max_step_chars, self.max_steps)
+
+
 class InitModelConfig(Config):
     preset: Literal["tiny", "small", "qwen2-0.5b"] = "tiny"
     n_heads: int = Field(8, gt=0)
@@ -131,6 +156,38 @@ class PretrainConfig(Config):
     n_heads: int = Field(8, gt=0)
     overwrite: bool = False
 
+
+class TrainConfig(Config):
+    """One training round (actprm.train); `workers > 1` runs it under Ray Train (pipelines/train.py)."""
+
+    trajectories: list[str] = Field(default_factory=list, description="trajectories (any format), joined by id")
+    annotations: list[str] = Field(default_factory=list, description="annotations tables (actprm annotate)")
+    labelled: list[str] = Field(default_factory=list, description="a labelled table instead of the two above")
+    model: str | None = Field(None, description="checkpoint to start from (default: the shipped PRM)")
+    output: str | None = None
+    overwrite: bool = False
+    backbone: Literal["full", "frozen", "top"] = "full"
+    top_layers: int = Field(2, gt=0, description="with backbone: top, the decoder layers trained")
+    lr: float = Field(2e-4, gt=0, description="backbone learning rate")
+    head_lr: float | None = Field(1e-3, gt=0, description="head learning rate (null: lr)")
+    epochs: int = Field(1, gt=0)
+    batch_size: int = Field(16, gt=0, description="trajectories per micro-batch")
+    grad_accum: int = Field(1, gt=0)
+    warmup_steps: int = Field(20, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    learning_probability: float = Field(1.0, gt=0, le=1, description="keep each (head, trajectory) pair")
+    anchor_lambda: float = Field(0.5, ge=0, description="weight of mean((phi - phi_init)^2) over head params")
+    max_length: int | None = Field(None, gt=0)
+    bf16: bool = Field(True, description="bf16 autocast on CUDA (CPU trains in fp32)")
+    seed: int = 0
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    threads: int | None = Field(None, gt=0)
+    batch_rows: int = Field(2048, gt=0)
+    workers: int = Field(1, gt=0, description="Ray Train workers (1: in-process)")
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    use_gpu: bool = False
+
 C = TypeVar("C", bound=Config)
 
 
@@ -157,6 +214,8 @@ def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: 
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     if isinstance(data.get("input"), str):
         data["input"] = [data["input"]]
+    if isinstance(data.get("data"), str):  # evaluate: a single subset
+        data["data"] = [data["data"]]
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
