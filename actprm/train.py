@@ -30,9 +30,10 @@ import math
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -41,7 +42,7 @@ import torch.nn.functional as F
 
 from actprm.config import TrainConfig
 from actprm.errors import UserError
-from actprm.io.readers import iter_batches, known_rows, list_files, open_corpus
+from actprm.io.readers import iter_batches, list_files, open_corpus
 from actprm.progress import progress_bar
 from actprm.scoring import EncodedTrajectory, TrajectoryEncoder
 

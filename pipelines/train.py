@@ -22,9 +22,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from actprm.config import TrainConfig, load_config
+from actprm.config import TrainConfig
 from actprm.errors import UserError
-from actprm.train import LabelCounts, check_train_paths, load_rows, result_from_checkpoint, train_and_save
+from actprm.train import (
+    LabelCounts,
+    check_train_paths,
+    load_rows,
+    result_from_checkpoint,
+    train_and_save,
+)
 
 
 def worker_loop(config: dict) -> None:

@@ -7,11 +7,11 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from actprm.config import TrainConfig  # noqa: E402
-from actprm.judge.verifier import VerifierAnnotator  # noqa: E402
-from actprm.model import load_prm  # noqa: E402
-from actprm.schemas import table_from_rows  # noqa: E402
-from actprm.world.arith import Generator  # noqa: E402
+from actprm.config import TrainConfig
+from actprm.judge.verifier import VerifierAnnotator
+from actprm.model import load_prm
+from actprm.schemas import table_from_rows
+from actprm.world.arith import Generator
 
 
 @pytest.fixture(scope="module")

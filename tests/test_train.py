@@ -18,8 +18,14 @@ from actprm.judge.verifier import VerifierAnnotator
 from actprm.model import load_prm
 from actprm.schemas import table_from_rows
 from actprm.scoring import score_trajectories
-from actprm.train import (ANCHOR_NAME, OPTIMIZER_NAME, actprm_loss, anchor_penalty, run_train,
-                          step_targets)
+from actprm.train import (
+    ANCHOR_NAME,
+    OPTIMIZER_NAME,
+    actprm_loss,
+    anchor_penalty,
+    run_train,
+    step_targets,
+)
 from actprm.world.arith import Generator
 
 # small and fast: heads plus the top decoder layer, high learning rates, few rows
@@ -124,6 +130,7 @@ def test_no_label_leakage(world, tmp_path):
     bad_loss, _ = _true_step_bce(tmp_path / "wrong", rows)
     assert good_loss < bad_loss
     assert truth.round.last_loss < truth.round.first_loss
+    assert wrong.round.examples == truth.round.examples == len(rows)
 
 
 def test_failed_annotations_are_skipped_and_counted(world, tmp_path):
