@@ -22,7 +22,9 @@ torch.set_num_threads(2)
 N=int(sys.argv[1]); model_path=sys.argv[2] if sys.argv[2]!='default' else None
 kw=eval(sys.argv[3]) if len(sys.argv)>3 else {}
 g=Generator(seed=1)
-rows=[dict(r, label_first_error=r['first_error_step'], step_labels=None, label_weight=1.0) for r in g.rows(0,N)]
+import os
+split=os.environ.get('POOL_SPLIT','train')  # eval: a balanced pool (half with an error)
+rows=[dict(r, label_first_error=r['first_error_step'], step_labels=None, label_weight=1.0) for r in g.rows(0,N,split)]
 ev=list(Generator(seed=2).rows(0,600,'eval'))
 def f1(model,tok):
     res=score_trajectories(model,tok,[r['problem'] for r in ev],[r['steps'] for r in ev])
