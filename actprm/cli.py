@@ -147,17 +147,14 @@ def _parser_validate(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_init_model(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from actprm.config import InitModelConfig, load_config
+    from actprm.io.writers import check_output_dir
     from actprm.model import PRM_CONFIG_NAME, count_parameters, init_model
 
     cfg = load_config(InitModelConfig, getattr(args, "config", None), _overrides(args, InitModelConfig))
     if not cfg.output:
         raise UserError("no output: pass --output DIR")
-    out = Path(cfg.output)
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise UserError(f"{out}: exists and is not empty; choose another --output or pass --overwrite")
+    out = check_output_dir(cfg.output, cfg.overwrite)
     model, tokenizer = init_model(cfg.preset, n_heads=cfg.n_heads, seed=cfg.seed)
     model.save_pretrained(out, tokenizer=tokenizer)
     assert (out / PRM_CONFIG_NAME).is_file()

@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from actprm import uncertainty
 from actprm.config import EvaluateConfig
@@ -55,7 +54,7 @@ from actprm.io.readers import SourceFile, iter_batches, known_rows, open_corpus
 from actprm.io.writers import StagedOutput, write_parquet_atomic
 from actprm.progress import RowCounts, progress_bar
 from actprm.schemas import table_from_rows
-from actprm.scoring import ScoringStats, default_batch_tokens, score_trajectories
+from actprm.scoring import ScoringStats, score_trajectories
 
 __all__ = [
     "THRESHOLD_GRID",
@@ -371,7 +370,7 @@ def _score_subset(subset: Subset, cfg: EvaluateConfig, model, tokenizer, device:
 
 
 def run_evaluate(cfg: EvaluateConfig, progress: bool = True) -> EvaluateResult:
-    from actprm.score import DEFAULT_MODEL_NAME, load_scoring_model, resolve_device
+    from actprm.score import load_for_scoring
 
     start = time.perf_counter()
     subsets = resolve_subsets(cfg)
@@ -380,12 +379,7 @@ def run_evaluate(cfg: EvaluateConfig, progress: bool = True) -> EvaluateResult:
     names = [s.name for s in subsets]
     if cfg.sweep_subset is not None and cfg.sweep_subset not in names:
         raise UserError(f"--sweep-subset {cfg.sweep_subset!r}: no such subset; the subsets are {', '.join(names)}")
-    device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    model, tokenizer = load_scoring_model(cfg.model, device)
-    model_name = cfg.model or DEFAULT_MODEL_NAME
-    batch_tokens = cfg.batch_tokens or default_batch_tokens(device)
+    device, model, tokenizer, model_name, batch_tokens = load_for_scoring(cfg)
     stats = ScoringStats()
     with StagedOutput(cfg.output, PARTS, cfg.overwrite) as out:
         rows: list[dict[str, Any]] = []

@@ -11,16 +11,13 @@ written, so a killed run leaves `DIR` as it was.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from actprm.config import GenerateConfig, read_yaml
 from actprm.errors import UserError
-from actprm.io.writers import ShardWriter
+from actprm.io.writers import ShardWriter, check_output_dir, replaced_dir
 from actprm.progress import progress_bar
 from actprm.world.arith import ArithWorld, Generator
 
@@ -61,18 +58,13 @@ def run_generate(cfg: GenerateConfig, progress: bool = True) -> GenerateResult:
         raise UserError("no size: pass --n N (trajectories to write)")
     if not cfg.output:
         raise UserError("no output: pass --output DIR")
-    out = Path(cfg.output)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a directory")
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise UserError(f"{out}: exists and is not empty; choose another --output or pass --overwrite")
+    out = check_output_dir(cfg.output, cfg.overwrite)
     world = load_world(cfg.world_config)
     gen = Generator(world, seed=cfg.seed)
     split = "eval" if cfg.eval_set else "train"
     start = time.perf_counter()
-    staging = out.parent / f".{out.name}.staging-{uuid.uuid4().hex[:8]}"
     with_error = 0
-    try:
+    with replaced_dir(out) as staging:
         with ShardWriter(staging, "trajectories", cfg.shard_rows, "part") as writer, \
              progress_bar(cfg.n, "generate", progress) as bar:
             chunk = min(cfg.shard_rows, 10_000)
@@ -86,9 +78,4 @@ def run_generate(cfg: GenerateConfig, progress: bool = True) -> GenerateResult:
                 "seed": cfg.seed, "split": split, "rows": cfg.n, "rows_with_error": with_error,
                 "seconds": round(seconds, 3)}
         (staging / WORLD_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return GenerateResult(cfg.n, with_error, seconds, out, split)

@@ -63,6 +63,16 @@ def load_scoring_model(path: str | None, device: str):
         raise UserError(f"{path}: cannot load the PRM ({detail[:200]})") from None
 
 
+def load_for_scoring(cfg) -> tuple[str, torch.nn.Module, object, str, int]:
+    """(device, model, tokenizer, model name, batch tokens) for a job config with
+    `device`, `threads`, `model` and `batch_tokens` (score, evaluate)."""
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model, tokenizer = load_scoring_model(cfg.model, device)
+    return device, model, tokenizer, cfg.model or DEFAULT_MODEL_NAME, cfg.batch_tokens or default_batch_tokens(device)
+
+
 def scored_rows(batch: Batch, results: list, cfg: ScoreConfig, model_name: str) -> tuple[list[dict], list[dict]]:
     """Join a batch's valid rows with their scores: (scored rows, error rows for unscorable ones).
 
@@ -131,12 +141,7 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> ScoreJobResult:
     sources = check_paths(cfg)
     if cfg.selection == "budget" and cfg.budget is None:
         raise UserError("--selection budget needs --budget N")
-    device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    model, tokenizer = load_scoring_model(cfg.model, device)
-    model_name = cfg.model or DEFAULT_MODEL_NAME
-    batch_tokens = cfg.batch_tokens or default_batch_tokens(device)
+    device, model, tokenizer, model_name, batch_tokens = load_for_scoring(cfg)
     counts, stats = RowCounts(), ScoringStats()
     n_scored = n_uncertain = n_selected = 0
     plot = {"mean": [], "std": [], "acq": [], "unc": [], "steps": 0}

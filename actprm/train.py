@@ -25,11 +25,10 @@ checkpoint that has optimizer state continues those moments; the learning-rate s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import shutil
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ import torch.nn.functional as F
 from actprm.config import TrainConfig
 from actprm.errors import UserError
 from actprm.io.readers import iter_batches, list_files, open_corpus
+from actprm.io.writers import replaced_dir
 from actprm.progress import progress_bar
 from actprm.scoring import EncodedTrajectory, TrajectoryEncoder
 
@@ -363,7 +363,7 @@ def train_round(model, tokenizer, examples: list[Example], cfg: TrainConfig, *, 
             for b in group:
                 ids, sep, targets, trained, rows, weights = collate([mine[i] for i in b], pad, device)
                 keep = torch.rand((len(b), model.n_heads), generator=keep_gen) < cfg.learning_probability
-                with amp if amp is not None else _null():
+                with amp if amp is not None else contextlib.nullcontext():
                     logits = net(ids, None, sep)
                 loss = actprm_loss(logits, targets, trained, rows, weights, keep.to(device))
                 loss = loss + cfg.anchor_lambda * anchor_penalty(heads, anchor)
@@ -387,14 +387,6 @@ def train_round(model, tokenizer, examples: list[Example], cfg: TrainConfig, *, 
         result.first_loss = float(np.mean(result.losses[:k]))
         result.last_loss = float(np.mean(result.losses[-k:]))
     return result, optimizer
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def steps_per_round(n_examples: int, cfg: TrainConfig, world_size: int = 1) -> int:
@@ -425,23 +417,18 @@ def load_checkpoint(path: str | None, device: torch.device):
 
 
 def save_checkpoint(out: Path, model, tokenizer, optimizer, anchor: dict[str, torch.Tensor],
-                    state: dict[str, Any], overwrite: bool) -> None:
-    """Write into a staging directory, then move it into place (a killed run leaves no half checkpoint)."""
+                    state: dict[str, Any]) -> None:
+    """Write the checkpoint beside `out`, then move it into place (a killed run leaves no half checkpoint).
+
+    Whether `out` may be replaced is decided before training (check_train_paths).
+    """
     from safetensors.torch import save_file
 
-    staging = out.parent / f".{out.name}.staging-{uuid.uuid4().hex[:8]}"
-    try:
+    with replaced_dir(out) as staging:
         model.save_pretrained(staging, tokenizer=tokenizer)
         save_file(optimizer_state_dict(model, optimizer), str(staging / OPTIMIZER_NAME))
         save_file({k: v.detach().cpu().contiguous() for k, v in anchor.items()}, str(staging / ANCHOR_NAME))
         (staging / STATE_NAME).write_text(json.dumps(state, indent=2) + "\n")
-        if out.exists():
-            if not overwrite:
-                raise UserError(f"{out}: exists; choose another --output or pass --overwrite")
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- the job
@@ -513,7 +500,7 @@ def train_and_save(cfg: TrainConfig, rows: list[dict[str, Any]], counts: LabelCo
                                                      "steps": result.steps}]}
     model.to("cpu")
     out = Path(cfg.output)
-    save_checkpoint(out, model, tokenizer, optimizer, anchor, state, cfg.overwrite)
+    save_checkpoint(out, model, tokenizer, optimizer, anchor, state)
     return TrainResult(counts, result, out, round_index)
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -39,6 +38,7 @@ import torch.nn.functional as F
 from actprm.config import PretrainConfig, dump_config, load_config
 from actprm.errors import UserError
 from actprm.generate import load_world
+from actprm.io.writers import check_output_dir, replaced_dir
 from actprm.model import from_backbone, preset_config
 from actprm.progress import progress_bar
 from actprm.scoring import TrajectoryEncoder
@@ -149,10 +149,7 @@ def accuracy(model, seqs: list[list[int]], masks: Masks, pad_id: int, batch_size
 def _fresh_dir(path: str | None, what: str, overwrite: bool) -> Path:
     if not path:
         raise UserError(f"no {what}: set it in the config or pass --{what.replace('_', '-')} DIR")
-    out = Path(path)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"{out}: exists and is not empty; pass --overwrite to replace it")
-    return out
+    return check_output_dir(path, overwrite)
 
 
 def run(cfg: PretrainConfig, progress: bool = True, log=print) -> dict[str, Any]:
@@ -232,15 +229,10 @@ def run(cfg: PretrainConfig, progress: bool = True, log=print) -> dict[str, Any]
 
 
 def _save(out: Path, write, report: dict | None) -> None:
-    staging = out.parent / f".{out.name}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    write(staging)
-    if report is not None:
-        (staging / "pretrain.json").write_text(json.dumps(report, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
+    with replaced_dir(out) as staging:
+        write(staging)
+        if report is not None:
+            (staging / "pretrain.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,33 @@ import pyarrow.parquet as pq
 
 from actprm.errors import UserError
 from actprm.schemas import table_from_rows, to_canonical
+
+
+def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:
+    """`path` as an output directory: absent, empty, or `overwrite` given; else a user error."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a directory")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"{out}: exists and is not empty; choose another --output or pass --overwrite")
+    return out
+
+
+@contextmanager
+def replaced_dir(out: Path) -> Iterator[Path]:
+    """Yield a fresh staging directory next to `out`; on success it replaces `out` whole.
+
+    A job killed or failing inside the block leaves `out` as it was (and no staging behind).
+    """
+    staging = out.parent / f".{out.name}.staging-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
