@@ -12,13 +12,18 @@ leaves DIR as it was.
 
 Reruns: an --output that already holds an annotate run (DIR/annotations/) is replaced
 without --overwrite. The verifier is deterministic and free, so a rerun writes identical
-rows (latency_s aside); the OpenAI judge's answer cache (a later issue) makes a rerun
-resume instead of paying again. Any other existing output (e.g. a validate or score run's
-errors/ and summary.json) still needs --overwrite.
+rows (latency_s aside); the OpenAI judge keeps every answer in DIR/judge_cache.sqlite (or
+--cache) the moment it arrives, outside the staged tables, so a rerun after a kill resumes:
+answered rows come from the cache, and only the rest are sent. Any other existing output
+(e.g. a validate or score run's errors/ and summary.json) still needs --overwrite.
+
+One event loop runs the whole job: rows of a batch are annotated concurrently (the judge's
+limits hold across batches), the progress bar moves per finished row.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections import Counter
@@ -87,11 +92,15 @@ class AnnotateResult:
     judge: str
     seconds: float
     output: Path
+    judge_stats: Any = None  # the openai judge's JudgeStats (calls, cache hits, spend); None for others
 
     def summary_line(self) -> str:
-        a, c = self.annotations, self.counts
+        a, c, j = self.annotations, self.counts, self.judge_stats
+        paid = "" if j is None else (f", {j.answers} answers paid ({j.requests} requests, "
+                                     f"{j.prompt_tokens + j.completion_tokens} tokens, ${j.cost_usd:.2f}), "
+                                     f"{j.cached} from cache")
         return (f"annotate: {c.read} rows, {a.labelled} labelled, {a.n_failed} failed{_kinds(a.failed)}, "
-                f"{c.n_errors} invalid{_kinds(c.errors)} in {self.seconds:.1f}s -> {self.output}")
+                f"{c.n_errors} invalid{_kinds(c.errors)}{paid} in {self.seconds:.1f}s -> {self.output}")
 
 
 def check_contract(rows: list[dict[str, Any]], out: list[dict[str, Any]], annotator: Annotator) -> None:
@@ -99,6 +108,42 @@ def check_contract(rows: list[dict[str, Any]], out: list[dict[str, Any]], annota
     if [r["id"] for r in rows] != [r["id"] for r in out]:
         raise RuntimeError(f"annotator {annotator.judge!r} returned {len(out)} rows for {len(rows)} "
                            "or changed their ids/order")
+
+
+async def _annotate_all(cfg: AnnotateConfig, sources: list, annotator: Annotator, out: StagedOutput,
+                        counts: RowCounts, done: AnnotationCounts, progress: bool) -> None:
+    """The job's one event loop: batches are read, annotated (rows concurrently) and written in turn."""
+    stats = getattr(annotator, "stats", None)
+
+    def postfix() -> dict[str, Any]:
+        shown: dict[str, Any] = {"labelled": done.labelled, "failed": done.n_failed}
+        if stats is not None:
+            shown.update(cached=stats.cached, tokens=stats.prompt_tokens + stats.completion_tokens,
+                         spent=f"${stats.cost_usd:.2f}")
+        return shown
+
+    with ShardWriter(out.path("annotations"), "annotations", cfg.rows_per_shard) as annotations, \
+         ShardWriter(out.path("errors"), "errors", cfg.rows_per_shard) as errors, \
+         progress_bar(known_rows(sources), "annotate", progress) as bar:
+
+        def on_row(row: dict[str, Any]) -> None:
+            done.add([row])
+            bar.update(1)
+            bar.set_postfix(postfix(), refresh=False)
+
+        try:
+            for batch in iter_batches(sources, limits=cfg.limits, step_separator=cfg.step_separator,
+                                      batch_rows=cfg.batch_rows):
+                rows = await annotator.annotate_async(batch.valid, on_row) if batch.valid else []
+                check_contract(batch.valid, rows, annotator)
+                annotations.add_rows(rows)
+                errors.add_rows(batch.errors)
+                counts.read += batch.n_read
+                counts.valid += len(batch.valid)
+                counts.add_errors(batch.errors)
+                bar.update(batch.n_read - len(batch.valid))
+        finally:
+            await annotator.aclose()
 
 
 def run_annotate(cfg: AnnotateConfig, progress: bool = True, annotator: Annotator | None = None) -> AnnotateResult:
@@ -109,27 +154,14 @@ def run_annotate(cfg: AnnotateConfig, progress: bool = True, annotator: Annotato
     counts, done = RowCounts(), AnnotationCounts()
     rerun = (Path(cfg.output) / "annotations").is_dir()  # an earlier annotate run: replace it
     with StagedOutput(cfg.output, PARTS, cfg.overwrite or rerun) as out:
-        with ShardWriter(out.path("annotations"), "annotations", cfg.rows_per_shard) as annotations, \
-             ShardWriter(out.path("errors"), "errors", cfg.rows_per_shard) as errors, \
-             progress_bar(known_rows(sources), "annotate", progress) as bar:
-            for batch in iter_batches(sources, limits=cfg.limits, step_separator=cfg.step_separator,
-                                      batch_rows=cfg.batch_rows):
-                rows = annotator.annotate(batch.valid) if batch.valid else []
-                check_contract(batch.valid, rows, annotator)
-                annotations.add_rows(rows)
-                errors.add_rows(batch.errors)
-                counts.read += batch.n_read
-                counts.valid += len(batch.valid)
-                counts.add_errors(batch.errors)
-                done.add(rows)
-                bar.update(batch.n_read)
-                bar.set_postfix(labelled=done.labelled, failed=done.n_failed)
+        asyncio.run(_annotate_all(cfg, sources, annotator, out, counts, done, progress))
         seconds = time.perf_counter() - start
+        stats = getattr(annotator, "stats", None)
         summary = {
             "files": [str(s.path) for s in sources], "backend": cfg.backend, "judge": annotator.judge,
             "prompt_version": annotator.prompt_version, "samples": cfg.samples,
-            **counts.as_dict(), **done.as_dict(),
+            **counts.as_dict(), **done.as_dict(), **(stats.as_dict() if stats is not None else {}),
             "seconds": round(seconds, 3), "rows_per_second": counts.read / seconds if seconds else 0.0,
         }
         out.path("summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return AnnotateResult(counts, done, annotator.judge, seconds, Path(cfg.output))
+    return AnnotateResult(counts, done, annotator.judge, seconds, Path(cfg.output), stats)

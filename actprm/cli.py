@@ -22,7 +22,7 @@ verbs:
   init-model   create a randomly initialised ensemble PRM from a preset
   score        score every step with the ensemble PRM; uncertainty and ActPRM selection
   train        one PRM training round (ActPRM loss) from trajectories + annotations
-  annotate     label trajectories with an annotator (verifier: ground truth of known quality)
+  annotate     label trajectories: a judge model over any OpenAI-compatible endpoint, or the verifier
   evaluate     ProcessBench F1 (the official metric), step AUROC and ECE of a PRM on labelled subsets
 
 examples:
@@ -30,7 +30,8 @@ examples:
   actprm validate --input ../shared/data/processbench/ --output out/checked
   actprm init-model --preset tiny --output models/tiny
   actprm score --input out/checked/valid --output out/scored --model models/tiny
-  actprm annotate --backend verifier --input out/scored/scored --output out/annotated
+  actprm annotate --backend openai --base-url http://localhost:8000/v1 --judge-model Qwen/QwQ-32B \\
+      --input out/scored/scored --output out/annotated
   actprm evaluate --data ../shared/data/processbench/*.json --output out/eval
   actprm <verb> --help
 """
@@ -239,28 +240,59 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 def _parser_annotate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "annotate", formatter_class=_Formatter, argument_default=argparse.SUPPRESS,
-        help="label trajectories with an annotator (verifier: ground truth of known quality)",
-        description="Validate a corpus (any trajectories table, e.g. score's OUTPUT/scored/) and label every "
-                    "valid row with the annotator --backend: the earliest wrong step, -1 if none, or a failed "
-                    "row with its reason. Writes OUTPUT/annotations/, OUTPUT/errors/ (invalid input rows), "
-                    "OUTPUT/summary.json. Backend verifier answers from each row's first_error_step, wrong "
-                    "with probability --wrong-rate (F1 = 1 - rate; default 0.18 ~ QwQ-32B), refused with "
-                    "--refusal-rate, seeded per row: a rerun into the same OUTPUT replaces an earlier annotate "
-                    "run with identical rows, no --overwrite needed.",
+        help="label trajectories with an annotator: a judge model over an OpenAI-compatible endpoint, or the verifier",
+        description="Validate a corpus (any trajectories table, e.g. score's OUTPUT/scored/; "
+                    "extra columns are ignored) and label every valid row: the earliest wrong step, -1 if none, "
+                    "or a failed row with its reason. Writes OUTPUT/annotations/, OUTPUT/errors/ (invalid input "
+                    "rows), OUTPUT/summary.json.\n\n"
+                    "--backend openai: a judge model behind any OpenAI-compatible endpoint (vllm serve, SGLang, "
+                    "hosted APIs), asked for the earliest wrong paragraph in \\boxed{}. Every answer is cached "
+                    "in OUTPUT/judge_cache.sqlite (or --cache) as it arrives: rerunning into the same OUTPUT, "
+                    "e.g. after a kill, resumes and never pays twice. The API key is read from the environment "
+                    "variable --api-key-env names (default OPENAI_API_KEY) and is written nowhere.\n\n"
+                    "--backend verifier (default): answers from each row's first_error_step, wrong with "
+                    "probability --wrong-rate (F1 = 1 - rate; default 0.18 ~ QwQ-32B), refused with "
+                    "--refusal-rate, seeded per row. A rerun into the same OUTPUT replaces an earlier annotate "
+                    "run, no --overwrite needed.",
         epilog="examples:\n"
+               "  actprm annotate --backend openai --base-url http://localhost:8000/v1 --judge-model Qwen/QwQ-32B \\\n"
+               "      --input out/scored/scored --output out/ann --concurrency 64\n"
+               "  OPENAI_API_KEY=... actprm annotate --config configs/judge/openai.yaml --input out/scored/scored \\\n"
+               "      --output out/ann --samples 3 --price-in 0.4 --price-out 1.6\n"
+               "  actprm annotate --config configs/judge/vllm.yaml --input corpus/ --output out/ann --cache judge.sqlite\n"
                "  actprm annotate --backend verifier --input out/scored/scored --output out/annotated\n"
-               "  actprm annotate --input corpus/ --output out/ann --wrong-rate 0.3 --samples 5 --seed 1\n"
-               "  actprm annotate --config configs/judge/verifier.yaml --input corpus/ --output out/ann\n")
+               "  actprm annotate --input corpus/ --output out/ann --wrong-rate 0.3 --samples 5 --seed 1\n")
     _add_read_flags(p)
     _add_output_flags(p)
     _add_common(p)
-    p.add_argument("--backend", metavar="NAME", help="annotator backend: verifier (default)")
-    p.add_argument("--wrong-rate", dest="wrong_rate", type=float, metavar="X",
-                   help="verifier: share of wrong answers (default: 0.18)")
-    p.add_argument("--refusal-rate", dest="refusal_rate", type=float, metavar="X",
-                   help="verifier: share of refused answers (default: 0)")
+    p.add_argument("--backend", metavar="NAME", help="annotator backend: verifier (default) or openai")
     p.add_argument("--samples", type=int, metavar="N", help="answers per row, majority vote (default: 1)")
-    p.add_argument("--seed", type=int, help="seed of the verifier's answers (default: 0)")
+    judge = p.add_argument_group("openai backend")
+    judge.add_argument("--base-url", dest="base_url", metavar="URL", help="e.g. http://localhost:8000/v1")
+    judge.add_argument("--judge-model", dest="judge_model", metavar="NAME", help="model name the endpoint serves")
+    judge.add_argument("--api-key-env", dest="api_key_env", metavar="VAR",
+                       help="environment variable with the API key (default: OPENAI_API_KEY)")
+    judge.add_argument("--concurrency", type=int, metavar="N", help="requests in flight at most (default: 64)")
+    judge.add_argument("--requests-per-minute", dest="requests_per_minute", type=int, metavar="N")
+    judge.add_argument("--tokens-per-minute", dest="tokens_per_minute", type=int, metavar="N")
+    judge.add_argument("--timeout", dest="timeout_s", type=float, metavar="S", help="per request (default: 600)")
+    judge.add_argument("--max-attempts", dest="max_attempts", type=int, metavar="N",
+                       help="attempts per request (default: 6)")
+    judge.add_argument("--max-tokens", dest="max_tokens", type=int, metavar="N", help="completion limit")
+    judge.add_argument("--temperature", type=float, metavar="T", help="default: 0.6")
+    judge.add_argument("--cache", metavar="PATH", help="answer cache (default: OUTPUT/judge_cache.sqlite)")
+    judge.add_argument("--price-in", dest="price_in", type=float, metavar="USD_PER_MTOK",
+                       help="USD per million prompt tokens (cost_usd)")
+    judge.add_argument("--price-out", dest="price_out", type=float, metavar="USD_PER_MTOK",
+                       help="USD per million completion tokens")
+    judge.add_argument("--no-raw-output", dest="raw_output", action="store_false",
+                       help="do not keep the judge's answer text in the annotations")
+    verifier = p.add_argument_group("verifier backend")
+    verifier.add_argument("--wrong-rate", dest="wrong_rate", type=float, metavar="X",
+                          help="share of wrong answers (default: 0.18)")
+    verifier.add_argument("--refusal-rate", dest="refusal_rate", type=float, metavar="X",
+                          help="share of refused answers (default: 0)")
+    verifier.add_argument("--seed", type=int, help="seed of the verifier's answers (default: 0)")
     p.set_defaults(handler=cmd_annotate)
 
 

@@ -74,12 +74,33 @@ class ScoreConfig(ValidateConfig, SelectionConfig):
 class JudgeConfig(Config):
     """Which annotator labels the rows and how (see actprm.judge)."""
 
-    backend: Literal["verifier"] = Field("verifier", description="annotator backend (actprm.judge.BACKENDS)")
+    backend: Literal["verifier", "openai"] = Field("verifier", description="annotator backend (actprm.judge.BACKENDS)")
+    samples: int = Field(1, ge=1, description="answers per row, aggregated by majority vote")
+    # verifier: ground truth with known imperfection
     seed: int = Field(0, description="seeds the verifier's wrong answers and refusals")
     # uniform wrong answers at rate w give ProcessBench F1 = 1 - w: 0.18 ~ QwQ-32B as a critic (0.816)
     wrong_rate: float = Field(0.18, ge=0.0, le=1.0, description="verifier: share of wrong answers")
     refusal_rate: float = Field(0.0, ge=0.0, le=1.0, description="verifier: share of refused answers")
-    samples: int = Field(1, ge=1, description="answers per row, aggregated by majority vote")
+    # openai: a judge model over an OpenAI-compatible chat-completions endpoint
+    base_url: str | None = Field(None, description="e.g. http://localhost:8000/v1 (null: the client's default)")
+    judge_model: str | None = Field(None, description="the model name the endpoint serves")
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="environment variable holding the API key")
+    concurrency: int = Field(64, ge=1, description="requests in flight at most")
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1, description="estimated before sending (prompt chars / 4 + output)")
+    timeout_s: float = Field(600.0, gt=0, description="per request; reasoning models answer slowly")
+    max_attempts: int = Field(6, ge=1, description="attempts per request, the first included")
+    max_backoff_s: float = Field(60.0, gt=0, description="cap of the random exponential back-off")
+    temperature: float | None = Field(0.6, ge=0.0, description="null: the server's default")
+    top_p: float | None = Field(0.95, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(None, ge=1, description="null: the server's limit")
+    extra_body: dict[str, Any] | None = Field(None, description="extra request fields, e.g. chat_template_kwargs")
+    use_n: bool = Field(True, description="samples > 1: one request with n (else one request per sample)")
+    mean_output_tokens: int = Field(4000, ge=1, description="expected completion length (token budgets, estimates)")
+    price_in: float = Field(0.0, ge=0.0, description="USD per million prompt tokens")
+    price_out: float = Field(0.0, ge=0.0, description="USD per million completion tokens")
+    cache: str | None = Field(None, description="answer cache (default: OUTPUT/judge_cache.sqlite)")
+    raw_output: bool = Field(True, description="keep the judge's answer text in the annotations")
 
 
 class AnnotateConfig(ValidateConfig, JudgeConfig):

@@ -221,8 +221,8 @@ def test_make_annotator_and_the_config_file():
     assert cfg == AnnotateConfig()  # the shipped file states the defaults
     judge = make_annotator(cfg)
     assert isinstance(judge, VerifierAnnotator) and judge.wrong_rate == 0.18 and judge.refusal_rate == 0.0
-    with pytest.raises(UserError, match="choose one of: verifier"):
-        make_annotator(cfg.model_construct(backend="openai"))
+    with pytest.raises(UserError, match="choose one of: verifier, openai"):
+        make_annotator(cfg.model_construct(backend="rollout"))
     with pytest.raises(UserError, match="wrong_rate"):
         load_config(AnnotateConfig, overrides={"wrong_rate": 1.5})
     with pytest.raises(UserError, match="samples"):
@@ -304,4 +304,4 @@ def test_annotate_help_has_examples(capsys):
     assert "examples:" in text and "--wrong-rate" in text and "--samples" in text
     with pytest.raises(SystemExit):
         main(["--help"])
-    assert "actprm annotate --backend verifier" in capsys.readouterr().out
+    assert "actprm annotate --backend openai" in capsys.readouterr().out

@@ -2,6 +2,8 @@
 
     Annotator            the interface (base.py): rows in, one annotations row each out
     VerifierAnnotator    `verifier`: ground truth with seeded wrong answers and refusals
+    OpenAIJudge          `openai`: a judge model over any OpenAI-compatible endpoint (openai_judge.py),
+                         with its prompt and parser (prompt.py) and answer cache (cache.py)
     make_annotator(cfg)  the backend named by `cfg.backend`
 
 The annotations table is data_schemas/annotations.yaml.
@@ -10,6 +12,7 @@ The annotations table is data_schemas/annotations.yaml.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from actprm.errors import UserError
@@ -22,12 +25,29 @@ def _verifier(cfg: Any) -> Annotator:
                              samples=cfg.samples, seed=cfg.seed)
 
 
+def cache_path(cfg: Any) -> Path | None:
+    """Where the judge caches its answers: `cfg.cache`, else OUTPUT/judge_cache.sqlite."""
+    if getattr(cfg, "cache", None):
+        return Path(cfg.cache)
+    if getattr(cfg, "output", None):
+        return Path(cfg.output) / "judge_cache.sqlite"
+    return None
+
+
+def _openai(cfg: Any) -> Annotator:
+    from actprm.judge.cache import AnswerCache
+    from actprm.judge.openai_judge import OpenAIJudge
+
+    path = cache_path(cfg)
+    return OpenAIJudge(cfg, cache=AnswerCache(path) if path is not None else None)
+
+
 # backend name -> factory taking the job config (actprm.config.JudgeConfig or a subclass).
-# A new backend (the OpenAI-compatible judge, `openai`, comes next) adds its factory here,
-# importing its module inside the factory so that its dependencies load only when used,
-# and its name to JudgeConfig.backend in actprm/config.py.
+# A new backend adds its factory here, importing its module inside the factory so that its
+# dependencies load only when used, and its name to JudgeConfig.backend in actprm/config.py.
 BACKENDS: dict[str, Callable[[Any], Annotator]] = {
     "verifier": _verifier,
+    "openai": _openai,
 }
 
 
@@ -44,6 +64,7 @@ __all__ = [
     "BACKENDS",
     "Annotator",
     "VerifierAnnotator",
+    "cache_path",
     "error_kind",
     "failed_row",
     "labelled_row",

@@ -1,6 +1,6 @@
 """The annotator interface: trajectories in, one annotation row each out.
 
-Every backend (`verifier` now; an OpenAI-compatible judge and rollouts later) is an
+Every backend (`verifier`, the OpenAI-compatible judge `openai`; rollouts later) is an
 `Annotator`. The contract, which the jobs and the Ray recipes rely on:
 
 - in: a batch of canonical trajectory dicts (`id`, `problem`, `steps`, `first_error_step`, ...;
@@ -9,7 +9,8 @@ Every backend (`verifier` now; an OpenAI-compatible judge and rollouts later) is
   row, with the same `id`, in input order (callers still join by id);
 - a problem with one row (no ground truth, a refusal, an unparseable answer, a request that
   kept failing) never raises: the row comes back failed, `first_error_step=None` and an
-  `error` of the form `<kind>: <detail>`.
+  `error` of the form `<kind>: <detail>`. Only a setting that would fail every row (the
+  endpoint refuses the key, the model or the URL) raises, as a UserError, stopping the job.
 
 Rows are built with `labelled_row` / `failed_row` so that every backend fills every column.
 """
@@ -19,14 +20,15 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
 def labelled_row(rid: str, first_error_step: int, *, judge: str, prompt_version: str,
                  votes: Sequence[int] | None = None, agreement: float | None = None,
                  prompt_tokens: int = 0, completion_tokens: int = 0, cost_usd: float = 0.0,
-                 attempts: int = 1, latency_s: float = 0.0, raw_output: str | None = None) -> dict[str, Any]:
+                 attempts: int = 1, cached: int = 0, latency_s: float = 0.0,
+                 raw_output: str | None = None) -> dict[str, Any]:
     """An annotation row with a label. Without `votes`, the label is the single vote (agreement 1.0)."""
     votes = [int(first_error_step)] if votes is None else [int(v) for v in votes]
     if agreement is None:
@@ -42,6 +44,7 @@ def labelled_row(rid: str, first_error_step: int, *, judge: str, prompt_version:
         "completion_tokens": int(completion_tokens),
         "cost_usd": float(cost_usd),
         "attempts": int(attempts),
+        "cached": int(cached),
         "latency_s": float(latency_s),
         "error": None,
         "raw_output": raw_output,
@@ -50,7 +53,8 @@ def labelled_row(rid: str, first_error_step: int, *, judge: str, prompt_version:
 
 def failed_row(rid: str, error: str, *, judge: str, prompt_version: str,
                prompt_tokens: int = 0, completion_tokens: int = 0, cost_usd: float = 0.0,
-               attempts: int = 1, latency_s: float = 0.0, raw_output: str | None = None) -> dict[str, Any]:
+               attempts: int = 1, cached: int = 0, latency_s: float = 0.0,
+               raw_output: str | None = None) -> dict[str, Any]:
     """An annotation row without a label; `error` is `<kind>: <detail>` (e.g. `refusal: ...`)."""
     return {
         "id": rid,
@@ -63,6 +67,7 @@ def failed_row(rid: str, error: str, *, judge: str, prompt_version: str,
         "completion_tokens": int(completion_tokens),
         "cost_usd": float(cost_usd),
         "attempts": int(attempts),
+        "cached": int(cached),
         "latency_s": float(latency_s),
         "error": error,
         "raw_output": raw_output,
@@ -109,11 +114,19 @@ class Annotator(abc.ABC):
     prompt_version: str
 
     @abc.abstractmethod
-    async def annotate_async(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """One annotation row per input row, same ids, input order. Never raises for a per-row problem."""
+    async def annotate_async(self, rows: list[dict[str, Any]],
+                             on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+        """One annotation row per input row, same ids, input order. Never raises for a per-row problem.
+
+        `on_row(annotation)` is called as each row finishes (progress bars); rows may finish in
+        any order.
+        """
+
+    async def aclose(self) -> None:
+        """Release what the annotator holds for the running event loop (connections); no-op by default."""
 
     def annotate(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Synchronous `annotate_async`, run with `asyncio.run`.
+        """Synchronous `annotate_async` in a fresh event loop of its own (closed after).
 
         Code that already runs inside an event loop (async Ray actors, Jupyter, an async
         server) must `await annotator.annotate_async(rows)` instead: asyncio cannot start a
@@ -122,7 +135,12 @@ class Annotator(abc.ABC):
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(self.annotate_async(list(rows)))
+            async def run() -> list[dict[str, Any]]:
+                try:
+                    return await self.annotate_async(list(rows))
+                finally:
+                    await self.aclose()
+            return asyncio.run(run())
         raise RuntimeError(
             f"{type(self).__name__}.annotate() was called inside a running event loop; "
             "use `await annotator.annotate_async(rows)` there")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from numbers import Integral
 from typing import Any
 
@@ -100,5 +101,11 @@ class VerifierAnnotator(Annotator):
         return self.labelled(rid, label, votes=votes, agreement=agreement, attempts=self.samples,
                              raw_output=raw, latency_s=time.perf_counter() - start)
 
-    async def annotate_async(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [self.annotate_row(row) for row in rows]
+    async def annotate_async(self, rows: list[dict[str, Any]],
+                             on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+        out = []
+        for row in rows:
+            out.append(self.annotate_row(row))
+            if on_row is not None:
+                on_row(out[-1])
+        return out

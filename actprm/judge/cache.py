@@ -1,0 +1,106 @@
+"""The judge's answer cache: every paid answer, stored the moment it arrives.
+
+One SQLite file (default `OUTPUT/judge_cache.sqlite`, or `--cache PATH` to share it across runs)
+in WAL mode with `synchronous=NORMAL`: a write is durable against a killed process (the WAL is
+in the OS's hands once the transaction commits; only a power loss can drop the last ones), and
+readers never block the writer. Safe for one machine; not on a network filesystem (the Ray
+recipe, issue 7, gives each actor its own segment).
+
+The key (`answer_key`) is a SHA-256 of everything that decides the answer's distribution: the
+problem, the steps, the judge model, the prompt version, the sampling parameters, and the
+sample index. Row ids are not in the key (the same trajectory under another id is not paid
+twice) but are kept beside the answer for audits. The API key and the endpoint URL are never
+stored.
+
+Every answer the server returned is cached, whether it parses or not: parsing happens again on
+every read, so a better parser relabels old answers without paying for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS answers (
+    key TEXT PRIMARY KEY,
+    row_id TEXT,
+    sample INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    prompt_version TEXT NOT NULL,
+    content TEXT,
+    reasoning TEXT,
+    finish_reason TEXT,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    created REAL NOT NULL
+)
+"""
+
+
+def answer_key(problem: str, steps: Sequence[str], model: str, prompt_version: str,
+               sampling: Mapping[str, Any], sample: int) -> str:
+    """The cache key of sample `sample` of one trajectory under one judge setting."""
+    payload = json.dumps([problem, list(steps), model, prompt_version, dict(sorted(sampling.items())), int(sample)],
+                         ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One completion choice as the server returned it, with what it cost."""
+
+    content: str | None
+    reasoning: str | None
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+
+
+class AnswerCache:
+    """Key -> Answer, persisted in SQLite (WAL). Use one instance per process."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        self._db.execute(SCHEMA)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Answer]:
+        keys = list(keys)
+        found: dict[str, Answer] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, *fields in self._db.execute(
+                    "SELECT key, content, reasoning, finish_reason, prompt_tokens, completion_tokens, cost_usd "
+                    f"FROM answers WHERE key IN ({marks})", chunk):
+                found[key] = Answer(*fields)
+        return found
+
+    def put(self, key: str, answer: Answer, *, row_id: str | None, sample: int, model: str,
+            prompt_version: str) -> None:
+        """Store one answer now (its own committed transaction). A key stored before is kept."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (key, row_id, int(sample), model, prompt_version, answer.content, answer.reasoning,
+             answer.finish_reason, int(answer.prompt_tokens), int(answer.completion_tokens),
+             float(answer.cost_usd), time.time()))
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()

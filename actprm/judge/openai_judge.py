@@ -1,0 +1,390 @@
+"""The `openai` backend: a judge model behind any OpenAI-compatible chat-completions endpoint.
+
+`vllm serve`, SGLang, and hosted APIs all speak this protocol; the official `openai` client
+(AsyncOpenAI, any `base_url`) talks to them. For each trajectory the judge gets the prompt of
+actprm.judge.prompt and answers with the earliest wrong paragraph in \\boxed{}.
+
+Money and time are spent only here, so the rules are strict:
+
+- Never pay twice: before a request, the answer cache (actprm.judge.cache) is asked; every
+  answer the server returns is stored the moment it arrives, parseable or not. A rerun makes
+  zero calls for anything already answered; a killed job loses only the requests in flight.
+- Limits: at most `concurrency` requests in flight (an asyncio semaphore, held only while a
+  request is on the wire, not during back-off), optional requests- and tokens-per-minute
+  budgets (aiolimiter's leaky buckets with 10-second windows, so a burst is at most a sixth of
+  the minute's budget; tokens are estimated before sending as prompt chars / 4 plus
+  `max_tokens`, or `mean_output_tokens` when that is unset, per sample; a request larger than
+  a window takes a whole window), a per-request timeout. The limits hold for one annotator
+  (one process); the Ray recipe shares them across actors.
+- One retry owner: the client's own retries are off (`max_retries=0`); tenacity retries a
+  request on 429, timeouts, connection errors, 5xx and malformed bodies, waiting what the
+  server's Retry-After says or else a random exponential back-off, at most `max_attempts`
+  attempts in all. Other 4xx are not retried: 400/413/422 fail the row (`rejected: ...`),
+  401/403/404 stop the job with a user error (a wrong key, model or URL would fail every row).
+- Answers: `finish_reason` "length" is a failed sample (`truncated: ...`, the verdict comes at
+  the end), "content_filter" a refusal; otherwise the verdict is parsed (actprm.judge.prompt),
+  and a parse failure is recorded with the raw text, never guessed.
+- Samples: `samples` answers per row, one request with `n=samples` when `use_n` (vLLM, SGLang
+  and OpenAI support it), else one request each; the label is the majority of the parseable
+  answers (ties: the earliest step, see actprm.judge.base.majority).
+- Secrets: the key is read from the environment variable named by `api_key_env` and is never
+  written anywhere; error messages that reach a table or the terminal have it redacted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import openai
+from aiolimiter import AsyncLimiter
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from actprm.errors import UserError
+from actprm.judge.base import Annotator, majority
+from actprm.judge.cache import Answer, AnswerCache, answer_key
+from actprm.judge.prompt import PROMPT_VERSION, ParseError, build_messages, parse_verdict, split_reasoning
+
+# Retry-After values above this are not honoured as such (a day-long ban is a failure, not a wait)
+MAX_RETRY_AFTER_S = 600.0
+
+
+class MalformedResponse(Exception):
+    """A 200 response whose body is not a usable chat completion (cut off, not JSON, no choices)."""
+
+
+class FatalEndpointError(UserError):
+    """The endpoint refuses every request (bad key, unknown model, wrong URL): stop the job."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth another attempt: rate limits, timeouts, connection errors, 5xx, malformed bodies."""
+    if isinstance(exc, (MalformedResponse, openai.APIConnectionError, openai.RateLimitError)):
+        return True  # APITimeoutError is an APIConnectionError
+    return isinstance(exc, openai.APIStatusError) and exc.status_code >= 500
+
+
+def retry_after_s(exc: BaseException | None) -> float | None:
+    """Seconds the server asked us to wait (Retry-After, in seconds or as an HTTP date), if any."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if not headers:
+        return None
+    if headers.get("retry-after-ms"):
+        try:
+            return float(headers["retry-after-ms"]) / 1000.0
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+class WaitRetryAfterOrBackoff:
+    """tenacity wait: the server's Retry-After when it gives one (capped), else random exponential."""
+
+    def __init__(self, max_backoff_s: float):
+        self.backoff = wait_random_exponential(multiplier=0.5, max=max_backoff_s)
+
+    def __call__(self, retry_state: Any) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        asked = retry_after_s(exc)
+        if asked is not None and asked <= MAX_RETRY_AFTER_S:
+            return asked
+        return self.backoff(retry_state)
+
+
+def per_minute_limiter(per_minute: int | None) -> AsyncLimiter | None:
+    """A leaky bucket for a per-minute budget that bursts at most a sixth of it (10-second windows).
+
+    A budget under 6 per minute gets one bucket per minute instead (a bucket must hold one unit).
+    """
+    if not per_minute:
+        return None
+    if per_minute < 6:
+        return AsyncLimiter(per_minute, 60)
+    return AsyncLimiter(per_minute / 6, 10)
+
+
+@dataclass
+class JudgeStats:
+    """What this annotator did in this process (progress and summaries read it live)."""
+
+    requests: int = 0          # HTTP requests sent, retries included
+    answers: int = 0           # answers received and cached (each is paid for)
+    cached: int = 0            # samples served from the cache instead
+    prompt_tokens: int = 0     # billed in this process
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    retries: Counter = field(default_factory=Counter)  # by exception type
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"requests": self.requests, "answers_paid": self.answers, "samples_from_cache": self.cached,
+                "spent_prompt_tokens": self.prompt_tokens, "spent_completion_tokens": self.completion_tokens,
+                "spent_usd": round(self.cost_usd, 6), "max_in_flight": self.max_in_flight,
+                "retries_by_kind": dict(self.retries.most_common())}
+
+
+@dataclass
+class _Sample:
+    answer: Answer | None = None
+    from_cache: bool = False
+    error: str | None = None  # a request that never produced an answer
+
+
+class OpenAIJudge(Annotator):
+    """Annotator backed by a judge model over the chat-completions API (see the module docstring).
+
+    `cfg` is an actprm.config.JudgeConfig (or any object with its fields); `cache` the answer
+    cache (None: no cache, every call is paid; only for tests and throwaway runs).
+    """
+
+    def __init__(self, cfg: Any, cache: AnswerCache | None = None, *,
+                 client_factory: Callable[..., Any] | None = None):
+        if not cfg.judge_model:
+            raise UserError("the openai backend needs --judge-model (the model name the endpoint serves)")
+        self.cfg = cfg
+        self.cache = cache
+        self.model = cfg.judge_model
+        self.judge = cfg.judge_model
+        self.prompt_version = PROMPT_VERSION
+        self.samples = int(cfg.samples)
+        self.sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens,
+                         "extra_body": cfg.extra_body or None}
+        self.stats = JudgeStats()
+        self._key_env = cfg.api_key_env
+        self._api_key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
+        self._client_factory = client_factory or openai.AsyncOpenAI
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: Any = None
+
+    # ------------------------------------------------------------ per event loop state
+
+    def _bind(self) -> None:
+        """Client, semaphore and rate limiters of the running loop (made once per loop)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        self._loop = loop
+        self._client = self._client_factory(
+            api_key=self._api_key or "EMPTY",  # local servers without auth accept any key
+            base_url=self.cfg.base_url, timeout=self.cfg.timeout_s, max_retries=0)
+        self._slots = asyncio.Semaphore(self.cfg.concurrency)
+        self._rpm = per_minute_limiter(self.cfg.requests_per_minute)
+        self._tpm = per_minute_limiter(self.cfg.tokens_per_minute)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+        self._client, self._loop = None, None
+
+    def redact(self, text: str) -> str:
+        """`text` with the API key removed (error bodies may echo what was sent)."""
+        return text.replace(self._api_key, "[redacted]") if len(self._api_key) >= 4 else text
+
+    # ------------------------------------------------------------------- one request
+
+    def _cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (self.cfg.price_in * prompt_tokens + self.cfg.price_out * completion_tokens) / 1e6
+
+    def _token_estimate(self, messages: list[dict[str, str]], n: int) -> int:
+        prompt = sum(len(m["content"]) for m in messages) // 4
+        out = self.cfg.max_tokens or self.cfg.mean_output_tokens
+        return prompt + n * out
+
+    async def _send(self, messages: list[dict[str, str]], n: int) -> Any:
+        """One HTTP request under the global limits; a usable ChatCompletion or an exception."""
+        async with self._slots:
+            if self._rpm is not None:
+                await self._rpm.acquire()
+            if self._tpm is not None:
+                await self._tpm.acquire(min(self._token_estimate(messages, n), self._tpm.max_rate))
+            self.stats.requests += 1
+            self.stats.in_flight += 1
+            self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
+            try:
+                kwargs: dict[str, Any] = {"model": self.model, "messages": messages}
+                for name in ("temperature", "top_p", "max_tokens"):
+                    if self.sampling[name] is not None:
+                        kwargs[name] = self.sampling[name]
+                if n > 1:
+                    kwargs["n"] = n
+                if self.sampling["extra_body"]:
+                    kwargs["extra_body"] = self.sampling["extra_body"]
+                try:
+                    response = await self._client.chat.completions.create(**kwargs)
+                except json.JSONDecodeError as exc:
+                    raise MalformedResponse(f"the body is not JSON ({exc.msg})") from exc
+            finally:
+                self.stats.in_flight -= 1
+        choices = getattr(response, "choices", None)
+        if not choices or any(getattr(c, "message", None) is None for c in choices):
+            raise MalformedResponse("the response has no choices/message")
+        return response
+
+    async def _request(self, row: dict[str, Any], messages: list[dict[str, str]],
+                       samples: list[int], keys: list[str]) -> tuple[dict[int, _Sample], int]:
+        """Answers for `samples` of one row (one request with n, or one per sample), cached on arrival."""
+        attempts = 0
+        try:
+            async for attempt in AsyncRetrying(
+                    stop=stop_after_attempt(self.cfg.max_attempts),
+                    wait=WaitRetryAfterOrBackoff(self.cfg.max_backoff_s),
+                    retry=retry_if_exception(is_transient), reraise=True):
+                with attempt:
+                    attempts += 1
+                    try:
+                        response = await self._send(messages, len(samples))
+                    except Exception as exc:
+                        if is_transient(exc):
+                            self.stats.retries[type(exc).__name__] += 1
+                        raise
+        except Exception as exc:
+            return {s: _Sample(error=self._request_error(exc, attempts)) for s in samples}, attempts
+        usage = getattr(response, "usage", None)
+        prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
+        completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+        self.stats.prompt_tokens += prompt_tokens
+        self.stats.completion_tokens += completion_tokens
+        self.stats.cost_usd += self._cost(prompt_tokens, completion_tokens)
+        out: dict[int, _Sample] = {}
+        choices = list(response.choices)
+        for j, s in enumerate(samples):
+            if j >= len(choices):
+                out[s] = _Sample(error=f"request: the server returned {len(choices)} of {len(samples)} choices")
+                continue
+            # usage is per request: the prompt is billed to the first answer, completions split evenly
+            pt = prompt_tokens if j == 0 else 0
+            ct = completion_tokens // len(choices) + (completion_tokens % len(choices) if j == 0 else 0)
+            message = choices[j].message
+            reasoning = getattr(message, "reasoning_content", None) or getattr(message, "reasoning", None)
+            answer = Answer(content=message.content, reasoning=reasoning if isinstance(reasoning, str) else None,
+                            finish_reason=choices[j].finish_reason, prompt_tokens=pt, completion_tokens=ct,
+                            cost_usd=self._cost(pt, ct))
+            if self.cache is not None:
+                self.cache.put(keys[s], answer, row_id=row.get("id"), sample=s, model=self.model,
+                               prompt_version=self.prompt_version)
+            self.stats.answers += 1
+            out[s] = _Sample(answer=answer)
+        return out, attempts
+
+    def _request_error(self, exc: BaseException, attempts: int) -> str:
+        if isinstance(exc, openai.APIStatusError) and exc.status_code in (401, 403, 404):
+            raise FatalEndpointError(self._endpoint_hint(exc)) from None
+        if isinstance(exc, openai.APIStatusError) and not is_transient(exc):
+            return f"rejected: HTTP {exc.status_code} {self.redact(_clip(exc.message))}"
+        what = f"{type(exc).__name__}: {self.redact(_clip(str(exc)))}"
+        return f"request: gave up after {attempts} attempt{'s' * (attempts != 1)} ({what})"
+
+    def _endpoint_hint(self, exc: openai.APIStatusError) -> str:
+        where = self.cfg.base_url or "the default OpenAI endpoint"
+        if exc.status_code in (401, 403):
+            key = (f"${self._key_env} is {'set' if self._api_key else 'not set'}" if self._key_env
+                   else "no --api-key-env was given")
+            fix = f"check the API key ({key})"
+        else:
+            fix = f"check --judge-model ({self.model!r}) and --base-url"
+        return (f"the judge endpoint {where} refused the request with HTTP {exc.status_code}: "
+                f"{self.redact(_clip(exc.message))}; {fix}")
+
+    # --------------------------------------------------------------------- one row
+
+    def _vote(self, answer: Answer, n_steps: int) -> tuple[int | None, str | None]:
+        if answer.finish_reason == "length":
+            return None, (f"truncated: the answer hit the token limit (finish_reason length, "
+                          f"{answer.completion_tokens} tokens); raise max_tokens")
+        if answer.finish_reason == "content_filter":
+            return None, "refusal: the endpoint's content filter stopped the answer"
+        _, text = split_reasoning(answer.content, answer.reasoning)
+        try:
+            return parse_verdict(text, n_steps), None
+        except ParseError as exc:
+            return None, f"parse: {exc}"
+
+    async def annotate_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        start = time.perf_counter()
+        rid, problem, steps = row.get("id"), row.get("problem"), row.get("steps")
+        if not isinstance(problem, str) or not isinstance(steps, (list, tuple)) or not steps:
+            return self.failed(rid, "bad input: needs a problem and a non-empty list of steps", attempts=0)
+        steps = [str(s) for s in steps]
+        keys = [answer_key(problem, steps, self.model, self.prompt_version, self.sampling, s)
+                for s in range(self.samples)]
+        found = self.cache.get_many(keys) if self.cache is not None else {}
+        got: dict[int, _Sample] = {s: _Sample(answer=found[k], from_cache=True) for s, k in enumerate(keys) if k in found}
+        self.stats.cached += len(got)
+        missing = [s for s in range(self.samples) if s not in got]
+        attempts = 0
+        if missing:
+            messages = build_messages(problem, steps)
+            groups = [missing] if self.cfg.use_n else [[s] for s in missing]
+            for answers, n_attempts in await asyncio.gather(
+                    *(self._request(row, messages, g, keys) for g in groups)):
+                got.update(answers)
+                attempts += n_attempts
+        votes, errors, contents = [], [], []
+        pt = ct = 0
+        cost = 0.0
+        for s in range(self.samples):
+            sample = got[s]
+            if sample.answer is None:
+                errors.append(sample.error)
+                contents.append(None)
+                continue
+            a = sample.answer
+            pt, ct, cost = pt + a.prompt_tokens, ct + a.completion_tokens, cost + a.cost_usd
+            contents.append(a.content)
+            vote, error = self._vote(a, len(steps))
+            if vote is None:
+                errors.append(error)
+            else:
+                votes.append(vote)
+        raw = None
+        if self.cfg.raw_output and any(c is not None for c in contents):
+            raw = contents[0] if self.samples == 1 else json.dumps(contents, ensure_ascii=False)
+        fields = dict(prompt_tokens=pt, completion_tokens=ct, cost_usd=cost, attempts=attempts,
+                      cached=self.samples - len(missing), latency_s=time.perf_counter() - start, raw_output=raw)
+        if not votes:
+            distinct = list(dict.fromkeys(e for e in errors if e))
+            error = distinct[0] if len(distinct) == 1 else "; ".join(distinct)
+            if self.samples > 1:
+                error += f" ({len(errors)} of {self.samples} samples)"
+            return self.failed(rid, error, **fields)
+        label, agreement = majority(votes)
+        return self.labelled(rid, label, votes=votes, agreement=agreement, **fields)
+
+    async def annotate_async(self, rows: list[dict[str, Any]],
+                             on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+        self._bind()
+
+        async def one(row: dict[str, Any]) -> dict[str, Any]:
+            out = await self.annotate_row(row)
+            if on_row is not None:
+                on_row(out)
+            return out
+
+        return list(await asyncio.gather(*(one(r) for r in rows)))
+
+
+def _clip(text: str, n: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 3] + "..."
