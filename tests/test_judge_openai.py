@@ -21,8 +21,15 @@ from actprm.errors import UserError
 from actprm.judge import make_annotator
 from actprm.judge.cache import Answer, AnswerCache, answer_key
 from actprm.judge.openai_judge import OpenAIJudge, retry_after_s
-from actprm.judge.prompt import (ParseError, build_messages, escape, last_boxed, parse_verdict, render_prompt,
-                                 split_reasoning)
+from actprm.judge.prompt import (
+    ParseError,
+    build_messages,
+    escape,
+    last_boxed,
+    parse_verdict,
+    render_prompt,
+    split_reasoning,
+)
 from actprm.testing.judge_server import FakeJudge, JudgeServer, truth_from_rows
 from actprm.world.arith import Generator
 
@@ -270,6 +277,18 @@ def test_the_same_trajectory_under_a_new_id_is_not_paid_again(serve, tmp_path):
     out = judge.annotate(renamed)
     assert fake.total_paid == 3 and [o["cached"] for o in out] == [1, 1, 1]
     assert [o["first_error_step"] for o in out] == [r["first_error_step"] for r in rows]
+
+
+def test_duplicates_in_one_batch_are_paid_once(serve, tmp_path):
+    rows = world(4)
+    twins = rows + [dict(r, id=r["id"] + "-twin") for r in rows] * 2
+    fake = FakeJudge(truth_from_rows(rows), delay_s=0.05)
+    server = serve(fake)
+    for cache in (None, AnswerCache(tmp_path / "c.sqlite")):
+        fake.paid.clear()
+        out = OpenAIJudge(judge_cfg(server.url), cache=cache).annotate(twins)
+        assert fake.total_paid == 4 and sum(o["cached"] for o in out) == 8
+        assert [o["first_error_step"] for o in out] == [r["first_error_step"] for r in twins]
 
 
 def test_injected_boxes_and_tags_do_not_change_the_verdict(serve, tmp_path):

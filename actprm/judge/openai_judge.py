@@ -6,8 +6,10 @@ actprm.judge.prompt and answers with the earliest wrong paragraph in \\boxed{}.
 
 Money and time are spent only here, so the rules are strict:
 
-- Never pay twice: before a request, the answer cache (actprm.judge.cache) is asked; every
-  answer the server returns is stored the moment it arrives, parseable or not. A rerun makes
+- Never pay twice: before a request, the answer cache (actprm.judge.cache) is asked, and a
+  request already on the wire for the same trajectory (a duplicate under another id) is waited
+  for instead of sent again; every answer the server returns is stored the moment it arrives,
+  parseable or not. A rerun makes
   zero calls for anything already answered; a killed job loses only the requests in flight.
 - Limits: at most `concurrency` requests in flight (an asyncio semaphore, held only while a
   request is on the wire, not during back-off), optional requests- and tokens-per-minute
@@ -46,12 +48,23 @@ from typing import Any
 
 import openai
 from aiolimiter import AsyncLimiter
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 
 from actprm.errors import UserError
 from actprm.judge.base import Annotator, majority
 from actprm.judge.cache import Answer, AnswerCache, answer_key
-from actprm.judge.prompt import PROMPT_VERSION, ParseError, build_messages, parse_verdict, split_reasoning
+from actprm.judge.prompt import (
+    PROMPT_VERSION,
+    ParseError,
+    build_messages,
+    parse_verdict,
+    split_reasoning,
+)
 
 # Retry-After values above this are not honoured as such (a day-long ban is a failure, not a wait)
 MAX_RETRY_AFTER_S = 600.0
@@ -186,6 +199,7 @@ class OpenAIJudge(Annotator):
         if self._loop is loop:
             return
         self._loop = loop
+        self._pending: dict[str, asyncio.Future] = {}  # cache key -> the answer being fetched
         self._client = self._client_factory(
             api_key=self._api_key or "EMPTY",  # local servers without auth accept any key
             base_url=self.cfg.base_url, timeout=self.cfg.timeout_s, max_retries=0)
@@ -333,14 +347,28 @@ class OpenAIJudge(Annotator):
         got: dict[int, _Sample] = {s: _Sample(answer=found[k], from_cache=True) for s, k in enumerate(keys) if k in found}
         self.stats.cached += len(got)
         missing = [s for s in range(self.samples) if s not in got]
+        # the same trajectory under another id may be on the wire right now: wait for its answer
+        theirs = {s: self._pending[keys[s]] for s in missing if keys[s] in self._pending}
+        mine = [s for s in missing if s not in theirs]
         attempts = 0
-        if missing:
-            messages = build_messages(problem, steps)
-            groups = [missing] if self.cfg.use_n else [[s] for s in missing]
-            for answers, n_attempts in await asyncio.gather(
-                    *(self._request(row, messages, g, keys) for g in groups)):
-                got.update(answers)
-                attempts += n_attempts
+        if mine:
+            futures = {s: asyncio.get_running_loop().create_future() for s in mine}
+            self._pending.update({keys[s]: futures[s] for s in mine})
+            try:
+                messages = build_messages(problem, steps)
+                groups = [mine] if self.cfg.use_n else [[s] for s in mine]
+                for answers, n_attempts in await asyncio.gather(
+                        *(self._request(row, messages, g, keys) for g in groups)):
+                    got.update(answers)
+                    attempts += n_attempts
+            finally:
+                for s, future in futures.items():
+                    del self._pending[keys[s]]
+                    future.set_result(got.get(s) or _Sample(error="request: abandoned"))
+        for s, future in theirs.items():
+            sample = await future
+            got[s] = _Sample(answer=sample.answer, from_cache=True, error=sample.error)
+            self.stats.cached += sample.answer is not None
         votes, errors, contents = [], [], []
         pt = ct = 0
         cost = 0.0
@@ -362,7 +390,7 @@ class OpenAIJudge(Annotator):
         if self.cfg.raw_output and any(c is not None for c in contents):
             raw = contents[0] if self.samples == 1 else json.dumps(contents, ensure_ascii=False)
         fields = dict(prompt_tokens=pt, completion_tokens=ct, cost_usd=cost, attempts=attempts,
-                      cached=self.samples - len(missing), latency_s=time.perf_counter() - start, raw_output=raw)
+                      cached=sum(1 for x in got.values() if x.from_cache and x.answer is not None), latency_s=time.perf_counter() - start, raw_output=raw)
         if not votes:
             distinct = list(dict.fromkeys(e for e in errors if e))
             error = distinct[0] if len(distinct) == 1 else "; ".join(distinct)
