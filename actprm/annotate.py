@@ -18,7 +18,9 @@ answered rows come from the cache, and only the rest are sent. Any other existin
 (e.g. a validate or score run's errors/ and summary.json) still needs --overwrite.
 
 One event loop runs the whole job: rows of a batch are annotated concurrently (the judge's
-limits hold across batches), the progress bar moves per finished row.
+limits hold across batches), the progress bar moves per finished row. The Ray recipe
+(pipelines/annotate.py, `actprm annotate --ray`) spreads the rows over actors and shares
+this module's counts, contract check, staged output and summary.
 """
 
 from __future__ import annotations
@@ -146,22 +148,34 @@ async def _annotate_all(cfg: AnnotateConfig, sources: list, annotator: Annotator
             await annotator.aclose()
 
 
+def staged_output(cfg: AnnotateConfig) -> StagedOutput:
+    """The job's staged output; an earlier annotate run in it (DIR/annotations/) is replaced."""
+    rerun = (Path(cfg.output) / "annotations").is_dir()
+    return StagedOutput(cfg.output, PARTS, cfg.overwrite or rerun)
+
+
+def write_summary(path: Path, cfg: AnnotateConfig, sources: list, judge: str, prompt_version: str,
+                  counts: RowCounts, done: AnnotationCounts, stats: Any, seconds: float) -> None:
+    """DIR/summary.json: input counts, annotation counts, the judge's calls and spend (`stats`: JudgeStats)."""
+    summary = {
+        "files": [str(s.path) for s in sources], "backend": cfg.backend, "judge": judge,
+        "prompt_version": prompt_version, "samples": cfg.samples,
+        **counts.as_dict(), **done.as_dict(), **(stats.as_dict() if stats is not None else {}),
+        "seconds": round(seconds, 3), "rows_per_second": counts.read / seconds if seconds else 0.0,
+    }
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+
+
 def run_annotate(cfg: AnnotateConfig, progress: bool = True, annotator: Annotator | None = None) -> AnnotateResult:
     """Annotate every valid row of `cfg.input` into `cfg.output` (`annotator`: default from the config)."""
     start = time.perf_counter()
     sources = check_paths(cfg)
     annotator = annotator or make_annotator(cfg)
     counts, done = RowCounts(), AnnotationCounts()
-    rerun = (Path(cfg.output) / "annotations").is_dir()  # an earlier annotate run: replace it
-    with StagedOutput(cfg.output, PARTS, cfg.overwrite or rerun) as out:
+    with staged_output(cfg) as out:
         asyncio.run(_annotate_all(cfg, sources, annotator, out, counts, done, progress))
         seconds = time.perf_counter() - start
         stats = getattr(annotator, "stats", None)
-        summary = {
-            "files": [str(s.path) for s in sources], "backend": cfg.backend, "judge": annotator.judge,
-            "prompt_version": annotator.prompt_version, "samples": cfg.samples,
-            **counts.as_dict(), **done.as_dict(), **(stats.as_dict() if stats is not None else {}),
-            "seconds": round(seconds, 3), "rows_per_second": counts.read / seconds if seconds else 0.0,
-        }
-        out.path("summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_summary(out.path("summary.json"), cfg, sources, annotator.judge, annotator.prompt_version,
+                      counts, done, stats, seconds)
     return AnnotateResult(counts, done, annotator.judge, seconds, Path(cfg.output), stats)

@@ -21,6 +21,7 @@ verbs:
   validate     check a corpus in any supported format; valid rows and error rows as Parquet
   init-model   create a randomly initialised ensemble PRM from a preset
   score        score every step with the ensemble PRM; uncertainty and ActPRM selection
+  filter       the same at corpus scale on Ray: actor pool, streaming, resumable; selected/ for the judge
   train        one PRM training round (ActPRM loss) from trajectories + annotations
   annotate     label trajectories: a judge model over any OpenAI-compatible endpoint, or the verifier
   evaluate     ProcessBench F1 (the official metric), step AUROC and ECE of a PRM on labelled subsets
@@ -209,6 +210,14 @@ def _parser_score(sub: argparse._SubParsersAction) -> None:
     _add_read_flags(p)
     _add_output_flags(p)
     _add_common(p)
+    _add_scoring_flags(p)
+    p.add_argument("--selection", choices=["threshold", "budget"],
+                   help="threshold = the ActPRM rule (default); budget = top-k by acquisition")
+    p.add_argument("--budget", type=int, metavar="N", help="rows to select with --selection budget")
+    p.set_defaults(handler=cmd_score)
+
+
+def _add_scoring_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="DIR", help="PRM directory (default: the shipped world PRM)")
     p.add_argument("--batch-tokens", dest="batch_tokens", type=int, metavar="N",
                    help="padded tokens per micro-batch (default: 2048 on CPU, 32768 on CUDA)")
@@ -216,23 +225,63 @@ def _parser_score(sub: argparse._SubParsersAction) -> None:
                    help="tokens per trajectory (default: the model's)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: cuda when available")
     p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
-    p.add_argument("--selection", choices=["threshold", "budget"],
-                   help="threshold = the ActPRM rule (default); budget = top-k by acquisition")
-    p.add_argument("--budget", type=int, metavar="N", help="rows to select with --selection budget")
     p.add_argument("--delta-pred", dest="delta_pred", type=float, metavar="X", help="default: 0.95")
     p.add_argument("--delta-std", dest="delta_std", type=float, metavar="X", help="default: 0.005")
     p.add_argument("--acquisition", choices=["entropy", "bald", "variance", "margin", "random"])
     p.add_argument("--reduction", choices=["max", "mean"], help="over steps up to the predicted error")
     p.add_argument("--seed", type=int, help="seed of the random acquisition")
-    p.set_defaults(handler=cmd_score)
+
+
+def cmd_filter(args: argparse.Namespace) -> int:
+    from actprm.config import FilterConfig, load_config
+    from pipelines import score_filter as recipe
+
+    cfg = load_config(FilterConfig, getattr(args, "config", None), _overrides(args, FilterConfig))
+    result = recipe.run(cfg, address=getattr(args, "address", None), progress=not getattr(args, "no_progress", False))
+    print(result.summary_line())
+    return 0
+
+
+def _parser_filter(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "filter", formatter_class=_Formatter, argument_default=argparse.SUPPRESS,
+        help="score a corpus on Ray (actor pool), select the uncertain; streams, resumes",
+        description="The corpus-scale score job (pipelines/score_filter.py): read and validate on Ray, score "
+                    "every step in a pool of PRM actors (one GPU each when there are GPUs), apply the ActPRM "
+                    "rule. Writes OUTPUT/scored/, OUTPUT/selected/ (the rows to send to the judge), "
+                    "OUTPUT/errors/ (bad rows, duplicate ids, unreadable files), OUTPUT/summary.json. Rerun "
+                    "with the same OUTPUT to resume a killed job: finished input files are skipped, none is "
+                    "scored twice. No --address: a private local Ray; --address auto: the local `ray start` "
+                    "cluster; --address ray://HOST:10001 or RAY_ADDRESS: that cluster.",
+        epilog="examples:\n"
+               "  actprm filter --input corpus/ --output out/filtered\n"
+               "  actprm filter --input 's3://bucket/rollouts/*.parquet' --output /shared/filtered --address auto\n"
+               "  actprm filter --config configs/score_filter.yaml --input corpus/ --output out/f --actors 4\n"
+               "  ray job submit --working-dir . -- python -m pipelines.score_filter --input /data/c --output /data/f\n")
+    _add_read_flags(p)
+    _add_output_flags(p)
+    _add_common(p)
+    _add_scoring_flags(p)
+    p.add_argument("--actors", type=int, metavar="N", help="scoring actors (default: GPUs, else CPUs - 1)")
+    p.add_argument("--cpus-per-actor", dest="cpus_per_actor", type=float, metavar="N",
+                   help="CPUs per actor, and its torch threads on CPU (default: 1)")
+    p.add_argument("--address", metavar="ADDR", help="Ray cluster: auto, ray://HOST:PORT (default: a local Ray)")
+    p.set_defaults(handler=cmd_filter)
 
 
 def cmd_annotate(args: argparse.Namespace) -> int:
-    from actprm.annotate import run_annotate
     from actprm.config import AnnotateConfig, load_config
 
     cfg = load_config(AnnotateConfig, getattr(args, "config", None), _overrides(args, AnnotateConfig))
-    result = run_annotate(cfg, progress=not getattr(args, "no_progress", False))
+    progress = not getattr(args, "no_progress", False)
+    if getattr(args, "ray", False):
+        from pipelines import annotate as recipe
+
+        result = recipe.run(cfg, address=getattr(args, "address", None), progress=progress)
+    else:
+        from actprm.annotate import run_annotate
+
+        result = run_annotate(cfg, progress=progress)
     print(result.summary_line())
     return 0
 
@@ -253,7 +302,10 @@ def _parser_annotate(sub: argparse._SubParsersAction) -> None:
                     "--backend verifier (default): answers from each row's first_error_step, wrong with "
                     "probability --wrong-rate (F1 = 1 - rate; default 0.18 ~ QwQ-32B), refused with "
                     "--refusal-rate, seeded per row. A rerun into the same OUTPUT replaces an earlier annotate "
-                    "run, no --overwrite needed.",
+                    "run, no --overwrite needed.\n\n"
+                    "--ray: the Ray recipe pipelines/annotate.py, --actors annotators whose requests share one "
+                    "set of limits (--concurrency, --requests-per-minute, --tokens-per-minute hold for the whole "
+                    "job) and whose answers go to per-actor cache segments, merged into the cache by key.",
         epilog="examples:\n"
                "  actprm annotate --backend openai --base-url http://localhost:8000/v1 --judge-model Qwen/QwQ-32B \\\n"
                "      --input out/scored/scored --output out/ann --concurrency 64\n"
@@ -261,11 +313,15 @@ def _parser_annotate(sub: argparse._SubParsersAction) -> None:
                "      --output out/ann --samples 3 --price-in 0.4 --price-out 1.6\n"
                "  actprm annotate --config configs/judge/vllm.yaml --input corpus/ --output out/ann --cache judge.sqlite\n"
                "  actprm annotate --backend verifier --input out/scored/scored --output out/annotated\n"
-               "  actprm annotate --input corpus/ --output out/ann --wrong-rate 0.3 --samples 5 --seed 1\n")
+               "  actprm annotate --input corpus/ --output out/ann --wrong-rate 0.3 --samples 5 --seed 1\n"
+               "  actprm annotate --ray --actors 4 --config configs/judge/vllm.yaml --input corpus/ --output out/ann\n")
     _add_read_flags(p)
     _add_output_flags(p)
     _add_common(p)
     p.add_argument("--backend", metavar="NAME", help="annotator backend: verifier (default) or openai")
+    p.add_argument("--ray", action="store_true", help="run the Ray recipe pipelines/annotate.py")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--actors", type=int, metavar="N", help="--ray: annotator actors, one CPU each (default: 2)")
     p.add_argument("--samples", type=int, metavar="N", help="answers per row, majority vote (default: 1)")
     judge = p.add_argument_group("openai backend")
     judge.add_argument("--base-url", dest="base_url", metavar="URL", help="e.g. http://localhost:8000/v1")
@@ -403,7 +459,7 @@ def _parser_train(sub: argparse._SubParsersAction) -> None:
 
 
 VERBS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _parser_generate, _parser_validate, _parser_init_model, _parser_score, _parser_annotate, _parser_train,
+    _parser_generate, _parser_validate, _parser_init_model, _parser_score, _parser_filter, _parser_annotate, _parser_train,
     _parser_evaluate]
 
 

@@ -71,6 +71,14 @@ class ScoreConfig(ValidateConfig, SelectionConfig):
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's)")
 
 
+class FilterConfig(ScoreConfig):
+    """`actprm filter` (pipelines/score_filter.py): `score` over a corpus on Ray, resumable."""
+
+    actors: int | None = Field(None, ge=1, description="scoring actors (default: GPUs, else CPUs minus one for reads)")
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per actor; its torch threads on CPU")
+    batch_rows: int = Field(1024, gt=0, description="rows per batch sent to an actor")
+
+
 class JudgeConfig(Config):
     """Which annotator labels the rows and how (see actprm.judge)."""
 
@@ -104,7 +112,7 @@ class JudgeConfig(Config):
 
 
 class AnnotateConfig(ValidateConfig, JudgeConfig):
-    pass
+    actors: int = Field(2, ge=1, description="--ray: annotator actors (the limits hold for all of them together)")
 
 
 class EvaluateConfig(Config):

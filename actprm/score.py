@@ -73,18 +73,14 @@ def load_for_scoring(cfg) -> tuple[str, torch.nn.Module, object, str, int]:
     return device, model, tokenizer, cfg.model or DEFAULT_MODEL_NAME, cfg.batch_tokens or default_batch_tokens(device)
 
 
-def scored_rows(batch: Batch, results: list, cfg: ScoreConfig, model_name: str) -> tuple[list[dict], list[dict]]:
-    """Join a batch's valid rows with their scores: (scored rows, error rows for unscorable ones).
-
-    An unscorable row (its first step alone does not fit the model) goes to errors with
-    its canonical row as `row_json`.
-    """
-    rows = batch.valid
+def join_scores(rows: list[dict], results: list, cfg: ScoreConfig, model_name: str
+                ) -> tuple[list[dict], list[tuple[int, str]]]:
+    """Rows joined with their scores and the selection rule: (scored rows, [(position, reason)] of
+    the rows that could not be scored, i.e. whose first step alone does not fit the model)."""
     ok = [(row, res) for row, res in zip(rows, results) if res.error is None]
-    errors = [error_row(batch.source_file, index, row["id"], f"too long: {res.error}", row)
-              for row, index, res in zip(rows, batch.valid_index, results) if res.error is not None]
+    too_long = [(i, f"too long: {res.error}") for i, res in enumerate(results) if res.error is not None]
     if not ok:
-        return [], errors
+        return [], too_long
     summary = uncertainty.summarize(
         [res.probs for _, res in ok], [row["id"] for row, _ in ok],
         delta_pred=cfg.delta_pred, delta_std=cfg.delta_std,
@@ -101,6 +97,18 @@ def scored_rows(batch: Batch, results: list, cfg: ScoreConfig, model_name: str) 
             "n_scored_steps": int(res.n_scored_steps),
             "prm_model": model_name,
         })
+    return out, too_long
+
+
+def scored_rows(batch: Batch, results: list, cfg: ScoreConfig, model_name: str) -> tuple[list[dict], list[dict]]:
+    """Join a batch's valid rows with their scores: (scored rows, error rows for unscorable ones).
+
+    An unscorable row (its first step alone does not fit the model) goes to errors with
+    its canonical row as `row_json`.
+    """
+    out, too_long = join_scores(batch.valid, results, cfg, model_name)
+    errors = [error_row(batch.source_file, batch.valid_index[i], batch.valid[i]["id"], reason, batch.valid[i])
+              for i, reason in too_long]
     return out, errors
 
 

@@ -35,11 +35,14 @@ def cache_path(cfg: Any) -> Path | None:
 
 
 def _openai(cfg: Any) -> Annotator:
-    from actprm.judge.cache import AnswerCache
+    from actprm.judge.cache import AnswerCache, segments_dir
     from actprm.judge.openai_judge import OpenAIJudge
 
     path = cache_path(cfg)
-    return OpenAIJudge(cfg, cache=AnswerCache(path) if path is not None else None)
+    cache = AnswerCache(path) if path is not None else None
+    if cache is not None:  # what a killed Ray run (pipelines/annotate.py) left in its segments
+        cache.merge_segments(segments_dir(path))
+    return OpenAIJudge(cfg, cache=cache)
 
 
 # backend name -> factory taking the job config (actprm.config.JudgeConfig or a subclass).

@@ -3,8 +3,14 @@
 One SQLite file (default `OUTPUT/judge_cache.sqlite`, or `--cache PATH` to share it across runs)
 in WAL mode with `synchronous=NORMAL`: a write is durable against a killed process (the WAL is
 in the OS's hands once the transaction commits; only a power loss can drop the last ones), and
-readers never block the writer. Safe for one machine; not on a network filesystem (the Ray
-recipe, issue 7, gives each actor its own segment).
+readers never block the writer. Safe for one machine; not on a network filesystem.
+
+Many writers (the Ray recipe, pipelines/annotate.py): each actor writes only its own segment,
+`<cache>.segments/<name>.sqlite` (one writer per file), and reads the main cache read-only
+(`read_only=True`: no locks, no WAL, so safe on a shared filesystem while nobody writes it);
+`LayeredCache` is that pair. The driver merges the segments into the main cache by key
+(`merge_segments`: INSERT OR IGNORE, then the segment is removed) before the actors start (what
+a killed run left) and after they stop, so no paid answer is lost and none is paid twice.
 
 The key (`answer_key`) is a SHA-256 of everything that decides the answer's distribution: the
 problem, the steps, the judge model, the prompt version, the sampling parameters, and the
@@ -66,11 +72,24 @@ class Answer:
     cost_usd: float
 
 
-class AnswerCache:
-    """Key -> Answer, persisted in SQLite (WAL). Use one instance per process."""
+def segments_dir(path: str | os.PathLike) -> Path:
+    """Where the writers of the cache at `path` keep their segments: `judge_cache.segments/`."""
+    return Path(path).with_suffix(".segments")
 
-    def __init__(self, path: str | os.PathLike):
+
+class AnswerCache:
+    """Key -> Answer, persisted in SQLite (WAL). Use one instance per process.
+
+    `read_only`: open an existing cache as an immutable file (no locks, no shared memory, the
+    WAL ignored: checkpoint it first, see `checkpoint`); nothing may write it meanwhile.
+    """
+
+    def __init__(self, path: str | os.PathLike, read_only: bool = False):
         self.path = Path(path)
+        if read_only:
+            uri = self.path.resolve().as_uri() + "?mode=ro&immutable=1"
+            self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -102,5 +121,50 @@ class AnswerCache:
     def __len__(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
 
+    def merge_segments(self, directory: str | os.PathLike) -> int:
+        """Move every answer of the segments in `directory` into this cache (a key stored
+        before is kept), remove the segments, and return how many answers were new."""
+        directory = Path(directory)
+        merged = 0
+        for segment in sorted(directory.glob("*.sqlite")) if directory.is_dir() else []:
+            self._db.execute("ATTACH DATABASE ? AS segment", (str(segment),))
+            try:
+                if self._db.execute("SELECT 1 FROM segment.sqlite_master WHERE name = 'answers'").fetchone():
+                    before = self._db.total_changes
+                    self._db.execute("INSERT OR IGNORE INTO answers SELECT * FROM segment.answers")
+                    merged += self._db.total_changes - before
+            finally:
+                self._db.execute("DETACH DATABASE segment")
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{segment}{suffix}").unlink(missing_ok=True)
+        if directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
+        return merged
+
+    def checkpoint(self) -> None:
+        """Write the WAL into the main file (what a `read_only` reader sees)."""
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     def close(self) -> None:
         self._db.close()
+
+
+class LayeredCache:
+    """One writer's view of a shared cache: reads `base` (the main cache), then `segment`; writes `segment`."""
+
+    def __init__(self, segment: AnswerCache, base: AnswerCache | None = None):
+        self.segment, self.base = segment, base
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Answer]:
+        keys = list(keys)
+        found = self.base.get_many(keys) if self.base is not None else {}
+        found.update(self.segment.get_many(k for k in keys if k not in found))
+        return found
+
+    def put(self, key: str, answer: Answer, **where: Any) -> None:
+        self.segment.put(key, answer, **where)
+
+    def close(self) -> None:
+        self.segment.close()
+        if self.base is not None:
+            self.base.close()

@@ -16,8 +16,10 @@ Money and time are spent only here, so the rules are strict:
   budgets (aiolimiter's leaky buckets with 10-second windows, so a burst is at most a sixth of
   the minute's budget; tokens are estimated before sending as prompt chars / 4 plus
   `max_tokens`, or `mean_output_tokens` when that is unset, per sample; a request larger than
-  a window takes a whole window), a per-request timeout. The limits hold for one annotator
-  (one process); the Ray recipe shares them across actors.
+  a window takes a whole window), a per-request timeout. The limits are an object with an
+  async context manager `slot(tokens)`, held while a request is on the wire: by default
+  `LocalLimits`, which hold for one annotator (one process); the Ray recipe
+  (pipelines/annotate.py) passes one that asks a single gate actor, so they hold for the job.
 - One retry owner: the client's own retries are off (`max_retries=0`); tenacity retries a
   request on 429, timeouts, connection errors, 5xx and malformed bodies, waiting what the
   server's Retry-After says or else a random exponential back-off, at most `max_attempts`
@@ -41,7 +43,8 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -137,6 +140,47 @@ def per_minute_limiter(per_minute: int | None) -> AsyncLimiter | None:
     return AsyncLimiter(per_minute / 6, 10)
 
 
+class LocalLimits:
+    """The request limits of one process: `concurrency` in flight, optional RPM and TPM budgets.
+
+    `acquire(tokens)` waits for a free slot (held until `release()`), then for the budgets;
+    `slot(tokens)` does both around a block. Made inside the event loop that uses it.
+    """
+
+    def __init__(self, concurrency: int, requests_per_minute: int | None = None,
+                 tokens_per_minute: int | None = None):
+        self._slots = asyncio.Semaphore(concurrency)
+        self._rpm = per_minute_limiter(requests_per_minute)
+        self._tpm = per_minute_limiter(tokens_per_minute)
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    async def acquire(self, tokens: int) -> None:
+        await self._slots.acquire()
+        try:
+            if self._rpm is not None:
+                await self._rpm.acquire()
+            if self._tpm is not None:
+                await self._tpm.acquire(min(tokens, self._tpm.max_rate))
+        except BaseException:
+            self._slots.release()
+            raise
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._slots.release()
+
+    @asynccontextmanager
+    async def slot(self, tokens: int) -> AsyncIterator[None]:
+        await self.acquire(tokens)
+        try:
+            yield
+        finally:
+            self.release()
+
+
 @dataclass
 class JudgeStats:
     """What this annotator did in this process (progress and summaries read it live)."""
@@ -157,6 +201,13 @@ class JudgeStats:
                 "spent_usd": round(self.cost_usd, 6), "max_in_flight": self.max_in_flight,
                 "retries_by_kind": dict(self.retries.most_common())}
 
+    def add(self, other: JudgeStats) -> JudgeStats:
+        """Add another annotator's counts (e.g. one Ray actor's); max_in_flight is left to the caller."""
+        for name in ("requests", "answers", "cached", "prompt_tokens", "completion_tokens", "cost_usd"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.retries.update(other.retries)
+        return self
+
 
 @dataclass
 class _Sample:
@@ -169,11 +220,14 @@ class OpenAIJudge(Annotator):
     """Annotator backed by a judge model over the chat-completions API (see the module docstring).
 
     `cfg` is an actprm.config.JudgeConfig (or any object with its fields); `cache` the answer
-    cache (None: no cache, every call is paid; only for tests and throwaway runs).
+    cache (None: no cache, every call is paid; only for tests and throwaway runs), or anything
+    with its `get_many` and `put`; `limits` an object with an async context manager
+    `slot(tokens)` that holds a request's place under the limits (default: `LocalLimits` from
+    the config, made per event loop).
     """
 
     def __init__(self, cfg: Any, cache: AnswerCache | None = None, *,
-                 client_factory: Callable[..., Any] | None = None):
+                 client_factory: Callable[..., Any] | None = None, limits: Any = None):
         if not cfg.judge_model:
             raise UserError("the openai backend needs --judge-model (the model name the endpoint serves)")
         self.cfg = cfg
@@ -188,13 +242,14 @@ class OpenAIJudge(Annotator):
         self._key_env = cfg.api_key_env
         self._api_key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
         self._client_factory = client_factory or openai.AsyncOpenAI
+        self._shared_limits = limits
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: Any = None
 
     # ------------------------------------------------------------ per event loop state
 
     def _bind(self) -> None:
-        """Client, semaphore and rate limiters of the running loop (made once per loop)."""
+        """Client and limits of the running loop (made once per loop)."""
         loop = asyncio.get_running_loop()
         if self._loop is loop:
             return
@@ -203,9 +258,8 @@ class OpenAIJudge(Annotator):
         self._client = self._client_factory(
             api_key=self._api_key or "EMPTY",  # local servers without auth accept any key
             base_url=self.cfg.base_url, timeout=self.cfg.timeout_s, max_retries=0)
-        self._slots = asyncio.Semaphore(self.cfg.concurrency)
-        self._rpm = per_minute_limiter(self.cfg.requests_per_minute)
-        self._tpm = per_minute_limiter(self.cfg.tokens_per_minute)
+        self._limits = self._shared_limits or LocalLimits(
+            self.cfg.concurrency, self.cfg.requests_per_minute, self.cfg.tokens_per_minute)
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -227,12 +281,8 @@ class OpenAIJudge(Annotator):
         return prompt + n * out
 
     async def _send(self, messages: list[dict[str, str]], n: int) -> Any:
-        """One HTTP request under the global limits; a usable ChatCompletion or an exception."""
-        async with self._slots:
-            if self._rpm is not None:
-                await self._rpm.acquire()
-            if self._tpm is not None:
-                await self._tpm.acquire(min(self._token_estimate(messages, n), self._tpm.max_rate))
+        """One HTTP request under the limits; a usable ChatCompletion or an exception."""
+        async with self._limits.slot(self._token_estimate(messages, n)):
             self.stats.requests += 1
             self.stats.in_flight += 1
             self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
@@ -273,7 +323,7 @@ class OpenAIJudge(Annotator):
                         if is_transient(exc):
                             self.stats.retries[type(exc).__name__] += 1
                         raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every failure of a request becomes a failed row
             return {s: _Sample(error=self._request_error(exc, attempts)) for s in samples}, attempts
         usage = getattr(response, "usage", None)
         prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
@@ -389,8 +439,9 @@ class OpenAIJudge(Annotator):
         raw = None
         if self.cfg.raw_output and any(c is not None for c in contents):
             raw = contents[0] if self.samples == 1 else json.dumps(contents, ensure_ascii=False)
-        fields = dict(prompt_tokens=pt, completion_tokens=ct, cost_usd=cost, attempts=attempts,
-                      cached=sum(1 for x in got.values() if x.from_cache and x.answer is not None), latency_s=time.perf_counter() - start, raw_output=raw)
+        fields = {"prompt_tokens": pt, "completion_tokens": ct, "cost_usd": cost, "attempts": attempts,
+                  "cached": sum(1 for x in got.values() if x.from_cache and x.answer is not None),
+                  "latency_s": time.perf_counter() - start, "raw_output": raw}
         if not votes:
             distinct = list(dict.fromkeys(e for e in errors if e))
             error = distinct[0] if len(distinct) == 1 else "; ".join(distinct)

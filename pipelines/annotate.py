@@ -1,0 +1,260 @@
+"""Recipe: annotate a corpus on Ray: many annotator actors, one set of limits, one answer cache.
+
+Same inputs, outputs and rules as `actprm annotate` (actprm/annotate.py): DIR/annotations/,
+DIR/errors/, DIR/summary.json, staged, an earlier annotate run replaced. The work is spread
+over `actors` async actors, but what the endpoint sees is one client:
+
+1. Driver: pre-flight every input file; merge into the main cache (`--cache`, else
+   DIR/judge_cache.sqlite) what a killed run left in its segments, so nothing paid is lost or
+   paid again; checkpoint it, so that the actors can read it as an immutable file.
+2. One `JudgeGate` actor owns the job's limits (`concurrency` requests in flight, the
+   requests- and tokens-per-minute budgets: actprm.judge.openai_judge.LocalLimits). Every
+   request of every annotator waits for its slot at the gate and gives it back when the
+   answer is in, so the limits hold for the whole job, not per actor.
+3. `actors` async `AnnotatorActor`s, each an annotator from the config (the OpenAI judge, or
+   the verifier, which needs no gate and no cache). A judge actor reads the main cache
+   (read-only) and writes every answer the moment it arrives to its own segment,
+   `<cache>.segments/<run>-<i>.sqlite`: one writer per file, nothing SQLite cannot do on a
+   shared filesystem.
+4. Driver: reads and validates the input in batches (actprm.io), splits each batch's rows
+   over the actors by content (the same trajectory under two ids goes to the same actor,
+   whose in-flight check then pays it once) in chunks of at most `concurrency` rows, keeps a
+   bounded number of batches in flight, and writes the annotations in input order.
+5. The actors stop; their segments are merged into the main cache by key (INSERT OR IGNORE)
+   and removed, also when the job fails; the summary is written and the output committed.
+
+Run:  python -m pipelines.annotate --backend openai --base-url URL --judge-model NAME \\
+          --input out/scored/scored --output out/ann --actors 4 --concurrency 64 [--address ADDR]
+ or:  actprm annotate --ray ...
+On a cluster, --output (and --cache) must be on a filesystem every node can reach, and the
+API key's variable (--api-key-env) must be set where the actors run: the key is read there and
+never travels through Ray. Do not share a --cache with a job that runs at the same time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from actprm.annotate import (
+    AnnotateResult,
+    AnnotationCounts,
+    check_contract,
+    staged_output,
+    write_summary,
+)
+from actprm.config import AnnotateConfig
+from actprm.errors import UserError
+from actprm.io.formats import content_id
+from actprm.io.readers import iter_batches, known_rows
+from actprm.io.writers import ShardWriter
+from actprm.judge import cache_path, make_annotator
+from actprm.judge.cache import AnswerCache, LayeredCache, segments_dir
+from actprm.judge.openai_judge import JudgeStats, LocalLimits, OpenAIJudge
+from actprm.progress import RowCounts, progress_bar
+from actprm.validate import check_paths
+from pipelines.ray_session import init_ray
+
+
+@ray.remote(num_cpus=0)
+class JudgeGate:
+    """The job's request limits, for all annotator actors together."""
+
+    def __init__(self, concurrency: int, requests_per_minute: int | None, tokens_per_minute: int | None):
+        self.limits = LocalLimits(concurrency, requests_per_minute, tokens_per_minute)
+
+    async def acquire(self, tokens: int) -> None:
+        await self.limits.acquire(tokens)
+
+    async def release(self) -> None:
+        self.limits.release()
+
+    async def max_in_flight(self) -> int:
+        return self.limits.max_in_flight
+
+
+class GateSlots:
+    """An OpenAIJudge's `limits` inside an actor: each request's slot comes from the gate."""
+
+    def __init__(self, gate: Any, concurrency: int):
+        self.gate = gate
+        self._waiting = asyncio.Semaphore(concurrency)  # no actor needs more places than the job has
+
+    @asynccontextmanager
+    async def slot(self, tokens: int) -> AsyncIterator[None]:
+        async with self._waiting:
+            await self.gate.acquire.remote(tokens)
+            try:
+                yield
+            finally:
+                await self.gate.release.remote()
+
+
+@ray.remote(num_cpus=1)
+class AnnotatorActor:
+    """One annotator of the job; a judge writes its answers to its own cache segment `name`."""
+
+    def __init__(self, cfg: AnnotateConfig, name: str, gate: Any):
+        self.cache = None
+        if cfg.backend == "openai":
+            main = cache_path(cfg)
+            self.cache = LayeredCache(AnswerCache(segments_dir(main) / f"{name}.sqlite"),
+                                      AnswerCache(main, read_only=True))
+            self.annotator = OpenAIJudge(cfg, cache=self.cache, limits=GateSlots(gate, cfg.concurrency))
+        else:
+            self.annotator = make_annotator(cfg)
+
+    async def annotate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = await self.annotator.annotate_async(rows)
+        check_contract(rows, out, self.annotator)
+        return out
+
+    async def stats(self) -> JudgeStats | None:
+        return getattr(self.annotator, "stats", None)
+
+    async def close(self) -> None:
+        await self.annotator.aclose()
+        if self.cache is not None:
+            self.cache.close()
+
+
+def _get(refs: Any) -> Any:
+    """ray.get, with a UserError raised in an actor (e.g. the endpoint refuses the key) as itself."""
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, UserError):
+            raise exc.cause from None
+        raise
+
+
+def _merge_segments(main: Path | None) -> None:
+    """Move every answer the actors' segments hold into the main cache; checkpoint it."""
+    if main is None:
+        return
+    cache = AnswerCache(main)
+    try:
+        cache.merge_segments(segments_dir(main))
+        cache.checkpoint()
+    finally:
+        cache.close()
+
+
+def _route(rows: list[dict[str, Any]], n: int) -> list[list[int]]:
+    """Row indices per actor, by content: a trajectory always goes to the same actor."""
+    parts: list[list[int]] = [[] for _ in range(n)]
+    for i, row in enumerate(rows):
+        key = content_id(row.get("problem"), row.get("steps"))
+        parts[int(key[-12:], 16) % n if key else i % n].append(i)
+    return parts
+
+
+class _InFlight:
+    """One input batch on its way through the actors: its annotations fill in by row index."""
+
+    def __init__(self, batch: Any):
+        self.batch = batch
+        self.rows: list[Any] = [None] * len(batch.valid)
+        self.left = 0
+
+
+def _annotate_all(cfg: AnnotateConfig, sources: list, actors: list, out: Any, counts: RowCounts,
+                  done: AnnotationCounts, progress: bool, judge: Any) -> None:
+    chunk = cfg.concurrency
+    max_batches = max(2, math.ceil(2 * cfg.concurrency / cfg.batch_rows))
+    queue: deque[_InFlight] = deque()
+    refs: dict[Any, tuple[_InFlight, list[int]]] = {}
+    with ShardWriter(out.path("annotations"), "annotations", cfg.rows_per_shard) as annotations, \
+         ShardWriter(out.path("errors"), "errors", cfg.rows_per_shard) as errors, \
+         progress_bar(known_rows(sources), "annotate", progress) as bar:
+
+        def wait_one() -> None:
+            [ref], _ = ray.wait(list(refs), num_returns=1)
+            item, indices = refs.pop(ref)
+            rows = _get(ref)
+            for i, row in zip(indices, rows):
+                item.rows[i] = row
+            item.left -= 1
+            done.add(rows)
+            bar.update(len(rows))
+            bar.set_postfix({"labelled": done.labelled, "failed": done.n_failed}, refresh=False)
+            while queue and queue[0].left == 0:  # written in input order
+                finished = queue.popleft()
+                check_contract(finished.batch.valid, finished.rows, judge)
+                annotations.add_rows(finished.rows)
+
+        for batch in iter_batches(sources, limits=cfg.limits, step_separator=cfg.step_separator,
+                                  batch_rows=cfg.batch_rows):
+            errors.add_rows(batch.errors)
+            counts.read += batch.n_read
+            counts.valid += len(batch.valid)
+            counts.add_errors(batch.errors)
+            bar.update(len(batch.errors))
+            item = _InFlight(batch)
+            queue.append(item)
+            for actor, indices in zip(actors, _route(batch.valid, len(actors))):
+                for start in range(0, len(indices), chunk):
+                    part = indices[start:start + chunk]
+                    refs[actor.annotate.remote([batch.valid[i] for i in part])] = (item, part)
+                    item.left += 1
+            while len(queue) > max_batches:
+                wait_one()
+        while refs:
+            wait_one()
+        assert not queue
+
+
+def run(cfg: AnnotateConfig, address: str | None = None, progress: bool = True) -> AnnotateResult:
+    start = time.perf_counter()
+    sources = check_paths(cfg)
+    # the settings are checked here, before any actor starts; this one names the judge
+    judge = OpenAIJudge(cfg) if cfg.backend == "openai" else make_annotator(cfg)
+    main = cache_path(cfg) if cfg.backend == "openai" else None
+    _merge_segments(main)  # what a killed run left
+    init_ray(address)
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if cpus < cfg.actors:
+        raise UserError(f"--actors {cfg.actors} needs {cfg.actors} CPUs (one per actor); the Ray cluster has {cpus:g}")
+    counts, done = RowCounts(), AnnotationCounts()
+    with staged_output(cfg) as out:
+        # every actor's waiting requests (at most `concurrency` each) and releases fit in the gate
+        gate = JudgeGate.options(max_concurrency=2 * cfg.actors * cfg.concurrency + 16).remote(
+            cfg.concurrency, cfg.requests_per_minute, cfg.tokens_per_minute)
+        run_id = uuid.uuid4().hex[:8]
+        actors = [AnnotatorActor.options(max_concurrency=1000).remote(cfg, f"{run_id}-{i}", gate)
+                  for i in range(cfg.actors)]
+        try:
+            _annotate_all(cfg, sources, actors, out, counts, done, progress, judge)
+            per_actor = _get([a.stats.remote() for a in actors])
+            stats = None
+            if cfg.backend == "openai":
+                stats = JudgeStats()
+                for s in per_actor:
+                    stats.add(s)
+                stats.max_in_flight = _get(gate.max_in_flight.remote())
+        finally:
+            with suppress(Exception):  # a dead actor's segment is merged all the same
+                ray.get([a.close.remote() for a in actors], timeout=60)
+            for handle in [*actors, gate]:
+                ray.kill(handle)
+            _merge_segments(main)
+        seconds = time.perf_counter() - start
+        write_summary(out.path("summary.json"), cfg, sources, judge.judge, judge.prompt_version,
+                      counts, done, stats, seconds)
+    return AnnotateResult(counts, done, judge.judge, seconds, Path(cfg.output), stats)
+
+
+if __name__ == "__main__":
+    from actprm.cli import main
+
+    sys.exit(main(["annotate", "--ray", *sys.argv[1:]]))
