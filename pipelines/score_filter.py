@@ -1,0 +1,369 @@
+"""Recipe: filter a corpus on Ray — validate, score every step in a PRM actor pool, select the uncertain.
+
+    python -m pipelines.score_filter --input corpus/ --output out/filtered [--model DIR] [--address ADDR]
+    actprm filter --input corpus/ --output out/filtered                       (the same flags)
+    ray job submit --working-dir . -- python -m pipelines.score_filter --input ... --output ...
+
+Writes the tables `actprm score` writes, streamed with flat memory:
+
+    DIR/scored/     every scored row (scored schema), shards named file-NNNNN-*.parquet by input file
+    DIR/selected/   the rows the ActPRM rule selects (scored schema)
+    DIR/errors/     invalid rows, duplicate ids, unreadable files, rows too long to score (errors schema)
+    DIR/summary.json
+    DIR/_progress/  one marker per finished input file: what makes a rerun resume
+
+1. pre-flight every file on the driver: a file that cannot be opened (missing footer, unknown
+   format) becomes one error row and is skipped; the job goes on;
+2. phase 1, one Ray task per file: each row's id (valid rows) and the rows read; a file that
+   fails part-way is handled like step 1;
+3. the corpus-wide duplicate rule on the driver: the first occurrence by (file, row) wins;
+4. phase 2, Ray Data, over the files without a marker: read + validate (tasks) → score (an actor
+   pool: `map_batches` with a callable class, `ActorPoolStrategy`, one GPU per actor when there are
+   GPUs, else `cpus_per_actor` CPUs and as many torch threads) → the driver writes each file's rows;
+   when every row of a file is written (each input row gives exactly one scored or error row),
+   its marker is written by atomic rename;
+5. summary.json from the markers; one summary line.
+
+Resume: rerunning with the same --output skips the files that have a marker, deletes the shards of
+the others (a killed run's partial output) and scores them again: no row lost, none twice, no
+finished file rescored. Ray does not keep row order; `id` is the key.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from actprm.config import FilterConfig
+from actprm.errors import UserError
+from actprm.io.readers import NoDuplicateCheck, PlannedDuplicates, SourceFile, inspect_file, iter_file_batches, list_files
+from actprm.io.writers import ShardWriter, check_output_dir, write_parquet_atomic
+from actprm.schemas import arrow_schema, error_row, row_json, table_from_rows
+from pipelines.ray_session import init_ray
+from pipelines.validate import plan_duplicates
+
+TABLES = {"scored": "scored", "selected": "scored", "errors": "errors"}  # output dir -> schema
+PROGRESS = "_progress"
+
+# rows between stages: the scored columns (all nullable) + where each row came from and, for
+# rows that go to errors, why
+_ORIGIN = [pa.field("_file", pa.int32()), pa.field("_row_index", pa.int64()), pa.field("_source_file", pa.string()),
+           pa.field("_error", pa.string()), pa.field("_row_json", pa.string())]
+TRANSPORT = pa.schema([f.with_nullable(True) for f in arrow_schema("scored")] + _ORIGIN)
+
+
+# ------------------------------------------------------------------ stage functions
+
+
+@ray.remote
+def read_ids(source: SourceFile, cfg: FilterConfig) -> tuple[list[tuple[int, str]], int] | str:
+    """(row_index, id) of the rows that pass the per-row checks, and rows read; or why the file failed."""
+    ids: list[tuple[int, str]] = []
+    n_read = 0
+    try:
+        for batch in iter_file_batches([source], 0, ids=NoDuplicateCheck(), limits=cfg.limits,
+                                       step_separator=cfg.step_separator, batch_rows=cfg.batch_rows):
+            ids.extend(zip(batch.valid_index, (row["id"] for row in batch.valid)))
+            n_read += batch.n_read
+    except Exception as exc:  # a file that breaks part-way: reported, skipped
+        return f"unreadable file: {' '.join(str(exc).split())[:300]}"
+    return ids, n_read
+
+
+def read_rows(batch: dict[str, np.ndarray], sources: list[SourceFile], plans: list[dict],
+              cfg: FilterConfig) -> Iterator[pa.Table]:
+    """Ray Data stage: one input file (its index) -> its rows, validated, in TRANSPORT tables."""
+    for file_index in batch["file_index"].tolist():
+        for b in iter_file_batches(sources, file_index, ids=PlannedDuplicates(plans[file_index]), limits=cfg.limits,
+                                   step_separator=cfg.step_separator, batch_rows=cfg.batch_rows):
+            origin = {"_file": file_index, "_source_file": b.source_file}
+            rows = [row | origin | {"_row_index": i} for row, i in zip(b.valid, b.valid_index)]
+            rows += [origin | {"id": e["id"], "_row_index": e["row_index"], "_error": e["reason"],
+                               "_row_json": e["row_json"]} for e in b.errors]
+            yield pa.Table.from_pylist(rows, schema=TRANSPORT)
+
+
+class PRMScorer:
+    """Ray Data actor: the ensemble PRM, loaded once per actor, scoring TRANSPORT batches."""
+
+    def __init__(self, cfg: FilterConfig):
+        import torch
+
+        from actprm.score import load_for_scoring
+
+        if cfg.device != "cuda" and not cfg.threads:
+            torch.set_num_threads(max(1, int(cfg.cpus_per_actor)))
+        self.cfg = cfg
+        self.device, self.model, self.tokenizer, self.model_name, self.batch_tokens = load_for_scoring(cfg)
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        from actprm.score import join_scores
+        from actprm.scoring import score_trajectories
+
+        rows = table.to_pylist()
+        todo = [r for r in rows if r["_error"] is None]
+        results = score_trajectories(self.model, self.tokenizer, [r["problem"] for r in todo],
+                                     [r["steps"] for r in todo], batch_tokens=self.batch_tokens,
+                                     max_length=self.cfg.max_length, device=self.device)
+        trajectory = [f.name for f in arrow_schema("trajectories")]
+        canonical = [{k: r[k] for k in trajectory} for r in todo]
+        scored, too_long = join_scores(canonical, results, self.cfg, self.model_name)
+        origin = [{k: r[k] for k in ("_file", "_row_index", "_source_file")} for r in todo]
+        ok = [i for i, res in enumerate(results) if res.error is None]
+        out = [s | origin[i] for s, i in zip(scored, ok)]
+        out += [canonical[i] | origin[i] | {"_error": reason, "_row_json": row_json(canonical[i])}
+                for i, reason in too_long]
+        out += [r for r in rows if r["_error"] is not None]
+        return pa.Table.from_pylist(out, schema=TRANSPORT)
+
+
+# ------------------------------------------------------------------------- outputs
+
+
+def marker_path(out: Path, file_index: int) -> Path:
+    return out / PROGRESS / f"file-{file_index:05d}.json"
+
+
+def file_identity(source: SourceFile) -> dict[str, Any]:
+    stat = source.path.stat()
+    return {"path": str(source.path), "size": stat.st_size}
+
+
+def prepare_output(cfg: FilterConfig) -> tuple[Path, bool]:
+    """The output directory, and whether it holds an earlier run to resume."""
+    out = Path(cfg.output)
+    if cfg.overwrite and out.exists():
+        for name in [*TABLES, PROGRESS, "summary.json"]:
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    resume = (out / PROGRESS).is_dir()
+    if not resume:
+        check_output_dir(out, cfg.overwrite)
+    for name in [*TABLES, PROGRESS]:
+        (out / name).mkdir(parents=True, exist_ok=True)
+    return out, resume
+
+
+def finished_files(out: Path, sources: list[SourceFile]) -> dict[int, dict]:
+    """Markers of files finished by an earlier run; a marker for another input is a user error."""
+    done = {}
+    for i, source in enumerate(sources):
+        path = marker_path(out, i)
+        if path.exists():
+            marker = json.loads(path.read_text())
+            if marker["file"] != file_identity(source):
+                raise UserError(f"{out} holds a filter run over other inputs ({marker['file']['path']} at "
+                                f"position {i}); choose another --output or pass --overwrite")
+            done[i] = marker
+    return done
+
+
+def remove_partial(out: Path, file_index: int) -> None:
+    for name in TABLES:
+        for shard in (out / name).glob(f"file-{file_index:05d}-*.parquet"):
+            shard.unlink()
+
+
+@dataclass
+class FileOutput:
+    """One input file's writers and counts while its rows arrive."""
+
+    out: Path
+    file_index: int
+    rows_per_shard: int
+    writers: dict[str, ShardWriter] = field(default_factory=dict)
+    counts: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)
+
+    def writer(self, name: str) -> ShardWriter:
+        if name not in self.writers:
+            self.writers[name] = ShardWriter(self.out / name, TABLES[name], self.rows_per_shard,
+                                             prefix=f"file-{self.file_index:05d}")
+        return self.writers[name]
+
+    def add(self, table: pa.Table) -> None:
+        failed = pc.is_valid(table.column("_error"))
+        scored = table.filter(pc.invert(failed))
+        if scored.num_rows:
+            self.writer("scored").add_table(scored)
+            selected = scored.filter(scored.column("selected"))
+            if selected.num_rows:
+                self.writer("selected").add_table(selected)
+            self.counts["scored"] += scored.num_rows
+            self.counts["uncertain"] += pc.sum(scored.column("uncertain")).as_py() or 0
+            self.counts["selected"] += selected.num_rows
+        errors = table.filter(failed)
+        if errors.num_rows:
+            self.writer("errors").add_table(pa.table({
+                "source_file": errors.column("_source_file"), "row_index": errors.column("_row_index"),
+                "id": errors.column("id"), "reason": errors.column("_error"), "row_json": errors.column("_row_json")}))
+            for reason in errors.column("_error").to_pylist():
+                self.errors[reason.split(":", 1)[0]] += 1
+        self.counts["read"] += table.num_rows
+
+    def finish(self, source: SourceFile) -> dict:
+        for w in self.writers.values():
+            w.close()
+        marker = {"file": file_identity(source), "counts": dict(self.counts), "errors_by_kind": dict(self.errors)}
+        path = marker_path(self.out, self.file_index)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(marker))
+        os.replace(tmp, path)
+        return marker
+
+
+def write_file_errors(out: Path, name: str, rows: list[dict]) -> None:
+    write_parquet_atomic(table_from_rows(rows, "errors"), out / "errors" / f"{name}.parquet")
+
+
+def ensure_schema_shards(out: Path) -> None:
+    """A table directory without shards gets one empty shard, so that readers find its schema."""
+    for name, schema in TABLES.items():
+        if not any((out / name).glob("*.parquet")):
+            write_parquet_atomic(table_from_rows([], schema), out / name / "empty-00000.parquet")
+
+
+# ----------------------------------------------------------------------------- run
+
+
+@dataclass
+class FilterResult:
+    totals: Counter
+    errors: Counter
+    files: int
+    files_resumed: int
+    rows_this_run: int
+    seconds: float
+    output: Path
+
+    def summary_line(self) -> str:
+        t = self.totals
+        rate = self.rows_this_run / self.seconds if self.seconds > 0 else 0.0
+        resumed = f", {self.files_resumed} of {self.files} files done earlier" if self.files_resumed else ""
+        empty = " (the input has no rows)" if not t["read"] else ""
+        return (f"filter: {t['read']} rows read, {t['scored']} scored, {t['selected']} selected, "
+                f"{sum(self.errors.values())} quarantined{empty}{resumed} in {self.seconds:.1f}s "
+                f"({rate:,.0f} rows/s) -> {self.output}")
+
+
+def default_actors(cfg: FilterConfig) -> tuple[int, float, float]:
+    """(actors, CPUs per actor, GPUs per actor) from the config and the cluster's resources."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0)) if cfg.device != "cpu" else 0
+    if gpus:
+        return cfg.actors or gpus, cfg.cpus_per_actor, 1.0
+    if cfg.device == "cuda":
+        raise UserError("--device cuda: the Ray cluster has no GPUs")
+    cpus = resources.get("CPU", 1)
+    return cfg.actors or max(1, int((cpus - 1) // cfg.cpus_per_actor)), cfg.cpus_per_actor, 0.0
+
+
+def run(cfg: FilterConfig, address: str | None = None, progress: bool = True) -> FilterResult:
+    start = time.perf_counter()
+    if not cfg.input:
+        raise UserError("no input: pass --input PATH (a file, a directory or a glob)")
+    if not cfg.output:
+        raise UserError("no output: pass --output DIR")
+    if cfg.selection != "threshold":
+        raise UserError("filter selects with the ActPRM rule (--selection threshold); for a budget use actprm score")
+    from actprm.score import load_scoring_model
+
+    load_scoring_model(cfg.model, "cpu")  # a bad --model is one line now, not an actor crash later
+    out, _ = prepare_output(cfg)
+
+    # 1. pre-flight: an unopenable file is an error row, not a crashed job
+    sources, bad = [], []
+    for path in list_files(cfg.input):
+        try:
+            sources.append(inspect_file(path, cfg.format))
+        except UserError as exc:
+            bad.append((path, f"unreadable file: {exc}"))
+    init_ray(address)
+    # 2. phase 1: ids per file, in parallel
+    phase1 = ray.get([read_ids.remote(s, cfg) for s in sources])
+    for s, r in zip(sources, phase1):
+        if isinstance(r, str):
+            bad.append((s.path, r))
+    good = [(s, r) for s, r in zip(sources, phase1) if not isinstance(r, str)]
+    sources = [s for s, _ in good]
+    n_read = [r[1] for _, r in good]
+    for path, reason in bad:
+        name = "file-unreadable-" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
+        write_file_errors(out, name, [error_row(str(path), -1, None, reason, {"path": str(path)})])
+    # 3. the duplicate rule
+    plans = plan_duplicates([r[0] for _, r in good])
+    done = finished_files(out, sources)
+    pending = [i for i in range(len(sources)) if i not in done]
+    for i in pending:
+        remove_partial(out, i)
+
+    # 4. phase 2: read -> score -> write, streamed
+    rows_this_run = 0
+    if pending:
+        actors, cpus, gpus = default_actors(cfg)
+        ray.data.DataContext.get_current().enable_progress_bars = progress
+        ds = (ray.data.from_items([{"file_index": i} for i in pending], override_num_blocks=len(pending))
+              .map_batches(functools.partial(read_rows, sources=sources, plans=plans, cfg=cfg), batch_size=1)
+              .map_batches(PRMScorer, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.batch_rows,
+                           batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
+                           num_cpus=cpus, num_gpus=gpus))
+        files = {i: FileOutput(out, i, cfg.rows_per_shard) for i in pending}
+        for i in pending:
+            if n_read[i] == 0:
+                done[i] = files.pop(i).finish(sources[i])
+        for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            for i in pc.unique(table.column("_file")).to_pylist():
+                part = table.filter(pc.equal(table.column("_file"), i))
+                files[i].add(part)
+                rows_this_run += part.num_rows
+                if files[i].counts["read"] == n_read[i]:
+                    done[i] = files.pop(i).finish(sources[i])
+        if files:
+            raise RuntimeError(f"rows missing for files {sorted(files)}: a bug in the recipe")
+    ensure_schema_shards(out)
+
+    # 5. summary
+    totals, errors = Counter(), Counter()
+    for marker in done.values():
+        totals.update(marker["counts"])
+        errors.update(marker["errors_by_kind"])
+    errors["unreadable file"] += len(bad)
+    seconds = time.perf_counter() - start
+    summary = {
+        "files": [str(s.path) for s in sources], "unreadable_files": [str(p) for p, _ in bad],
+        "rows_read": totals["read"], "rows_scored": totals["scored"], "rows_uncertain": totals["uncertain"],
+        "rows_selected": totals["selected"], "rows_error": sum(errors.values()),
+        "errors_by_kind": dict(errors.most_common()),
+        "selection_rate": totals["selected"] / totals["scored"] if totals["scored"] else 0.0,
+        "model": cfg.model or "actprm/assets/prm", "files_done_earlier": len(sources) - len(pending),
+        "rows_this_run": rows_this_run, "seconds": round(seconds, 3),
+        "rows_per_second": rows_this_run / seconds if seconds else 0.0,
+    }
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, out / "summary.json")
+    return FilterResult(totals, errors, len(sources), len(sources) - len(pending), rows_this_run, seconds, out)
+
+
+if __name__ == "__main__":
+    from actprm.cli import main
+
+    sys.exit(main(["filter", *sys.argv[1:]]))
