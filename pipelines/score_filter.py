@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -59,6 +60,7 @@ from pipelines.validate import plan_duplicates
 
 TABLES = {"scored": "scored", "selected": "scored", "errors": "errors"}  # output dir -> schema
 PROGRESS = "_progress"
+READ_TASK_CPUS = 0.5
 
 # rows between stages: the scored columns (all nullable) + where each row came from and, for
 # rows that go to errors, why
@@ -320,8 +322,14 @@ def run(cfg: FilterConfig, address: str | None = None, progress: bool = True) ->
     if pending:
         actors, cpus, gpus = default_actors(cfg)
         ray.data.DataContext.get_current().enable_progress_bars = progress
+        if not progress:
+            logging.getLogger("ray.data").setLevel(logging.WARNING)
         ds = (ray.data.from_items([{"file_index": i} for i in pending], override_num_blocks=len(pending))
-              .map_batches(functools.partial(read_rows, sources=sources, plans=plans, cfg=cfg), batch_size=1)
+              # half a CPU per read task: reads run beside the actors and, with resources unlike the
+              # actors', Ray does not fuse them into the actors (fused, a batch of files would wait
+              # for one actor task, and no file would finish before the others)
+              .map_batches(functools.partial(read_rows, sources=sources, plans=plans, cfg=cfg), batch_size=1,
+                           num_cpus=READ_TASK_CPUS if cpus != READ_TASK_CPUS else READ_TASK_CPUS / 2)
               .map_batches(PRMScorer, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.batch_rows,
                            batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
                            num_cpus=cpus, num_gpus=gpus))
@@ -345,7 +353,8 @@ def run(cfg: FilterConfig, address: str | None = None, progress: bool = True) ->
     for marker in done.values():
         totals.update(marker["counts"])
         errors.update(marker["errors_by_kind"])
-    errors["unreadable file"] += len(bad)
+    if bad:
+        errors["unreadable file"] += len(bad)
     seconds = time.perf_counter() - start
     summary = {
         "files": [str(s.path) for s in sources], "unreadable_files": [str(p) for p, _ in bad],

@@ -1,0 +1,121 @@
+"""The corpus-scale filter (pipelines/score_filter.py) on a local Ray: same scores as in-process
+`actprm score`, corpus-wide rules, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from actprm.cli import main
+from actprm.world.arith import Generator
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def write_shards(directory: Path, rows: list[dict], per_file: int) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(0, len(rows), per_file):
+        path = directory / f"part-{k // per_file:03d}.parquet"
+        pq.write_table(pa.Table.from_pylist(rows[k:k + per_file]), path)
+        paths.append(path)
+    return paths
+
+
+def read_table(directory: Path) -> list[dict]:
+    return pq.read_table(directory).to_pylist()
+
+
+def test_filter_scores_like_in_process_score_and_applies_the_corpus_rules(tmp_path, local_ray, capsys):
+    rows = list(Generator(seed=3).rows(0, 2000))
+    rows[1500] = dict(rows[1500], id=rows[10]["id"])          # a duplicate id in a later file
+    rows[700] = dict(rows[700], steps=[])                      # an invalid row
+    corpus = tmp_path / "corpus"
+    write_shards(corpus, rows, 500)
+    (corpus / "part-999.parquet").write_bytes(b"PAR1 this is not a parquet file")
+    assert main(["score", "--input", str(corpus / "part-00*.parquet"), "--output", str(tmp_path / "s"),
+                 "--no-progress"]) == 0
+    assert main(["filter", "--input", str(corpus), "--output", str(tmp_path / "f"), "--no-progress",
+                 "--actors", "2", "--batch-rows", "300"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("filter: 2000 rows read, 1998 scored") and "3 quarantined" in line
+
+    expected = {r["id"]: r for r in read_table(tmp_path / "s" / "scored")}
+    got = read_table(tmp_path / "f" / "scored")
+    assert len(got) == len({r["id"] for r in got}) == len(expected) == 1998
+    for r in got:
+        e = expected[r["id"]]
+        assert r["n_scored_steps"] == e["n_scored_steps"] and r["uncertain"] == e["uncertain"]
+        assert np.max(np.abs(np.array(r["step_mean"]) - e["step_mean"])) <= 1e-5
+        assert np.max(np.abs(np.array(r["step_std"]) - e["step_std"])) <= 1e-5
+    selected = read_table(tmp_path / "f" / "selected")
+    assert {r["id"] for r in selected} == {r["id"] for r in got if r["selected"]}
+    errors = read_table(tmp_path / "f" / "errors")
+    reasons = sorted(e["reason"].split(":")[0] for e in errors)
+    assert reasons == ["duplicate id", "empty steps", "unreadable file"], reasons
+    dup = next(e for e in errors if e["reason"].startswith("duplicate id"))
+    assert dup["row_index"] == 0 and dup["source_file"].endswith("part-003.parquet")  # row 1500 = file 3, row 0
+    summary = json.loads((tmp_path / "f" / "summary.json").read_text())
+    assert summary["rows_read"] == 2000 and summary["unreadable_files"][0].endswith("part-999.parquet")
+
+    # a rerun over the same output has nothing left to do
+    assert main(["filter", "--input", str(corpus), "--output", str(tmp_path / "f"), "--no-progress"]) == 0
+    assert "4 of 4 files done earlier" in capsys.readouterr().out
+    assert len(read_table(tmp_path / "f" / "scored")) == 1998
+
+
+def test_filter_empty_input_gives_empty_tables_and_says_so(tmp_path, local_ray, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["filter", "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "f"),
+                 "--no-progress"]) == 0
+    assert "the input has no rows" in capsys.readouterr().out
+    for name in ("scored", "selected", "errors"):
+        assert pq.read_table(tmp_path / "f" / name).num_rows == 0
+
+
+def test_filter_user_errors_are_one_line_exit_2(tmp_path, capsys):
+    assert main(["filter", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "f")]) == 2
+    assert main(["filter", "--input", str(tmp_path), "--output", str(tmp_path / "f"), "--model",
+                 str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 2 and "Traceback" not in err
+
+
+def test_a_killed_filter_resumes_with_every_id_exactly_once(tmp_path):
+    rows = list(Generator(seed=4).rows(0, 3000))
+    corpus = tmp_path / "corpus"
+    write_shards(corpus, rows, 250)
+    out = tmp_path / "f"
+    cmd = [sys.executable, "-m", "pipelines.score_filter", "--input", str(corpus), "--output", str(out),
+           "--no-progress", "--batch-rows", "125"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    job = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline and len(list((out / "_progress").glob("*.json"))) < 3:
+        time.sleep(0.2)
+    job.kill()
+    job.wait()
+    finished = len(list((out / "_progress").glob("*.json")))
+    assert 3 <= finished < 12, finished
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"{finished} of 12 files done earlier" in done.stdout
+    ids = [r["id"] for r in read_table(out / "scored")] + [r["id"] for r in read_table(out / "errors")]
+    assert sorted(ids) == sorted(r["id"] for r in rows)  # every id exactly once
