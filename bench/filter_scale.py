@@ -1,0 +1,97 @@
+"""Corpus scale: `actprm filter` (Ray) on world corpora of growing size, against in-process `actprm score`.
+
+    python -m bench.filter_scale --rows 10000 100000            # filter at each size
+    python -m bench.filter_scale --rows 100000 --in-process     # and `actprm score` on the same rows
+
+For each size: a world corpus (`actprm generate`, 50k-row shards, cached under --work) goes through
+`actprm filter` with the shipped PRM in a subprocess. Measured: wall time, rows/s, and the job's
+peak memory, defined as the largest sum, over 0.5 s samples, of the resident set sizes of the
+job's whole process tree (the driver and the local Ray it starts: GCS, raylet, workers and
+actors; pages of the shared-memory object store count in every process that maps them, so this
+over-counts rather than misses). Results are appended to --output (JSON lines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tree_rss_bytes(root: int) -> int:
+    """Sum of RSS over `root` and all its descendants (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    page = os.sysconf("SC_PAGE_SIZE")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            statm = Path(f"/proc/{entry}/statm").read_text().split()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+        rss[int(entry)] = int(statm[1]) * page
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack.extend(children.get(pid, []))
+    return total
+
+
+def measure(cmd: list[str]) -> dict:
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, tree_rss_bytes(proc.pid))
+        time.sleep(0.5)
+    out = proc.stdout.read() if proc.stdout else ""
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode})")
+    return {"wall_s": round(time.perf_counter() - start, 1), "peak_rss_mb": round(peak / 2**20),
+            "summary_line": out.strip().splitlines()[-1]}
+
+
+def corpus(work: Path, rows: int) -> Path:
+    path = work / f"world-{rows}"
+    if not (path / "_world.json").exists():
+        subprocess.run([sys.executable, "-m", "actprm.cli", "generate", "--n", str(rows), "--shard-rows", "50000",
+                        "--output", str(path), "--overwrite", "--no-progress"], check=True, cwd=REPO)
+    return path
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000])
+    p.add_argument("--in-process", action="store_true", help="also run actprm score on the same rows")
+    p.add_argument("--work", default="/tmp/actprm-filter-bench")
+    p.add_argument("--output", default="bench/results/filter_scale.jsonl")
+    args = p.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    for rows in args.rows:
+        data = corpus(work, rows)
+        jobs = [("filter", ["filter", "--input", str(data), "--output", str(work / f"filter-{rows}")])]
+        if args.in_process:
+            jobs.append(("score", ["score", "--input", str(data), "--output", str(work / f"score-{rows}")]))
+        for name, verb in jobs:
+            result = measure([sys.executable, "-m", "actprm.cli", *verb, "--overwrite", "--no-progress"])
+            result |= {"job": name, "rows": rows, "rows_per_s": round(rows / result["wall_s"], 1),
+                       "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
+            print(json.dumps(result), flush=True)
+            with open(args.output, "a") as f:
+                f.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
