@@ -255,7 +255,7 @@ def _parser_filter(sub: argparse._SubParsersAction) -> None:
                     "cluster; --address ray://HOST:10001 or RAY_ADDRESS: that cluster.",
         epilog="examples:\n"
                "  actprm filter --input corpus/ --output out/filtered\n"
-               "  actprm filter --input 's3://bucket/rollouts/*.parquet' --output /shared/filtered --address auto\n"
+               "  actprm filter --input '/shared/rollouts/*.parquet' --output /shared/filtered --address auto\n"
                "  actprm filter --config configs/score_filter.yaml --input corpus/ --output out/f --actors 4\n"
                "  ray job submit --working-dir . -- python -m pipelines.score_filter --input /data/c --output /data/f\n")
     _add_read_flags(p)
