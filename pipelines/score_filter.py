@@ -52,7 +52,14 @@ import ray
 
 from actprm.config import FilterConfig
 from actprm.errors import UserError
-from actprm.io.readers import NoDuplicateCheck, PlannedDuplicates, SourceFile, inspect_file, iter_file_batches, list_files
+from actprm.io.readers import (
+    NoDuplicateCheck,
+    PlannedDuplicates,
+    SourceFile,
+    inspect_file,
+    iter_file_batches,
+    list_files,
+)
 from actprm.io.writers import ShardWriter, check_output_dir, write_parquet_atomic
 from actprm.schemas import arrow_schema, error_row, row_json, table_from_rows
 from pipelines.ray_session import init_ray

@@ -7,6 +7,18 @@ REPO = Path(__file__).resolve().parents[1]
 PROCESSBENCH = REPO.parent / "shared" / "data" / "processbench"
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """A private local Ray for one test module (4 logical CPUs on any machine), shut down after it.
+
+    Module scope, not session: a test may stop every Ray on the machine (`ray stop --force`).
+    """
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture
 def write_jsonl(tmp_path):
     def write(name: str, rows: list, raw_lines: list[str] | None = None) -> Path:

@@ -22,13 +22,6 @@ from actprm.testing.judge_server import FakeJudge, JudgeServer, truth_from_rows
 from actprm.world.arith import Generator
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.fixture
 def served():
     """(rows, fake, server, data file): 60 world rows, half with an error, and a judge that knows them."""

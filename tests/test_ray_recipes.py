@@ -11,12 +11,6 @@ from actprm.validate import run_validate  # noqa: E402
 from conftest import good_row  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
 
 def rows(directory, key):
     table = pa.concat_tables([pq.read_table(f) for f in sorted(directory.glob("*.parquet"))])

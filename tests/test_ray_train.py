@@ -14,13 +14,6 @@ from actprm.schemas import table_from_rows
 from actprm.world.arith import Generator
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
 def test_two_workers_train_and_write_a_loadable_checkpoint(tmp_path, local_ray):
     from pipelines import train as recipe
 

@@ -1,0 +1,46 @@
+"""`ray job submit` on a real local cluster (`ray start --head` on 127.0.0.1): the filter recipe runs
+unchanged as a job. Its own module: no other Ray may be running in this process meanwhile."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from actprm.world.arith import Generator
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_recipe_runs_under_ray_job_submit_on_a_local_cluster(tmp_path):
+    """`ray start --head` on 127.0.0.1 (its own temp dir), `ray job submit --working-dir .`, `ray stop`."""
+    rows = list(Generator(seed=5).rows(0, 300))
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for k in (0, 1):
+        pq.write_table(pa.Table.from_pylist(rows[k * 150:(k + 1) * 150]), corpus / f"part-{k}.parquet")
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    temp = Path("/tmp") / f"rjt{os.getpid()}"  # short: Ray's socket paths must fit in 107 bytes
+    dash = 8200 + os.getpid() % 700
+    ray_bin = str(bin_dir / "ray")
+    subprocess.run([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(dash + 1000),
+                    "--num-cpus", "2", "--temp-dir", str(temp), "--include-dashboard", "true",
+                    "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--disable-usage-stats"],
+                   env=env, check=True, capture_output=True, timeout=120)
+    try:
+        out = tmp_path / "f"
+        job = subprocess.run([ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir",
+                              str(REPO), "--", "python", "-m", "pipelines.score_filter", "--input", str(corpus),
+                              "--output", str(out), "--no-progress"],
+                             env=env, capture_output=True, text=True, timeout=300)
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+        assert "filter: 300 rows read, 300 scored" in job.stdout
+        assert sorted(r["id"] for r in pq.read_table(out / "scored").to_pylist()) == sorted(r["id"] for r in rows)
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
