@@ -8,9 +8,11 @@ Each verb parses its flags, merges them over `--config` YAML over defaults
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from actprm import __version__
 from actprm.errors import UserError
@@ -70,16 +72,30 @@ def _overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k in cls.model_fields}
 
 
+def _config(args: argparse.Namespace, name: str) -> Any:
+    """The verb's config, class `name` of actprm.config: defaults < --config YAML < flags."""
+    from actprm import config
+
+    cls = getattr(config, name)
+    return config.load_config(cls, getattr(args, "config", None), _overrides(args, cls))
+
+
+def _run_job(args: argparse.Namespace, cfg: Any, job: str | None, recipe: str | None = None) -> Any:
+    """Run `pipelines.<recipe>.run` on Ray when `recipe` is given, else `job` ("module:function") in-process."""
+    progress = not getattr(args, "no_progress", False)
+    if recipe:
+        module = importlib.import_module(f"pipelines.{recipe}")
+        return module.run(cfg, address=getattr(args, "address", None), progress=progress)
+    assert job is not None, "a verb without a recipe needs an in-process job"
+    module_name, function = job.split(":")
+    return getattr(importlib.import_module(module_name), function)(cfg, progress=progress)
+
+
 # ------------------------------------------------------------------------ verbs
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from actprm.config import GenerateConfig, load_config
-    from actprm.generate import run_generate
-
-    cfg = load_config(GenerateConfig, getattr(args, "config", None), _overrides(args, GenerateConfig))
-    result = run_generate(cfg, progress=not getattr(args, "no_progress", False))
-    print(result.summary_line())
+    print(_run_job(args, _config(args, "GenerateConfig"), "actprm.generate:run_generate").summary_line())
     return 0
 
 
@@ -112,19 +128,8 @@ def _parser_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from actprm.config import ValidateConfig, load_config
-
-    cfg = load_config(ValidateConfig, getattr(args, "config", None), _overrides(args, ValidateConfig))
-    progress = not getattr(args, "no_progress", False)
-    if getattr(args, "ray", False):
-        from pipelines import validate as recipe
-
-        result = recipe.run(cfg, address=getattr(args, "address", None), progress=progress)
-    else:
-        from actprm.validate import run_validate
-
-        result = run_validate(cfg, progress=progress)
-    print(result.summary_line())
+    recipe = "validate" if getattr(args, "ray", False) else None
+    print(_run_job(args, _config(args, "ValidateConfig"), "actprm.validate:run_validate", recipe).summary_line())
     return 0
 
 
@@ -149,11 +154,10 @@ def _parser_validate(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_init_model(args: argparse.Namespace) -> int:
-    from actprm.config import InitModelConfig, load_config
     from actprm.io.writers import check_output_dir
     from actprm.model import PRM_CONFIG_NAME, count_parameters, init_model
 
-    cfg = load_config(InitModelConfig, getattr(args, "config", None), _overrides(args, InitModelConfig))
+    cfg = _config(args, "InitModelConfig")
     if not cfg.output:
         raise UserError("no output: pass --output DIR")
     out = check_output_dir(cfg.output, cfg.overwrite)
@@ -185,12 +189,7 @@ def _parser_init_model(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from actprm.config import ScoreConfig, load_config
-    from actprm.score import run_score
-
-    cfg = load_config(ScoreConfig, getattr(args, "config", None), _overrides(args, ScoreConfig))
-    result = run_score(cfg, progress=not getattr(args, "no_progress", False))
-    print(result.summary_line())
+    print(_run_job(args, _config(args, "ScoreConfig"), "actprm.score:run_score").summary_line())
     return 0
 
 
@@ -233,12 +232,7 @@ def _add_scoring_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_filter(args: argparse.Namespace) -> int:
-    from actprm.config import FilterConfig, load_config
-    from pipelines import score_filter as recipe
-
-    cfg = load_config(FilterConfig, getattr(args, "config", None), _overrides(args, FilterConfig))
-    result = recipe.run(cfg, address=getattr(args, "address", None), progress=not getattr(args, "no_progress", False))
-    print(result.summary_line())
+    print(_run_job(args, _config(args, "FilterConfig"), None, "score_filter").summary_line())
     return 0
 
 
@@ -270,19 +264,8 @@ def _parser_filter(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_annotate(args: argparse.Namespace) -> int:
-    from actprm.config import AnnotateConfig, load_config
-
-    cfg = load_config(AnnotateConfig, getattr(args, "config", None), _overrides(args, AnnotateConfig))
-    progress = not getattr(args, "no_progress", False)
-    if getattr(args, "ray", False):
-        from pipelines import annotate as recipe
-
-        result = recipe.run(cfg, address=getattr(args, "address", None), progress=progress)
-    else:
-        from actprm.annotate import run_annotate
-
-        result = run_annotate(cfg, progress=progress)
-    print(result.summary_line())
+    recipe = "annotate" if getattr(args, "ray", False) else None
+    print(_run_job(args, _config(args, "AnnotateConfig"), "actprm.annotate:run_annotate", recipe).summary_line())
     return 0
 
 
@@ -353,11 +336,7 @@ def _parser_annotate(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from actprm.config import EvaluateConfig, load_config
-    from actprm.evaluate import run_evaluate
-
-    cfg = load_config(EvaluateConfig, getattr(args, "config", None), _overrides(args, EvaluateConfig))
-    result = run_evaluate(cfg, progress=not getattr(args, "no_progress", False))
+    result = _run_job(args, _config(args, "EvaluateConfig"), "actprm.evaluate:run_evaluate")
     print(result.table())
     print(result.summary_line())
     return 0
@@ -403,19 +382,9 @@ def _parser_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from actprm.config import TrainConfig, load_config
-
-    cfg = load_config(TrainConfig, getattr(args, "config", None), _overrides(args, TrainConfig))
-    progress = not getattr(args, "no_progress", False)
-    if cfg.workers > 1:
-        from pipelines import train as recipe
-
-        result = recipe.run(cfg, address=getattr(args, "address", None), progress=progress)
-    else:
-        from actprm.train import run_train
-
-        result = run_train(cfg, progress=progress)
-    print(result.summary_line())
+    cfg = _config(args, "TrainConfig")
+    recipe = "train" if cfg.workers > 1 else None
+    print(_run_job(args, cfg, "actprm.train:run_train", recipe).summary_line())
     return 0
 
 

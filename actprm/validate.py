@@ -40,12 +40,17 @@ class ValidateResult:
                 f"{c.errors_text()} in {self.seconds:.1f}s ({rate:,.0f} rows/s) -> {self.output}")
 
 
-def check_paths(cfg: ValidateConfig) -> list[SourceFile]:
-    """The input and output flags are there, and every input file passes pre-flight."""
+def require_input_output(cfg: ValidateConfig) -> None:
+    """The input and output flags are there (a user error otherwise)."""
     if not cfg.input:
         raise UserError("no input: pass --input PATH (a file, a directory or a glob)")
     if not cfg.output:
         raise UserError("no output: pass --output DIR")
+
+
+def check_paths(cfg: ValidateConfig) -> list[SourceFile]:
+    """The input and output flags are there, and every input file passes pre-flight."""
+    require_input_output(cfg)
     return open_corpus(cfg.input, cfg.format)
 
 

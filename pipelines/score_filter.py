@@ -35,7 +35,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -49,6 +48,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
+import torch
 
 from actprm.config import FilterConfig
 from actprm.errors import UserError
@@ -60,8 +60,21 @@ from actprm.io.readers import (
     iter_file_batches,
     list_files,
 )
-from actprm.io.writers import ShardWriter, check_output_dir, write_parquet_atomic
+from actprm.io.writers import (
+    ShardWriter,
+    check_output_dir,
+    write_parquet_atomic,
+    write_text_atomic,
+)
 from actprm.schemas import arrow_schema, error_row, row_json, table_from_rows
+from actprm.score import (
+    DEFAULT_MODEL_NAME,
+    join_scores,
+    load_for_scoring,
+    load_scoring_model,
+)
+from actprm.scoring import score_trajectories
+from actprm.validate import require_input_output
 from pipelines.ray_session import init_ray
 from pipelines.validate import plan_duplicates
 
@@ -111,26 +124,19 @@ class PRMScorer:
     """Ray Data actor: the ensemble PRM, loaded once per actor, scoring TRANSPORT batches."""
 
     def __init__(self, cfg: FilterConfig):
-        import torch
-
-        from actprm.score import load_for_scoring
-
         if cfg.device != "cuda" and not cfg.threads:
             torch.set_num_threads(max(1, int(cfg.cpus_per_actor)))
         self.cfg = cfg
         self.device, self.model, self.tokenizer, self.model_name, self.batch_tokens = load_for_scoring(cfg)
+        self.trajectory_columns = [f.name for f in arrow_schema("trajectories")]
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        from actprm.score import join_scores
-        from actprm.scoring import score_trajectories
-
         rows = table.to_pylist()
         todo = [r for r in rows if r["_error"] is None]
         results = score_trajectories(self.model, self.tokenizer, [r["problem"] for r in todo],
                                      [r["steps"] for r in todo], batch_tokens=self.batch_tokens,
                                      max_length=self.cfg.max_length, device=self.device)
-        trajectory = [f.name for f in arrow_schema("trajectories")]
-        canonical = [{k: r[k] for k in trajectory} for r in todo]
+        canonical = [{k: r[k] for k in self.trajectory_columns} for r in todo]
         scored, too_long = join_scores(canonical, results, self.cfg, self.model_name)
         origin = [{k: r[k] for k in ("_file", "_row_index", "_source_file")} for r in todo]
         ok = [i for i, res in enumerate(results) if res.error is None]
@@ -232,10 +238,7 @@ class FileOutput:
         for w in self.writers.values():
             w.close()
         marker = {"file": file_identity(source), "counts": dict(self.counts), "errors_by_kind": dict(self.errors)}
-        path = marker_path(self.out, self.file_index)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(marker))
-        os.replace(tmp, path)
+        write_text_atomic(json.dumps(marker), marker_path(self.out, self.file_index))
         return marker
 
 
@@ -287,14 +290,9 @@ def default_actors(cfg: FilterConfig) -> tuple[int, float, float]:
 
 def run(cfg: FilterConfig, address: str | None = None, progress: bool = True) -> FilterResult:
     start = time.perf_counter()
-    if not cfg.input:
-        raise UserError("no input: pass --input PATH (a file, a directory or a glob)")
-    if not cfg.output:
-        raise UserError("no output: pass --output DIR")
+    require_input_output(cfg)  # files are pre-flighted one by one below: a bad one is skipped, not fatal
     if cfg.selection != "threshold":
         raise UserError("filter selects with the ActPRM rule (--selection threshold); for a budget use actprm score")
-    from actprm.score import load_scoring_model
-
     load_scoring_model(cfg.model, "cpu")  # a bad --model is one line now, not an actor crash later
     out, _ = prepare_output(cfg)
 
@@ -369,13 +367,11 @@ def run(cfg: FilterConfig, address: str | None = None, progress: bool = True) ->
         "rows_selected": totals["selected"], "rows_error": sum(errors.values()),
         "errors_by_kind": dict(errors.most_common()),
         "selection_rate": totals["selected"] / totals["scored"] if totals["scored"] else 0.0,
-        "model": cfg.model or "actprm/assets/prm", "files_done_earlier": len(sources) - len(pending),
+        "model": cfg.model or DEFAULT_MODEL_NAME, "files_done_earlier": len(sources) - len(pending),
         "rows_this_run": rows_this_run, "seconds": round(seconds, 3),
         "rows_per_second": rows_this_run / seconds if seconds else 0.0,
     }
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, out / "summary.json")
+    write_text_atomic(json.dumps(summary, indent=2) + "\n", out / "summary.json")
     return FilterResult(totals, errors, len(sources), len(sources) - len(pending), rows_this_run, seconds, out)
 
 

@@ -49,9 +49,20 @@ def replaced_dir(out: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _tmp_beside(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+
+
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = _tmp_beside(path)
     pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def write_text_atomic(text: str, path: Path) -> None:
+    """`path` holds the old text or the new one, never a part (a killed job's markers stay whole)."""
+    tmp = _tmp_beside(path)
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 

@@ -24,54 +24,34 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 
-def labelled_row(rid: str, first_error_step: int, *, judge: str, prompt_version: str,
-                 votes: Sequence[int] | None = None, agreement: float | None = None,
-                 prompt_tokens: int = 0, completion_tokens: int = 0, cost_usd: float = 0.0,
-                 attempts: int = 1, cached: int = 0, latency_s: float = 0.0,
-                 raw_output: str | None = None) -> dict[str, Any]:
-    """An annotation row with a label. Without `votes`, the label is the single vote (agreement 1.0)."""
+def _row(rid: str, label: dict[str, Any], *, judge: str, prompt_version: str, prompt_tokens: int = 0,
+         completion_tokens: int = 0, cost_usd: float = 0.0, attempts: int = 1, cached: int = 0,
+         latency_s: float = 0.0, raw_output: str | None = None) -> dict[str, Any]:
+    """An annotations row: `label` (first_error_step, votes, agreement, error) and the accounting columns."""
+    return {"id": rid, **label, "judge": judge, "prompt_version": prompt_version,
+            "prompt_tokens": int(prompt_tokens), "completion_tokens": int(completion_tokens),
+            "cost_usd": float(cost_usd), "attempts": int(attempts), "cached": int(cached),
+            "latency_s": float(latency_s), "raw_output": raw_output}
+
+
+def labelled_row(rid: str, first_error_step: int, *, votes: Sequence[int] | None = None,
+                 agreement: float | None = None, **fields: Any) -> dict[str, Any]:
+    """An annotation row with a label. Without `votes`, the label is the single vote (agreement 1.0).
+
+    `fields`: judge and prompt_version (required), prompt_tokens, completion_tokens, cost_usd,
+    attempts, cached, latency_s, raw_output.
+    """
     votes = [int(first_error_step)] if votes is None else [int(v) for v in votes]
     if agreement is None:
         agreement = votes.count(int(first_error_step)) / len(votes) if votes else 1.0
-    return {
-        "id": rid,
-        "first_error_step": int(first_error_step),
-        "votes": votes,
-        "agreement": float(agreement),
-        "judge": judge,
-        "prompt_version": prompt_version,
-        "prompt_tokens": int(prompt_tokens),
-        "completion_tokens": int(completion_tokens),
-        "cost_usd": float(cost_usd),
-        "attempts": int(attempts),
-        "cached": int(cached),
-        "latency_s": float(latency_s),
-        "error": None,
-        "raw_output": raw_output,
-    }
+    return _row(rid, {"first_error_step": int(first_error_step), "votes": votes, "agreement": float(agreement),
+                      "error": None}, **fields)
 
 
-def failed_row(rid: str, error: str, *, judge: str, prompt_version: str,
-               prompt_tokens: int = 0, completion_tokens: int = 0, cost_usd: float = 0.0,
-               attempts: int = 1, cached: int = 0, latency_s: float = 0.0,
-               raw_output: str | None = None) -> dict[str, Any]:
-    """An annotation row without a label; `error` is `<kind>: <detail>` (e.g. `refusal: ...`)."""
-    return {
-        "id": rid,
-        "first_error_step": None,
-        "votes": [],
-        "agreement": None,
-        "judge": judge,
-        "prompt_version": prompt_version,
-        "prompt_tokens": int(prompt_tokens),
-        "completion_tokens": int(completion_tokens),
-        "cost_usd": float(cost_usd),
-        "attempts": int(attempts),
-        "cached": int(cached),
-        "latency_s": float(latency_s),
-        "error": error,
-        "raw_output": raw_output,
-    }
+def failed_row(rid: str, error: str, **fields: Any) -> dict[str, Any]:
+    """An annotation row without a label; `error` is `<kind>: <detail>` (e.g. `refusal: ...`); `fields` as for
+    `labelled_row`."""
+    return _row(rid, {"first_error_step": None, "votes": [], "agreement": None, "error": error}, **fields)
 
 
 def error_kind(error: str) -> str:

@@ -226,8 +226,7 @@ class OpenAIJudge(Annotator):
     the config, made per event loop).
     """
 
-    def __init__(self, cfg: Any, cache: AnswerCache | None = None, *,
-                 client_factory: Callable[..., Any] | None = None, limits: Any = None):
+    def __init__(self, cfg: Any, cache: AnswerCache | None = None, *, limits: Any = None):
         if not cfg.judge_model:
             raise UserError("the openai backend needs --judge-model (the model name the endpoint serves)")
         self.cfg = cfg
@@ -241,7 +240,6 @@ class OpenAIJudge(Annotator):
         self.stats = JudgeStats()
         self._key_env = cfg.api_key_env
         self._api_key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
-        self._client_factory = client_factory or openai.AsyncOpenAI
         self._shared_limits = limits
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: Any = None
@@ -255,7 +253,7 @@ class OpenAIJudge(Annotator):
             return
         self._loop = loop
         self._pending: dict[str, asyncio.Future] = {}  # cache key -> the answer being fetched
-        self._client = self._client_factory(
+        self._client = openai.AsyncOpenAI(
             api_key=self._api_key or "EMPTY",  # local servers without auth accept any key
             base_url=self.cfg.base_url, timeout=self.cfg.timeout_s, max_retries=0)
         self._limits = self._shared_limits or LocalLimits(
