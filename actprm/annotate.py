@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from actprm.config import AnnotateConfig
+from actprm.errors import UserError
 from actprm.io.readers import iter_batches, known_rows
 from actprm.io.writers import ShardWriter, StagedOutput
 from actprm.judge import Annotator, error_kind, make_annotator
@@ -95,14 +96,32 @@ class AnnotateResult:
     seconds: float
     output: Path
     judge_stats: Any = None  # the openai judge's JudgeStats (calls, cache hits, spend); None for others
+    budget: dict[str, Any] | None = None  # SpendBudget.as_dict() when --max-spend / --max-calls was set
 
     def summary_line(self) -> str:
         a, c, j = self.annotations, self.counts, self.judge_stats
         paid = "" if j is None else (f", {j.answers} answers paid ({j.requests} requests, "
                                      f"{j.prompt_tokens + j.completion_tokens} tokens, ${j.cost_usd:.2f}), "
                                      f"{j.cached} from cache")
+        stop = ""
+        if self.budget and self.budget["exhausted"]:
+            stop = (f"; budget exhausted, {a.failed[BUDGET_KIND]} rows not annotated (rerun with a higher "
+                    f"--max-spend/--max-calls to continue from the cache)")
         return (f"annotate: {c.read} rows, {a.labelled} labelled, {a.n_failed} failed{_kinds(a.failed)}, "
-                f"{c.n_errors} invalid{_kinds(c.errors)}{paid} in {self.seconds:.1f}s -> {self.output}")
+                f"{c.n_errors} invalid{_kinds(c.errors)}{paid} in {self.seconds:.1f}s -> {self.output}{stop}")
+
+
+BUDGET_KIND = "budget exhausted"  # the error kind of rows the budget left unannotated
+
+
+def check_spend_settings(cfg: AnnotateConfig) -> None:
+    """--max-spend / --max-calls limit what the openai judge is paid; a user error where they cannot."""
+    if cfg.max_spend is None and cfg.max_calls is None:
+        return
+    if cfg.backend != "openai":
+        raise UserError(f"--max-spend/--max-calls limit what a paid judge costs; the {cfg.backend} backend is free")
+    if cfg.max_spend is not None and cfg.price_in == 0 and cfg.price_out == 0:
+        raise UserError("--max-spend needs the judge's prices: --price-in and --price-out (USD per million tokens)")
 
 
 def check_contract(rows: list[dict[str, Any]], out: list[dict[str, Any]], annotator: Annotator) -> None:
@@ -155,12 +174,15 @@ def staged_output(cfg: AnnotateConfig) -> StagedOutput:
 
 
 def write_summary(path: Path, cfg: AnnotateConfig, sources: list, judge: str, prompt_version: str,
-                  counts: RowCounts, done: AnnotationCounts, stats: Any, seconds: float) -> None:
-    """DIR/summary.json: input counts, annotation counts, the judge's calls and spend (`stats`: JudgeStats)."""
+                  counts: RowCounts, done: AnnotationCounts, stats: Any, seconds: float,
+                  budget: dict[str, Any] | None = None) -> None:
+    """DIR/summary.json: input counts, annotation counts, the judge's calls and spend (`stats`: JudgeStats),
+    the spend limits and what they let through (`budget`: SpendBudget.as_dict())."""
     summary = {
         "files": [str(s.path) for s in sources], "backend": cfg.backend, "judge": judge,
         "prompt_version": prompt_version, "samples": cfg.samples,
         **counts.as_dict(), **done.as_dict(), **(stats.as_dict() if stats is not None else {}),
+        **({"budget": budget} if budget is not None else {}),
         "seconds": round(seconds, 3), "rows_per_second": counts.read / seconds if seconds else 0.0,
     }
     path.write_text(json.dumps(summary, indent=2) + "\n")
@@ -170,12 +192,15 @@ def run_annotate(cfg: AnnotateConfig, progress: bool = True, annotator: Annotato
     """Annotate every valid row of `cfg.input` into `cfg.output` (`annotator`: default from the config)."""
     start = time.perf_counter()
     sources = check_paths(cfg)
+    check_spend_settings(cfg)
     annotator = annotator or make_annotator(cfg)
     counts, done = RowCounts(), AnnotationCounts()
     with staged_output(cfg) as out:
         asyncio.run(_annotate_all(cfg, sources, annotator, out, counts, done, progress))
         seconds = time.perf_counter() - start
         stats = getattr(annotator, "stats", None)
+        spend = getattr(annotator, "budget", None)
+        budget = spend.as_dict() if spend is not None else None
         write_summary(out.path("summary.json"), cfg, sources, annotator.judge, annotator.prompt_version,
-                      counts, done, stats, seconds)
-    return AnnotateResult(counts, done, annotator.judge, seconds, Path(cfg.output), stats)
+                      counts, done, stats, seconds, budget)
+    return AnnotateResult(counts, done, annotator.judge, seconds, Path(cfg.output), stats, budget)

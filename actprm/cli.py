@@ -27,6 +27,11 @@ verbs:
   train        one PRM training round (ActPRM loss) from trajectories + annotations
   annotate     label trajectories: a judge model over any OpenAI-compatible endpoint, or the verifier
   evaluate     ProcessBench F1 (the official metric), step AUROC and ECE of a PRM on labelled subsets
+  loop         the active-learning loop on Ray: score, select, annotate, train, evaluate, round after round
+  demo         the whole loop on the arithmetic world: ActPRM vs random selection, report and plots
+  estimate     what labelling a corpus will cost: sample, score, project judge calls, tokens, dollars
+  judge-check  the judge's F1 on ProcessBench (as evaluate scores it) and a label_weight, before paying
+  inspect      a table's provenance (version, commit, config/model hashes, judge), schema, rows
 
 examples:
   actprm generate --world arith --n 100000 --output out/world
@@ -36,6 +41,8 @@ examples:
   actprm annotate --backend openai --base-url http://localhost:8000/v1 --judge-model Qwen/QwQ-32B \\
       --input out/scored/scored --output out/annotated
   actprm evaluate --data ../shared/data/processbench/*.json --output out/eval
+  actprm loop --config configs/loop/rounds.yaml --output runs/loop
+  actprm demo --output runs/demo
   actprm <verb> --help
 """
 
@@ -82,13 +89,16 @@ def _config(args: argparse.Namespace, name: str) -> Any:
 
 def _run_job(args: argparse.Namespace, cfg: Any, job: str | None, recipe: str | None = None) -> Any:
     """Run `pipelines.<recipe>.run` on Ray when `recipe` is given, else `job` ("module:function") in-process."""
+    from actprm import provenance
+
     progress = not getattr(args, "no_progress", False)
-    if recipe:
-        module = importlib.import_module(f"pipelines.{recipe}")
-        return module.run(cfg, address=getattr(args, "address", None), progress=progress)
-    assert job is not None, "a verb without a recipe needs an in-process job"
-    module_name, function = job.split(":")
-    return getattr(importlib.import_module(module_name), function)(cfg, progress=progress)
+    with provenance.job(args.verb, cfg):  # every Parquet file the job writes records it
+        if recipe:
+            module = importlib.import_module(f"pipelines.{recipe}")
+            return module.run(cfg, address=getattr(args, "address", None), progress=progress)
+        assert job is not None, "a verb without a recipe needs an in-process job"
+        module_name, function = job.split(":")
+        return getattr(importlib.import_module(module_name), function)(cfg, progress=progress)
 
 
 # ------------------------------------------------------------------------ verbs
@@ -155,31 +165,50 @@ def _parser_validate(sub: argparse._SubParsersAction) -> None:
 
 def cmd_init_model(args: argparse.Namespace) -> int:
     from actprm.io.writers import check_output_dir
-    from actprm.model import PRM_CONFIG_NAME, count_parameters, init_model
+    from actprm.model import count_parameters, from_backbone, init_model
 
     cfg = _config(args, "InitModelConfig")
     if not cfg.output:
         raise UserError("no output: pass --output DIR")
     out = check_output_dir(cfg.output, cfg.overwrite)
-    model, tokenizer = init_model(cfg.preset, n_heads=cfg.n_heads, seed=cfg.seed)
+    try:
+        if cfg.backbone:
+            model, tokenizer = from_backbone(cfg.backbone, n_heads=cfg.n_heads, seed=cfg.seed,
+                                             step_features=cfg.step_features)
+        else:
+            model, tokenizer = init_model(cfg.preset, n_heads=cfg.n_heads, seed=cfg.seed,
+                                          step_features=cfg.step_features)
+    except (OSError, ValueError) as exc:  # no such backbone / not a model / features it cannot give
+        raise UserError(f"init-model: {str(exc).splitlines()[0]}") from None
     model.save_pretrained(out, tokenizer=tokenizer)
-    assert (out / PRM_CONFIG_NAME).is_file()
-    print(f"init-model: preset {cfg.preset}, {count_parameters(model.backbone) / 1e6:.2f}M backbone parameters, "
-          f"{cfg.n_heads} heads, max length {model.max_length}, seed {cfg.seed} -> {out}")
+    source = f"backbone {cfg.backbone}" if cfg.backbone else f"preset {cfg.preset}"
+    features = f", step features {'+'.join(cfg.step_features)}" if cfg.step_features else ""
+    print(f"init-model: {source}, {count_parameters(model.backbone) / 1e6:.2f}M backbone parameters, "
+          f"{cfg.n_heads} heads{features}, max length {model.max_length}, seed {cfg.seed} -> {out}")
     return 0
 
 
 def _parser_init_model(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "init-model", formatter_class=_Formatter, argument_default=argparse.SUPPRESS,
-        help="create a randomly initialised ensemble PRM from a preset",
+        help="create an ensemble PRM: a preset (random init) or a pretrained backbone, with fresh heads",
         description="A Qwen2-shaped backbone (random init, seeded) with K heads and the committed tokenizer, "
                     "saved as safetensors + config + tokenizer. Presets: tiny (seconds on a CPU), small "
-                    "(hidden 512, for throughput measurements), qwen2-0.5b (Qwen2-0.5B shape, for GPUs).",
+                    "(hidden 512, for throughput measurements), qwen2-0.5b (Qwen2-0.5B shape, for GPUs). "
+                    "--backbone puts K seeded heads on a pretrained LM instead (a directory or a hub name; "
+                    "the step separator is added to its tokenizer). --step-features lm_logprob: the heads "
+                    "also read the min and mean log-prob the LM gives each step's tokens (needs tied "
+                    "embeddings; the shipped PRM has it).",
         epilog="examples:\n"
                "  actprm init-model --preset tiny --output models/tiny\n"
-               "  actprm init-model --preset small --n-heads 32 --seed 1 --output models/small-k32\n")
-    p.add_argument("--preset", choices=["tiny", "small", "qwen2-0.5b"], help="model shape (default: tiny)")
+               "  actprm init-model --preset small --n-heads 32 --seed 1 --output models/small-k32\n"
+               "  actprm init-model --backbone Qwen/Qwen2.5-Math-7B-Instruct --output models/qwen-prm\n"
+               "  actprm init-model --backbone PATH/TO/LM --step-features lm_logprob --output models/prm\n")
+    p.add_argument("--preset", choices=["tiny", "world", "small", "qwen2-0.5b"],
+                   help="model shape (default: tiny; world: the shipped backbone's shape)")
+    p.add_argument("--backbone", metavar="DIR|NAME", help="a pretrained backbone instead of a preset")
+    p.add_argument("--step-features", dest="step_features", nargs="*", choices=["lm_logprob"],
+                   help="per-step features the heads read besides the separator's hidden state")
     p.add_argument("--n-heads", dest="n_heads", type=int, metavar="K", help="ensemble heads (default: 8)")
     p.add_argument("--seed", type=int, help="initialisation seed (default: 0)")
     p.add_argument("--output", metavar="DIR", help="where to save the model")
@@ -229,6 +258,11 @@ def _add_scoring_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--acquisition", choices=["entropy", "bald", "variance", "margin", "random"])
     p.add_argument("--reduction", choices=["max", "mean"], help="over steps up to the predicted error")
     p.add_argument("--seed", type=int, help="seed of the random acquisition")
+    p.add_argument("--target-rate", dest="target_rate", type=float, metavar="R",
+                   help="choose delta_pred/delta_std on a sample so that about this share (0..1) is selected; "
+                        "the chosen values are printed and in summary.json")
+    p.add_argument("--calibration-sample", dest="calibration_sample", type=int, metavar="N",
+                   help="rows scored to choose them (default: 1000; estimate uses its --sample)")
 
 
 def cmd_filter(args: argparse.Namespace) -> int:
@@ -259,6 +293,19 @@ def _parser_filter(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--actors", type=int, metavar="N", help="scoring actors (default: GPUs, else CPUs - 1)")
     p.add_argument("--cpus-per-actor", dest="cpus_per_actor", type=float, metavar="N",
                    help="CPUs per actor, and its torch threads on CPU (default: 1)")
+    hygiene = p.add_argument_group("hygiene (removed rows go to errors with their reason)")
+    hygiene.add_argument("--no-dedup", dest="dedup", action="store_false",
+                         help="keep rows whose normalised problem and steps repeat an earlier row's")
+    hygiene.add_argument("--near-dedup", dest="near_dedup", action="store_true",
+                         help="drop rows whose problem nearly repeats an earlier, different problem (MinHash)")
+    hygiene.add_argument("--near-dedup-threshold", dest="near_dedup_threshold", type=float, metavar="J",
+                         help="Jaccard of character 5-grams (default: 0.9)")
+    hygiene.add_argument("--decontaminate", nargs="+", metavar="PATH",
+                         help="evaluation sets whose problems are dropped (default: ProcessBench when present)")
+    hygiene.add_argument("--no-decontaminate", dest="decontaminate", action="store_const", const=[],
+                         help="drop no evaluation problems")
+    hygiene.add_argument("--decontaminate-threshold", dest="decontaminate_threshold", type=float, metavar="J",
+                         help="near match to an evaluation problem (default: 0.8; 1: exact only)")
     p.add_argument("--address", metavar="ADDR", help="Ray cluster: auto, ray://HOST:PORT (default: a local Ray)")
     p.set_defaults(handler=cmd_filter)
 
@@ -297,7 +344,8 @@ def _parser_annotate(sub: argparse._SubParsersAction) -> None:
                "  actprm annotate --config configs/judge/vllm.yaml --input corpus/ --output out/ann --cache judge.sqlite\n"
                "  actprm annotate --backend verifier --input out/scored/scored --output out/annotated\n"
                "  actprm annotate --input corpus/ --output out/ann --wrong-rate 0.3 --samples 5 --seed 1\n"
-               "  actprm annotate --ray --actors 4 --config configs/judge/vllm.yaml --input corpus/ --output out/ann\n")
+               "  actprm annotate --ray --actors 4 --config configs/judge/vllm.yaml --input corpus/ --output out/ann\n"
+               "  actprm annotate --config configs/judge/openai.yaml --input sel/ --output out/ann --max-spend 50\n")
     _add_read_flags(p)
     _add_output_flags(p)
     _add_common(p)
@@ -326,6 +374,12 @@ def _parser_annotate(sub: argparse._SubParsersAction) -> None:
                        help="USD per million completion tokens")
     judge.add_argument("--no-raw-output", dest="raw_output", action="store_false",
                        help="do not keep the judge's answer text in the annotations")
+    judge.add_argument("--max-spend", dest="max_spend", type=float, metavar="USD",
+                       help="hard stop: no request is sent once its worst case (prompt + max_tokens, else "
+                            "mean_output_tokens, at the prices) would take the labels' cost past USD; the rest "
+                            "fail `budget exhausted`; a rerun with more continues from the cache")
+    judge.add_argument("--max-calls", dest="max_calls", type=int, metavar="N",
+                       help="hard stop after N paid judge requests (answers from the cache count)")
     verifier = p.add_argument_group("verifier backend")
     verifier.add_argument("--wrong-rate", dest="wrong_rate", type=float, metavar="X",
                           help="share of wrong answers (default: 0.18)")
@@ -418,6 +472,8 @@ def _parser_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grad-accum", dest="grad_accum", type=int, metavar="N")
     p.add_argument("--learning-probability", dest="learning_probability", type=float, metavar="P")
     p.add_argument("--anchor-lambda", dest="anchor_lambda", type=float, metavar="X")
+    p.add_argument("--label-weight", dest="label_weight", metavar="W|agreement",
+                   help="weight of the annotation labels: a number (judge-check suggests one) or 'agreement'")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, metavar="N")
@@ -427,9 +483,210 @@ def _parser_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_train)
 
 
+def cmd_loop(args: argparse.Namespace) -> int:
+    print(_run_job(args, _config(args, "LoopConfig"), None, "active_loop").summary_line())
+    return 0
+
+
+def _parser_loop(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "loop", formatter_class=_Formatter, argument_default=argparse.SUPPRESS,
+        help="the active-learning loop: score, select, annotate, train, evaluate, round after round",
+        description="The ActPRM loop on Ray (pipelines/active_loop.py). --mode rounds (pool-based): each round "
+                    "scores the unlabelled pool with the current model, selects up to the round's budget "
+                    "with --strategy, annotates (the judge settings under `judge:`, e.g. a configs/judge/*.yaml "
+                    "path), trains one round from the last checkpoint and evaluates on --eval. --mode stream "
+                    "(ActPRM's Algorithm 1): one pass over the corpus in chunks; each chunk is scored, its "
+                    "uncertain rows annotated and trained on. Everything lives in the run directory (--output): "
+                    "config.yaml, state.json, judge_cache.sqlite, labelled/round-NNN/, checkpoints/round-NNN/, "
+                    "evals/, metrics.jsonl. A killed loop rerun into the same directory resumes from the last "
+                    "completed step and pays no label twice; a rerun with more --rounds or a bigger budget "
+                    "continues it. Training settings go under `train:` in the YAML.",
+        epilog="examples:\n"
+               "  actprm loop --config configs/loop/rounds.yaml --output runs/loop\n"
+               "  actprm loop --config configs/loop/rounds.yaml --strategy random --output runs/loop-random\n"
+               "  actprm loop --config configs/loop/stream.yaml --pool corpus/ --eval world-eval/ --output runs/s\n"
+               "  actprm loop --config configs/loop/rounds.yaml --output runs/loop --rounds 10   # continue a run\n"
+               "  actprm loop --config configs/loop/rounds.yaml --label-budget 500 --dollar-budget 20 --output r\n")
+    p.add_argument("--mode", choices=["rounds", "stream"])
+    p.add_argument("--pool", nargs="+", metavar="PATH", help="the corpus to select from (any supported format)")
+    p.add_argument("--eval", nargs="+", metavar="PATH", help="eval subsets, one file or directory each")
+    p.add_argument("--output", metavar="DIR", help="the run directory (a rerun into it resumes)")
+    p.add_argument("--overwrite", action="store_true", help="start the run directory over")
+    p.add_argument("--model", metavar="DIR", help="checkpoint the first round starts from (default: the shipped PRM)")
+    p.add_argument("--strategy", choices=["actprm", "random", "entropy", "bald", "full"])
+    p.add_argument("--round-labels", dest="round_labels", nargs="+", type=int, metavar="N",
+                   help="rounds: labels per round (the last repeats)")
+    p.add_argument("--score-sample", dest="score_sample", type=int, metavar="N",
+                   help="rounds: score N random unlabelled rows per round instead of all")
+    p.add_argument("--chunk-rows", dest="chunk_rows", type=int, metavar="N", help="stream: rows per chunk")
+    p.add_argument("--rounds", type=int, metavar="N", help="stop after N rounds (stream: chunks)")
+    p.add_argument("--label-budget", dest="label_budget", type=int, metavar="N",
+                   help="stop after N rows went to the annotator (exactly)")
+    p.add_argument("--dollar-budget", dest="dollar_budget", type=float, metavar="USD",
+                   help="stop before a round once the labels cost this much")
+    p.add_argument("--train-on", dest="train_on", choices=["all", "new"], help="rounds: every label so far (default) "
+                   "or the round's own")
+    p.add_argument("--eval-every", dest="eval_every", type=int, metavar="N", help="evaluate every N rounds")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--actors", type=int, metavar="N", help="scoring actors (default: GPUs, else CPUs up to 4)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, metavar="N", help="torch threads of the driver (training)")
+    p.add_argument("--address", metavar="ADDR", help="Ray cluster: auto, ray://HOST:PORT (default: a local Ray)")
+    _add_common(p)
+    p.set_defaults(handler=cmd_loop)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    result = _run_job(args, _config(args, "DemoConfig"), None, "demo")
+    print(f"demo: report in {result.report}")
+    print(result.summary_line())
+    return 0
+
+
+def _parser_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo", formatter_class=_Formatter, argument_default=argparse.SUPPRESS,
+        help="the whole loop on the arithmetic world: ActPRM vs random selection, a report with plots",
+        description="Generate a world pool and eval set, run a few rounds of ActPRM selection and of random "
+                    "selection with the verifier annotator on a local Ray (pipelines/demo.py), and write "
+                    "OUTPUT/report.md, the plots (f1_vs_labels.png, step_stats.png, selection_rate.png), "
+                    "OUTPUT/metrics.jsonl (both strategies) and OUTPUT/model/ (the final ActPRM model). The runs "
+                    "are in OUTPUT/runs/; a rerun resumes them. Settings: configs/demo.yaml.",
+        epilog="examples:\n"
+               "  actprm demo\n"
+               "  actprm demo --output runs/demo --rows 3000 --rounds 4\n"
+               "  actprm demo --config configs/demo.yaml --output /tmp/demo --overwrite\n")
+    p.add_argument("--output", metavar="DIR", help="default: runs/demo")
+    p.add_argument("--overwrite", action="store_true", help="start over")
+    p.add_argument("--rows", type=int, metavar="N", help="pool trajectories (default: 3000)")
+    p.add_argument("--eval-rows", dest="eval_rows", type=int, metavar="N", help="eval trajectories (default: 500)")
+    p.add_argument("--rounds", type=int, metavar="N", help="rounds per strategy (default: 4)")
+    p.add_argument("--round-labels", dest="round_labels", type=int, metavar="N", help="labels per round")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--actors", type=int, metavar="N", help="scoring actors")
+    p.add_argument("--threads", type=int, metavar="N", help="torch threads of the driver (training)")
+    p.add_argument("--address", metavar="ADDR", help="Ray cluster (default: a local Ray)")
+    _add_common(p)
+    p.set_defaults(handler=cmd_demo)
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    result = _run_job(args, _config(args, "EstimateConfig"), "actprm.estimate:run_estimate")
+    print(result.text())
+    print(result.summary_line())
+    return 0
+
+
+def _parser_estimate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "estimate", formatter_class=_Formatter, argument_default=argparse.SUPPRESS,
+        help="what labelling a corpus will cost: score a sample, project judge calls, tokens and dollars",
+        description="Read and validate the corpus, score a uniform sample (--sample rows, by id hash) with the PRM, "
+                    "measure the share the ActPRM rule selects and project for the whole corpus: rows sent to the "
+                    "judge, requests, prompt tokens (the judge prompt's length / 4) and completion tokens "
+                    "(samples x mean_output_tokens), and dollars at price_in/price_out, each with a Wilson "
+                    "interval from the sample size. --config takes a judge YAML (configs/judge/*.yaml) for the "
+                    "judge's settings; nothing is sent to the judge. Printed; with --output DIR also "
+                    "DIR/estimate.json.",
+        epilog="examples:\n"
+               "  actprm estimate --input corpus/ --config configs/judge/openai.yaml\n"
+               "  actprm estimate --input corpus/ --model runs/r3 --sample 5000 --output out/estimate\n"
+               "  actprm estimate --input corpus/ --price-in 0.4 --price-out 1.6 --mean-output-tokens 2000\n"
+               "  actprm estimate --input corpus/ --config configs/judge/vllm.yaml --target-rate 0.3\n")
+    _add_read_flags(p)
+    _add_common(p)
+    _add_scoring_flags(p)
+    p.add_argument("--output", metavar="DIR", help="write DIR/estimate.json")
+    p.add_argument("--overwrite", action="store_true", help="replace DIR/estimate.json")
+    p.add_argument("--sample", type=int, metavar="N", help="rows to score (default: 1000)")
+    p.add_argument("--confidence", type=float, metavar="X", help="of the intervals (default: 0.95)")
+    p.add_argument("--samples", type=int, metavar="N", help="judge answers per row (default: 1)")
+    p.add_argument("--mean-output-tokens", dest="mean_output_tokens", type=int, metavar="N",
+                   help="the judge's mean completion length (default: 4000)")
+    p.add_argument("--price-in", dest="price_in", type=float, metavar="USD_PER_MTOK")
+    p.add_argument("--price-out", dest="price_out", type=float, metavar="USD_PER_MTOK")
+    p.set_defaults(handler=cmd_estimate)
+
+
+def cmd_judge_check(args: argparse.Namespace) -> int:
+    result = _run_job(args, _config(args, "JudgeCheckConfig"), "actprm.judge_check:run_judge_check")
+    print(result.table())
+    print(result.summary_line())
+    return 0
+
+
+def _parser_judge_check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "judge-check", formatter_class=_Formatter, argument_default=argparse.SUPPRESS,
+        help="the judge's label quality on ProcessBench before paying for a corpus: F1 and a label_weight",
+        description="Label labelled subsets (ProcessBench's files, or any set with first_error_step) with the "
+                    "configured judge (--config configs/judge/*.yaml; any backend, with its cache, limits and "
+                    "--max-spend) and score its labels with ProcessBench's metric exactly as evaluate scores a "
+                    "PRM: per subset error_acc, correct_acc, F1; mean F1 over subsets. A row the judge fails to "
+                    "label counts as wrong. Also the share of exact labels, the label_weight to give this "
+                    "judge's labels in a labelled table (ground truth 1.0). With --output DIR: "
+                    "DIR/judge_check.json, DIR/annotations.parquet, DIR/judge_cache.sqlite (a rerun pays "
+                    "nothing again).",
+        epilog="examples:\n"
+               "  actprm judge-check --config configs/judge/vllm.yaml --data ../shared/data/processbench/*.json "
+               "--limit 100\n"
+               "  OPENAI_API_KEY=... actprm judge-check --config configs/judge/openai.yaml --data pb/gsm8k.json "
+               "--output out/jc --max-spend 5\n"
+               "  actprm judge-check --backend verifier --wrong-rate 0.2 --data ../shared/data/processbench/*.json\n")
+    p.add_argument("--data", nargs="+", metavar="PATH", help="one file or directory per subset (a glob: one per match)")
+    p.add_argument("--limit", type=int, metavar="N", help="N labelled items of each subset, a uniform sample (by id hash)")
+    p.add_argument("--output", metavar="DIR", help="judge_check.json, annotations.parquet and the answer cache")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier check in DIR")
+    p.add_argument("--format", choices=["auto", "canonical", "processbench", "activeprm", "trl", "rollout"])
+    p.add_argument("--backend", metavar="NAME", help="annotator backend: verifier (default) or openai")
+    p.add_argument("--base-url", dest="base_url", metavar="URL")
+    p.add_argument("--judge-model", dest="judge_model", metavar="NAME")
+    p.add_argument("--api-key-env", dest="api_key_env", metavar="VAR")
+    p.add_argument("--samples", type=int, metavar="N", help="answers per row, majority vote")
+    p.add_argument("--concurrency", type=int, metavar="N")
+    p.add_argument("--max-tokens", dest="max_tokens", type=int, metavar="N")
+    p.add_argument("--cache", metavar="PATH", help="answer cache (default: OUTPUT/judge_cache.sqlite)")
+    p.add_argument("--price-in", dest="price_in", type=float, metavar="USD_PER_MTOK")
+    p.add_argument("--price-out", dest="price_out", type=float, metavar="USD_PER_MTOK")
+    p.add_argument("--max-spend", dest="max_spend", type=float, metavar="USD", help="hard stop, as for annotate")
+    p.add_argument("--max-calls", dest="max_calls", type=int, metavar="N", help="hard stop, as for annotate")
+    p.add_argument("--wrong-rate", dest="wrong_rate", type=float, metavar="X", help="verifier: share of wrong answers")
+    p.add_argument("--seed", type=int, help="verifier: seed")
+    _add_common(p)
+    p.set_defaults(handler=cmd_judge_check)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from actprm import provenance
+
+    info = provenance.inspect(args.path)
+    print(json.dumps(info, indent=2) if args.json else provenance.format_inspection(info))
+    return 0
+
+
+def _parser_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inspect", formatter_class=_Formatter,
+        help="a table's provenance (version, commit, config and model hashes, judge), schema and row count",
+        description="Print what made a Parquet table: every file actprm writes records the actprm version, the "
+                    "git commit, the job, the SHA-256 of its resolved config, the model directory and the "
+                    "SHA-256 of its safetensors, and the judge, in its schema metadata. PATH is a file or a "
+                    "directory of shards (each distinct record is shown with its file count, e.g. a resumed job "
+                    "run with another config); also the schema and the row count (from the footers).",
+        epilog="examples:\n"
+               "  actprm inspect out/scored/scored\n"
+               "  actprm inspect out/ann/annotations --json\n")
+    p.add_argument("path", metavar="PATH", help="a Parquet file or a directory of them")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=cmd_inspect)
+
+
 VERBS: list[Callable[[argparse._SubParsersAction], None]] = [
     _parser_generate, _parser_validate, _parser_init_model, _parser_score, _parser_filter, _parser_annotate, _parser_train,
-    _parser_evaluate]
+    _parser_evaluate, _parser_loop, _parser_demo, _parser_estimate, _parser_judge_check, _parser_inspect]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -448,6 +705,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # our own bars and one summary line: keep transformers' loading bars out of the output
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # imported before this call (a notebook, a test): the variable came too late
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):

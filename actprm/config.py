@@ -69,6 +69,9 @@ class ScoreConfig(ValidateConfig, SelectionConfig):
     max_length: int | None = Field(None, gt=0, description="default: the model's maximum")
     device: Literal["cpu", "cuda", "auto"] = "auto"
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's)")
+    target_rate: float | None = Field(None, ge=0.0, le=1.0, description="choose delta_pred/delta_std on a sample "
+                                      "so that about this share of the rows is selected (actprm.uncertainty)")
+    calibration_sample: int = Field(1000, gt=0, description="rows scored to choose the deltas for target_rate")
 
 
 class FilterConfig(ScoreConfig):
@@ -77,6 +80,14 @@ class FilterConfig(ScoreConfig):
     actors: int | None = Field(None, ge=1, description="scoring actors (default: GPUs, else CPUs minus one for reads)")
     cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per actor; its torch threads on CPU")
     batch_rows: int = Field(1024, gt=0, description="rows per batch sent to an actor")
+    # hygiene (actprm.hygiene): removed rows go to errors with their reason
+    dedup: bool = Field(True, description="drop rows whose normalised problem and steps repeat an earlier row's")
+    near_dedup: bool = Field(False, description="drop rows whose problem nearly repeats an earlier, different "
+                             "problem (MinHash LSH)")
+    near_dedup_threshold: float = Field(0.9, gt=0.0, le=1.0, description="Jaccard of character 5-grams")
+    decontaminate: list[str] | None = Field(None, description="evaluation sets whose problems are dropped "
+                                            "(null: ProcessBench when present; []: none)")
+    decontaminate_threshold: float = Field(0.8, gt=0.0, le=1.0, description="near match (1.0: exact only)")
 
 
 class JudgeConfig(Config):
@@ -111,7 +122,41 @@ class JudgeConfig(Config):
     raw_output: bool = Field(True, description="keep the judge's answer text in the annotations")
 
 
-class AnnotateConfig(ValidateConfig, JudgeConfig):
+class SpendConfig(Config):
+    """Hard limits on what a paid judge costs (actprm.judge.budget)."""
+
+    max_spend: float | None = Field(None, ge=0, description="openai: stop before the labels cost more than this "
+                                    "(USD, at price_in/price_out; answers from the cache count)")
+    max_calls: int | None = Field(None, ge=0, description="openai: stop before more than this many judge requests")
+
+
+class EstimateConfig(ScoreConfig, JudgeConfig):
+    """`actprm estimate`: score a sample, project the judge calls, tokens and dollars for the corpus."""
+
+    sample: int = Field(1000, gt=0, description="rows scored (a uniform sample by id hash)")
+    confidence: float = Field(0.95, gt=0.0, lt=1.0, description="of the intervals")
+
+
+class JudgeCheckConfig(JudgeConfig, SpendConfig):
+    """`actprm judge-check`: the configured judge on labelled subsets (ProcessBench), scored as evaluate does."""
+
+    data: list[str] = Field(default_factory=list, description="one path per subset, named by its stem")
+    limit: int | None = Field(None, gt=0, description="items per subset (a uniform sample by id hash)")
+    output: str | None = Field(None, description="DIR for judge_check.json, annotations.parquet and the cache")
+    overwrite: bool = False
+    format: FormatName = "auto"  # type: ignore[valid-type]
+    step_separator: str = "\n\n"
+    max_problem_chars: int = Field(50_000, gt=0)
+    max_step_chars: int = Field(20_000, gt=0)
+    max_steps: int = Field(1_000, gt=0)
+    batch_rows: int = Field(2048, gt=0)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_problem_chars, self.max_step_chars, self.max_steps)
+
+
+class AnnotateConfig(ValidateConfig, JudgeConfig, SpendConfig):
     actors: int = Field(2, ge=1, description="--ray: annotator actors (the limits hold for all of them together)")
 
 
@@ -140,8 +185,14 @@ class EvaluateConfig(Config):
         return Limits(self.max_problem_chars, self.max_step_chars, self.max_steps)
 
 
+StepFeature = Literal["lm_logprob"]
+
+
 class InitModelConfig(Config):
-    preset: Literal["tiny", "small", "qwen2-0.5b"] = "tiny"
+    preset: Literal["tiny", "world", "small", "qwen2-0.5b"] = "tiny"
+    backbone: str | None = Field(None, description="a pretrained backbone (directory or hub name) instead of a preset")
+    step_features: list[StepFeature] = Field(default_factory=list,
+                                             description="per-step features the heads read (actprm.model)")
     n_heads: int = Field(8, gt=0)
     seed: int = 0
     output: str | None = None
@@ -183,6 +234,7 @@ class PretrainConfig(Config):
     output: str | None = Field(None, description="backbone directory")
     prm_output: str | None = Field(None, description="default PRM directory (backbone + seeded heads)")
     n_heads: int = Field(8, gt=0)
+    step_features: list[StepFeature] = Field(["lm_logprob"], description="what the default PRM's heads read")
     overwrite: bool = False
 
 
@@ -207,6 +259,8 @@ class TrainConfig(Config):
     grad_clip: float = Field(1.0, gt=0)
     learning_probability: float = Field(1.0, gt=0, le=1, description="keep each (head, trajectory) pair")
     anchor_lambda: float = Field(0.5, ge=0, description="weight of mean((phi - phi_init)^2) over head params")
+    label_weight: float | Literal["agreement"] = Field(
+        1.0, description="weight of annotation labels: a number (e.g. from judge-check) or 'agreement' (vote share)")
     max_length: int | None = Field(None, gt=0)
     bf16: bool = Field(True, description="bf16 autocast on CUDA (CPU trains in fp32)")
     seed: int = 0
@@ -216,6 +270,89 @@ class TrainConfig(Config):
     workers: int = Field(1, gt=0, description="Ray Train workers (1: in-process)")
     strategy: Literal["ddp", "fsdp"] = "ddp"
     use_gpu: bool = False
+
+
+LOOP_STRATEGIES = ("actprm", "random", "entropy", "bald", "full")
+
+
+class LoopConfig(Config):
+    """`actprm loop` (pipelines/active_loop.py): rounds of score -> select -> annotate -> train -> evaluate."""
+
+    mode: Literal["rounds", "stream"] = Field("rounds", description="rounds: pool-based; stream: one pass in chunks")
+    pool: list[str] = Field(default_factory=list, description="the corpus to select from (files, dirs, globs)")
+    eval: list[str] = Field(default_factory=list, description="eval subsets, one path each (ProcessBench F1)")
+    output: str | None = Field(None, description="the run directory; a rerun into it resumes")
+    overwrite: bool = Field(False, description="start the run directory over")
+    model: str | None = Field(None, description="checkpoint the first round starts from (default: the shipped PRM)")
+    strategy: Literal[LOOP_STRATEGIES] = "actprm"  # type: ignore[valid-type]
+    round_labels: list[int] = Field(default_factory=lambda: [200],
+                                    description="rounds: labels bought per round; the last value repeats")
+    score_sample: int | None = Field(None, gt=0, description="rounds: score this many unlabelled rows per round")
+    chunk_rows: int = Field(1000, gt=0, description="stream: corpus rows per chunk")
+    rounds: int | None = Field(None, gt=0, description="stop after this many rounds (stream: chunks)")
+    label_budget: int | None = Field(None, ge=0, description="stop when this many rows went to the annotator")
+    dollar_budget: float | None = Field(None, ge=0, description="stop before a round once this much is spent")
+    train_on: Literal["all", "new"] = Field("all", description="rounds: every label so far, or the round's own")
+    eval_every: int = Field(1, gt=0, description="evaluate every N rounds (and after the last)")
+    threshold: float = Field(0.5, ge=0.0, le=1.0, description="a step is wrong iff its mean is below it")
+    delta_pred: float = Field(0.95, gt=0.5, le=1.0)
+    delta_std: float = Field(0.005, ge=0.0)
+    acquisition: Literal["entropy", "bald", "variance", "margin"] = Field(
+        "entropy", description="strategy actprm: ranks the uncertain rows when they are more than the budget")
+    reduction: Literal["max", "mean"] = "max"
+    seed: int = Field(0, description="random selection and score_sample draws")
+    judge: str | JudgeConfig = Field(default_factory=JudgeConfig,
+                                     description="annotator settings, or a judge YAML (configs/judge/*.yaml)")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="the round's training recipe")
+    actors: int | None = Field(None, ge=1, description="scoring actors (default: the CPUs Ray has, at most 4)")
+    batch_rows: int = Field(512, gt=0, description="rows per scoring task")
+    batch_tokens: int | None = Field(None, gt=0)
+    max_length: int | None = Field(None, gt=0)
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    threads: int | None = Field(None, gt=0, description="torch threads of the driver (training)")
+    format: FormatName = "auto"  # type: ignore[valid-type]
+    step_separator: str = "\n\n"
+    max_problem_chars: int = Field(50_000, gt=0)
+    max_step_chars: int = Field(20_000, gt=0)
+    max_steps: int = Field(1_000, gt=0)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_problem_chars, self.max_step_chars, self.max_steps)
+
+    def judge_config(self) -> JudgeConfig:
+        """The annotator's settings; a path is read as a judge YAML (keys other than the judge's are ignored)."""
+        return judge_settings(self.judge)
+
+
+def judge_settings(judge: str | JudgeConfig) -> JudgeConfig:
+    """A JudgeConfig as is, or the judge settings of an annotate YAML (configs/judge/*.yaml)."""
+    if isinstance(judge, JudgeConfig):
+        return judge
+    annotate = load_config(AnnotateConfig, judge)  # an unknown key there is a user error
+    return JudgeConfig(**{k: getattr(annotate, k) for k in JudgeConfig.model_fields})
+
+
+class DemoConfig(Config):
+    """`actprm demo`: a world pool, a few rounds of ActPRM and of random selection, a report."""
+
+    output: str = Field("runs/demo", description="where the report, plots, model and runs go")
+    overwrite: bool = False
+    rows: int = Field(3000, gt=0, description="pool trajectories")
+    eval_rows: int = Field(500, gt=0, description="eval trajectories (about half with an error)")
+    rounds: int = Field(4, gt=0)
+    round_labels: int = Field(150, gt=0, description="labels bought per round")
+    strategies: list[Literal[LOOP_STRATEGIES]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["actprm", "random"])
+    seed: int = 0
+    model: str | None = None
+    judge: str | JudgeConfig = Field(default_factory=JudgeConfig)
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(backbone="frozen", head_lr=3e-3,
+                                                                   warmup_steps=5, epochs=1))
+    actors: int | None = Field(None, ge=1)
+    threads: int | None = Field(1, gt=0, description="torch threads of the driver (training)")
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+
 
 C = TypeVar("C", bound=Config)
 

@@ -23,6 +23,18 @@ Checkpoint layout written by :meth:`EnsemblePRM.save_pretrained` (no pickles)::
     heads.safetensors                 stacked head weights (safetensors.torch)
     prm_config.json                   n_heads, head_hidden, separator, max_length, ...
     tokenizer.json, tokenizer_config.json, ...   the tokenizer
+
+Step features (``step_features=("lm_logprob",)``, off by default): the heads also
+read two numbers per step from the backbone's own language model — the minimum
+and the mean, over the step's tokens, of ``log p(token | everything before it)``
+under the tied LM head (``hidden @ embeddings.T``).  A small backbone can
+compute a step's arithmetic yet be unable to move the comparison "the written
+result is not what I would have written" into the separator's hidden state in
+its few layers; the LM's surprise at the written token is that comparison
+(``BENCHMARKS.md``, "World sanity").  It needs to know where the steps start,
+so ``forward`` then takes ``answer_start`` (the index of the first step token,
+per row).  It needs tied input/output embeddings (the shipped world backbone);
+an untied LM head is not loaded by ``AutoModel`` and is refused.
 """
 
 from __future__ import annotations
@@ -32,7 +44,7 @@ import json
 import math
 import os
 import pathlib
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -46,6 +58,7 @@ __all__ = [
     "HEAD_HIDDEN",
     "PRESETS",
     "PRM_CONFIG_NAME",
+    "STEP_FEATURES",
     "EnsembleHeads",
     "EnsemblePRM",
     "count_parameters",
@@ -61,6 +74,11 @@ __all__ = [
 
 #: Width of the two hidden layers of every head.
 HEAD_HIDDEN = 128
+#: Per-step features the heads can read besides the separator's hidden state
+#: (name -> number of values per step); see :meth:`EnsemblePRM.step_feature_values`.
+STEP_FEATURES: dict[str, int] = {"lm_logprob": 2}
+#: Token log-probs are clamped here before they are reduced (a pad or a junk token can be -inf).
+LOGPROB_FLOOR = -30.0
 #: Version of the ``prm_config.json`` / checkpoint layout.
 FORMAT_VERSION = 1
 #: Default maximum sequence length for scoring (tokens), capped by the backbone.
@@ -271,11 +289,19 @@ class EnsemblePRM(nn.Module):
         generator: torch.Generator | None = None,
         init_heads: bool = True,
         tokenizer: Any = None,
+        step_features: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.backbone = backbone
+        self.step_features = tuple(step_features)
+        unknown = [f for f in self.step_features if f not in STEP_FEATURES]
+        if unknown:
+            raise ValueError(f"unknown step features {unknown}; choose from {sorted(STEP_FEATURES)}")
+        if "lm_logprob" in self.step_features and not getattr(backbone.config, "tie_word_embeddings", False):
+            raise ValueError("step feature lm_logprob needs a backbone with tied input/output embeddings")
         hidden = int(backbone.config.hidden_size)
-        self.heads = EnsembleHeads(hidden, n_heads, head_hidden, generator=generator, init=init_heads)
+        n_extra = sum(STEP_FEATURES[f] for f in self.step_features)
+        self.heads = EnsembleHeads(hidden + n_extra, n_heads, head_hidden, generator=generator, init=init_heads)
         self.separator_token_id = int(separator_token_id)
         self.separator_token = separator_token
         max_pos = getattr(backbone.config, "max_position_embeddings", None)
@@ -311,6 +337,7 @@ class EnsemblePRM(nn.Module):
             "preset": self.preset,
             "seed": self.seed,
             "backbone_model_type": getattr(self.backbone.config, "model_type", None),
+            "step_features": list(self.step_features),
         }
 
     # ---- forward
@@ -323,20 +350,67 @@ class EnsemblePRM(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         separator_mask: torch.Tensor | None = None,
+        answer_start: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``(n_separators_total, K)`` at the ``True`` entries of ``separator_mask``.
 
         ``separator_mask`` (bool, same shape as ``input_ids``) defaults to
         ``input_ids == separator_token_id`` restricted to ``attention_mask``; pass
         it explicitly to ignore separators that are not step ends.
+        ``answer_start`` (long, ``(B,)``): index of each row's first step token;
+        needed only by models with step features.
         """
         if separator_mask is None:
             separator_mask = input_ids == self.separator_token_id
             if attention_mask is not None:
                 separator_mask = separator_mask & attention_mask.bool()
         hidden = self.hidden_states(input_ids, attention_mask)  # (B,T,H)
-        picked = hidden[separator_mask.to(hidden.device, torch.bool)]  # (S,H)
+        separator_mask = separator_mask.to(hidden.device, torch.bool)
+        picked = hidden[separator_mask]  # (S,H)
+        if self.step_features:
+            if answer_start is None:
+                raise ValueError("this PRM reads step features: forward needs answer_start")
+            extra = self.step_feature_values(hidden, input_ids, separator_mask, answer_start)
+            picked = torch.cat([picked.float(), extra], dim=-1)
         return self.heads(picked)
+
+    def step_feature_values(self, hidden: torch.Tensor, input_ids: torch.Tensor, separator_mask: torch.Tensor,
+                            answer_start: torch.Tensor) -> torch.Tensor:
+        """``(S, 2)`` float32 per separator: min and mean of the step's token log-probs, divided by 10.
+
+        Step ``j`` of a row is the tokens from ``answer_start`` (``j = 0``) or the
+        previous separator up to its separator, both excluded; the log-prob of the
+        token at ``t`` is read from the LM's prediction at ``t - 1``.  A step with no
+        tokens gets 0 for both.  Causal: a step's values depend only on tokens up to
+        its separator, so right padding and truncation after it change nothing.
+        """
+        B, T, _ = hidden.shape
+        dev = hidden.device
+        ids = input_ids.to(dev)
+        before = torch.cumsum(separator_mask.long(), dim=1) - separator_mask.long()  # separators before t
+        pos = torch.arange(T, device=dev).unsqueeze(0)
+        in_step = (pos >= answer_start.to(dev).view(-1, 1)) & ~separator_mask & (pos >= 1)
+        in_step &= before < separator_mask.sum(dim=1, keepdim=True)  # not after the last separator
+        rows, cols = in_step.nonzero(as_tuple=True)
+        n_groups = B * (T + 1)
+        group = rows * (T + 1) + before[rows, cols]
+        weight = self.backbone.get_input_embeddings().weight
+        logp = []
+        chunk = max(1, (1 << 26) // weight.shape[0])  # ~256 MB of float32 logits at a time
+        with _no_autocast(dev.type):
+            for k in range(0, rows.numel(), chunk):
+                r, c = rows[k : k + chunk], cols[k : k + chunk]
+                logits = hidden[r, c - 1].float() @ weight.float().t()
+                lp = torch.log_softmax(logits, dim=-1).gather(1, ids[r, c].unsqueeze(1)).squeeze(1)
+                logp.append(lp.clamp_min(LOGPROB_FLOOR))
+        lp = torch.cat(logp) if logp else hidden.new_zeros(0, dtype=torch.float32)
+        # log-probs are <= 0, so 0 is the identity of the minimum (and the value of an empty step)
+        mins = hidden.new_zeros(n_groups, dtype=torch.float32).scatter_reduce(0, group, lp, "amin")
+        sums = hidden.new_zeros(n_groups, dtype=torch.float32).index_add(0, group, lp)
+        counts = hidden.new_zeros(n_groups, dtype=torch.float32).index_add(0, group, torch.ones_like(lp))
+        srows, scols = separator_mask.nonzero(as_tuple=True)
+        at = srows * (T + 1) + before[srows, scols]
+        return torch.stack([mins[at], sums[at] / counts[at].clamp_min(1.0)], dim=-1) / 10.0
 
     # ---- persistence
     def save_pretrained(self, save_directory: str | os.PathLike, tokenizer: Any = None) -> pathlib.Path:
@@ -406,6 +480,7 @@ class EnsemblePRM(nn.Module):
             seed=cfg.get("seed"),
             init_heads=False,
             tokenizer=tokenizer,
+            step_features=cfg.get("step_features") or (),
         )
         state = load_file(str(path / HEADS_NAME))
         model.heads.load_state_dict(state, strict=True)
@@ -454,6 +529,7 @@ def init_model(
     max_length: int | None = None,
     attn_implementation: str | None = None,
     dtype: torch.dtype | str | None = None,
+    step_features: Sequence[str] = (),
     device: str | torch.device = "cpu",
 ) -> tuple[EnsemblePRM, Any]:
     """A randomly initialised (seeded) PRM of a :data:`PRESETS` shape and its tokenizer.
@@ -489,6 +565,7 @@ def init_model(
         seed=seed,
         generator=_seeded_generator(seed + 1),
         tokenizer=tokenizer,
+        step_features=step_features,
     )
     if dtype is not None:
         model.backbone.to(_resolve_dtype(dtype))
@@ -505,6 +582,7 @@ def from_backbone(
     max_length: int | None = None,
     dtype: torch.dtype | str | None = None,
     attn_implementation: str | None = None,
+    step_features: Sequence[str] = (),
     device: str | torch.device = "cpu",
     **from_pretrained_kwargs: Any,
 ) -> tuple[EnsemblePRM, Any]:
@@ -533,6 +611,7 @@ def from_backbone(
         seed=seed,
         generator=_seeded_generator(seed + 1),
         tokenizer=tokenizer,
+        step_features=step_features,
     )
     model.to(device)
     model.eval()

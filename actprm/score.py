@@ -127,6 +127,31 @@ def apply_budget(directory: Path, budget: int) -> int:
     return len(chosen)
 
 
+def calibrate(cfg, sources: list, loaded: tuple | None = None, rows: list | None = None):
+    """`cfg` with δ_pred/δ_std chosen on a sample for a selection rate of about `cfg.target_rate`, and the
+    calibration record (actprm.uncertainty.calibrate_deltas + target and sample size). `rows`: the sample,
+    when the caller has drawn it (default: `calibration_sample` rows of `sources`, by id hash)."""
+    from actprm.sample import sample_corpus, score_rows
+
+    if cfg.selection != "threshold":
+        raise UserError("--target-rate chooses the ActPRM rule's deltas; with --selection budget choose --budget")
+    if rows is None:
+        rows = sample_corpus(sources, cfg, cfg.calibration_sample, seed=cfg.seed).rows()
+    probs, _ = score_rows(cfg, rows, loaded)
+    if not probs:
+        raise UserError("--target-rate: the corpus has no scorable rows to calibrate on")
+    found = uncertainty.calibrate_deltas(probs, cfg.target_rate)
+    record = {"target_rate": cfg.target_rate, **found}
+    return cfg.model_copy(update={"delta_pred": found["delta_pred"], "delta_std": found["delta_std"]}), record
+
+
+def calibration_text(record: dict | None) -> str:
+    if not record:
+        return ""
+    return (f" (target rate {record['target_rate']:.1%}: delta_pred {record['delta_pred']:.6g}, "
+            f"delta_std {record['delta_std']:.6g}, {record['rate']:.1%} of {record['n']} sampled rows)")
+
+
 @dataclass
 class ScoreJobResult:
     counts: RowCounts
@@ -136,12 +161,13 @@ class ScoreJobResult:
     stats: ScoringStats
     seconds: float
     output: Path
+    calibration: dict | None = None
 
     def summary_line(self) -> str:
         rate = self.counts.read / self.seconds if self.seconds > 0 else 0.0
         return (f"score: {self.counts.read} rows in, {self.n_scored} scored, {self.n_uncertain} uncertain, "
-                f"{self.n_selected} selected, {self.counts.n_errors} quarantined in {self.seconds:.1f}s "
-                f"({rate:,.1f} rows/s) -> {self.output}")
+                f"{self.n_selected} selected{calibration_text(self.calibration)}, {self.counts.n_errors} "
+                f"quarantined in {self.seconds:.1f}s ({rate:,.1f} rows/s) -> {self.output}")
 
 
 def run_score(cfg: ScoreConfig, progress: bool = True) -> ScoreJobResult:
@@ -149,7 +175,11 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> ScoreJobResult:
     sources = check_paths(cfg)
     if cfg.selection == "budget" and cfg.budget is None:
         raise UserError("--selection budget needs --budget N")
-    device, model, tokenizer, model_name, batch_tokens = load_for_scoring(cfg)
+    loaded = load_for_scoring(cfg)
+    device, model, tokenizer, model_name, batch_tokens = loaded
+    calibration = None
+    if cfg.target_rate is not None:
+        cfg, calibration = calibrate(cfg, sources, loaded)
     counts, stats = RowCounts(), ScoringStats()
     n_scored = n_uncertain = n_selected = 0
     plot = {"mean": [], "std": [], "acq": [], "unc": [], "steps": 0}
@@ -188,6 +218,7 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> ScoreJobResult:
             "files": [str(s.path) for s in sources], **counts.as_dict(), "rows_scored": n_scored,
             "rows_uncertain": n_uncertain, "rows_selected": n_selected,
             "selection_rate": n_selected / n_scored if n_scored else 0.0,
+            "delta_pred": cfg.delta_pred, "delta_std": cfg.delta_std, "calibration": calibration,
             "model": model_name, "device": device, "seconds": round(seconds, 3),
             "rows_per_second": counts.read / seconds if seconds else 0.0,
             "scoring": stats.as_dict(),
@@ -197,4 +228,4 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> ScoreJobResult:
             plot_selection(np.array(plot["mean"]), np.array(plot["std"]), np.array(plot["acq"]),
                            np.array(plot["unc"], dtype=bool), cfg.delta_pred, cfg.delta_std,
                            out.path("selection.png"), title=f"{model_name}: {n_uncertain}/{n_scored} uncertain")
-    return ScoreJobResult(counts, n_scored, n_uncertain, n_selected, stats, seconds, Path(cfg.output))
+    return ScoreJobResult(counts, n_scored, n_uncertain, n_selected, stats, seconds, Path(cfg.output), calibration)

@@ -153,6 +153,7 @@ class EncodedTrajectory:
     n_steps: int
     problem_tokens_dropped: int = 0
     error: str | None = None
+    answer_start: int = 0  # index of the first step token (what step features start from)
 
     @property
     def n_scored_steps(self) -> int:
@@ -292,9 +293,10 @@ class TrajectoryEncoder:
         i1 = max(i0, bisect.bisect_left(starts, pspan[1]))
         i1 = min(i1, seps[0])
         total = seps[-1] + 1
+        a_tok = min(bisect.bisect_left(starts, a0), seps[0])
         M = self.max_length
         if M is None or total <= M:
-            return EncodedTrajectory(ids[:total], seps, n_steps)
+            return EncodedTrajectory(ids[:total], seps, n_steps, answer_start=a_tok)
         n_problem = i1 - i0
         max_cut = n_problem - min(n_problem, self.min_problem_tokens)
         cut = min(total - M, max_cut)
@@ -309,7 +311,7 @@ class TrajectoryEncoder:
         tail = keep // 2
         new_ids = ids[: i0 + head] + ids[i1 - tail : seps[n_fit - 1] + 1]
         new_seps = [s - cut for s in seps[:n_fit]]
-        return EncodedTrajectory(new_ids, new_seps, n_steps, problem_tokens_dropped=cut)
+        return EncodedTrajectory(new_ids, new_seps, n_steps, problem_tokens_dropped=cut, answer_start=a_tok - cut)
 
 
 def encode_trajectories(
@@ -412,6 +414,7 @@ def score_encoded(
             ids = np.full((B, T), pad_token_id, dtype=np.int64)
             mask = np.zeros((B, T), dtype=np.int64)
             sep = np.zeros((B, T), dtype=np.bool_)
+            answer = np.array([encoded[i].answer_start for i in idx], dtype=np.int64)
             for r, i in enumerate(idx):
                 e = encoded[i]
                 ids[r, : len(e)] = e.input_ids
@@ -424,6 +427,7 @@ def score_encoded(
                 torch.from_numpy(ids).to(dev),
                 None,
                 torch.from_numpy(sep).to(dev),
+                torch.from_numpy(answer).to(dev),
             )
             probs = torch.sigmoid(logits.float()).cpu().numpy().astype(np.float32, copy=False)
             row = 0
@@ -534,8 +538,9 @@ def score_naive_prefixes(
             for pos in e.sep_positions:
                 ids = torch.tensor([e.input_ids[: pos + 1]], dtype=torch.long, device=dev)
                 sep = torch.zeros_like(ids, dtype=torch.bool)
-                sep[0, -1] = True
-                rows.append(torch.sigmoid(model(ids, torch.ones_like(ids), sep).float()).cpu())
+                sep[0, [q for q in e.sep_positions if q <= pos]] = True  # step features need the step bounds
+                start = torch.tensor([e.answer_start], device=dev)
+                rows.append(torch.sigmoid(model(ids, torch.ones_like(ids), sep, start)[-1:].float()).cpu())
                 stats.n_forward += 1
                 stats.real_tokens += pos + 1
                 stats.computed_tokens += pos + 1

@@ -95,11 +95,13 @@ def read_annotations(paths: Sequence[str], counts: LabelCounts) -> dict[str, dic
 
 
 def join_annotations(trajectory_paths: Sequence[str], annotation_paths: Sequence[str], counts: LabelCounts,
-                     batch_rows: int = 2048) -> list[dict[str, Any]]:
+                     batch_rows: int = 2048, label_weight: float | str = 1.0) -> list[dict[str, Any]]:
     """Labelled rows (data_schemas/labelled.yaml) from trajectories x annotations, joined by id.
 
     Only `problem` and `steps` are taken from the trajectories: their `first_error_step`
-    (ground truth some corpora carry) never becomes a label.
+    (ground truth some corpora carry) never becomes a label.  `label_weight`: every row's
+    weight, or "agreement" for the share of the judge's votes that agree with the label
+    (1.0 for one sample; `actprm judge-check` suggests a fixed weight from a judge's F1).
     """
     annotations = read_annotations(annotation_paths, counts)
     seen: set[str] = set()
@@ -115,7 +117,8 @@ def join_annotations(trajectory_paths: Sequence[str], annotation_paths: Sequence
             if not -1 <= label < len(traj["steps"]):
                 counts.invalid_label += 1
                 continue
-            weight = 1.0
+            weight = (float(ann["agreement"] if ann["agreement"] is not None else 1.0)
+                      if label_weight == "agreement" else float(label_weight))
             rows.append({"id": traj["id"], "problem": traj["problem"], "steps": traj["steps"],
                          "label_first_error": label, "label_source": label_source(ann["judge"]),
                          "step_labels": None, "label_weight": weight})
@@ -157,6 +160,7 @@ class Example:
     sep_positions: list[int]
     targets: list[float | None]  # one per scored separator
     weight: float
+    answer_start: int = 0
 
 
 def build_examples(rows: list[dict[str, Any]], encoder: TrajectoryEncoder, counts: LabelCounts) -> list[Example]:
@@ -172,7 +176,8 @@ def build_examples(rows: list[dict[str, Any]], encoder: TrajectoryEncoder, count
         if all(t is None for t in targets):  # the earliest error was cut off: nothing to learn
             counts.error_cut_off += 1
             continue
-        out.append(Example(enc.input_ids, enc.sep_positions, targets, float(row.get("label_weight") or 1.0)))
+        out.append(Example(enc.input_ids, enc.sep_positions, targets, float(row.get("label_weight") or 1.0),
+                           enc.answer_start))
     return out
 
 
@@ -193,7 +198,7 @@ def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
 
 
 def collate(examples: Sequence[Example], pad_id: int, device: torch.device):
-    """(input_ids, separator_mask, targets (S,), trained (S,), row_of_sep (S,), weights (B,))."""
+    """(input_ids, separator_mask, answer_start (B,), targets (S,), trained (S,), row_of_sep (S,), weights (B,))."""
     T = max(len(e.input_ids) for e in examples)
     ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
     sep = torch.zeros((len(examples), T), dtype=torch.bool)
@@ -206,7 +211,8 @@ def collate(examples: Sequence[Example], pad_id: int, device: torch.device):
             trained.append(t is not None)
             rows.append(r)
     weights = torch.tensor([e.weight for e in examples], dtype=torch.float32)
-    return (ids.to(device), sep.to(device), torch.tensor(targets, device=device),
+    answer = torch.tensor([e.answer_start for e in examples], dtype=torch.long)
+    return (ids.to(device), sep.to(device), answer.to(device), torch.tensor(targets, device=device),
             torch.tensor(trained, device=device), torch.tensor(rows, device=device), weights.to(device))
 
 
@@ -361,10 +367,10 @@ def train_round(model, tokenizer, examples: list[Example], cfg: TrainConfig, *, 
             group = batches[j : j + cfg.grad_accum]
             loss_value = 0.0
             for b in group:
-                ids, sep, targets, trained, rows, weights = collate([mine[i] for i in b], pad, device)
+                ids, sep, answer, targets, trained, rows, weights = collate([mine[i] for i in b], pad, device)
                 keep = torch.rand((len(b), model.n_heads), generator=keep_gen) < cfg.learning_probability
                 with amp if amp is not None else contextlib.nullcontext():
-                    logits = net(ids, None, sep)
+                    logits = net(ids, None, sep, answer)
                 loss = actprm_loss(logits, targets, trained, rows, weights, keep.to(device))
                 loss = loss + cfg.anchor_lambda * anchor_penalty(heads, anchor)
                 (loss / len(group)).backward()
@@ -470,7 +476,8 @@ def check_train_paths(cfg: TrainConfig) -> Path:
 def load_rows(cfg: TrainConfig, counts: LabelCounts) -> list[dict[str, Any]]:
     if cfg.labelled:
         return read_labelled(cfg.labelled, counts)
-    return join_annotations(cfg.trajectories, cfg.annotations, counts, batch_rows=cfg.batch_rows)
+    return join_annotations(cfg.trajectories, cfg.annotations, counts, batch_rows=cfg.batch_rows,
+                            label_weight=cfg.label_weight)
 
 
 def train_and_save(cfg: TrainConfig, rows: list[dict[str, Any]], counts: LabelCounts, device: torch.device, *,

@@ -244,3 +244,41 @@ def select(strategy: str, *, ids: Sequence[str], uncertain, scores,
             raise ValueError("strategy 'budget' requires budget")
         return select_budget(ids, scores, budget)
     raise ValueError(f"unknown strategy {strategy!r}; valid: {list(STRATEGIES)}")
+
+
+# --------------------------------------------------------------------------- calibration
+def trajectory_extremes(probs) -> tuple[float, float]:
+    """(largest σ, smallest confidence max(μ, 1−μ)) over steps 0..E: the trajectory is certain iff
+    largest σ ≤ δ_std and smallest confidence ≥ δ_pred. No steps: (0.0, 1.0), always certain."""
+    mean, std = step_stats(probs)
+    end = last_relevant_step(mean)
+    if end < 0:
+        return 0.0, 1.0
+    conf = np.maximum(mean, 1.0 - mean)[: end + 1]
+    return float(std[: end + 1].max()), float(conf.min())
+
+
+def calibrate_deltas(probs_list: Sequence, target_rate: float, grid: int = 1001) -> dict:
+    """δ_pred and δ_std under which about ``target_rate`` of these trajectories are uncertain.
+
+    One knob moves both thresholds together along matching quantiles of the sample: at level
+    q, δ_std is the q-quantile of the trajectories' largest σ and δ_pred the (1−q)-quantile of
+    their smallest confidence (kept above 0.5), so q = 0 is the strictest rule (almost every
+    trajectory uncertain) and q = 1 the loosest; the rate falls as q rises. The level whose
+    rate on the sample is closest to the target is chosen (the strictest of equals). Returns
+    ``delta_pred``, ``delta_std``, ``rate`` (on the sample), ``level`` and ``n``.
+    """
+    if not 0.0 <= target_rate <= 1.0:
+        raise ValueError(f"target_rate must be in [0, 1], got {target_rate}")
+    if not len(probs_list):
+        raise ValueError("calibration needs at least one trajectory")
+    ext = np.array([trajectory_extremes(p) for p in probs_list], dtype=np.float64)
+    s, c = ext[:, 0], ext[:, 1]
+    levels = np.linspace(0.0, 1.0, grid)
+    d_std = np.quantile(s, levels)
+    d_pred = np.clip(np.quantile(c, 1.0 - levels), np.nextafter(0.5, 1.0), 1.0)
+    certain = (s[None, :] <= d_std[:, None]) & (c[None, :] >= d_pred[:, None])
+    rates = 1.0 - certain.mean(axis=1)
+    best = int(np.argmin(np.abs(rates - target_rate)))
+    return {"delta_pred": float(d_pred[best]), "delta_std": float(d_std[best]), "rate": float(rates[best]),
+            "level": float(levels[best]), "n": int(len(probs_list))}

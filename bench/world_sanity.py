@@ -2,6 +2,8 @@
 
     python -m bench.world_sanity N MODEL "dict(TrainConfig overrides)"
     MODEL: default (the shipped PRM) | random (a random-init PRM of the same shape) | a checkpoint dir
+           | features / random-features (the shipped / a random backbone with fresh heads that also
+             read the LM's step log-probs: actprm.model step_features=("lm_logprob",))
     python -m bench.world_sanity diagnose [N_PROBE] [CHECKPOINT]
 
 `diagnose` (no training) asks whether the shipped backbone carries step correctness: the LM's own
@@ -20,8 +22,8 @@ rows with an error, default 1), SAVE (a directory to save the trained PRM to), L
 Labels are the world's true first_error_step (a verifier with wrong_rate 0); 600 eval rows (seed 2).
 Prints (error_acc, correct_acc, F1) at threshold 0.5 before and after one round, plus the best
 threshold's F1 on the same rows (an optimistic figure: the threshold is tuned on the eval rows).
-To be replaced by the CLI chain generate -> annotate -> train -> evaluate once the round reaches
-the target (BENCHMARKS.md, "World sanity").
+The headline run goes through the CLI instead: bench/world_sanity.sh (generate -> annotate ->
+train -> evaluate); this script is for recipe experiments and the diagnostics.
 """
 import json
 import os
@@ -181,9 +183,14 @@ def f1(model, tok):
 
 
 dev = torch.device("cpu")
-if model_path == "random":
+FEATURES = ("lm_logprob",)
+if model_path in ("random", "random-features"):
     from actprm.model import init_model
-    model, tok = init_model("world")
+    model, tok = init_model("world", step_features=FEATURES if model_path == "random-features" else ())
+    anchor = {k: v.clone() for k, v in model.heads.state_dict().items()}
+elif model_path == "features":  # the shipped backbone, fresh heads that also read the LM's step log-probs
+    from actprm.model import default_backbone_path, from_backbone
+    model, tok = from_backbone(default_backbone_path(), step_features=FEATURES)
     anchor = {k: v.clone() for k, v in model.heads.state_dict().items()}
 else:
     model, tok, anchor, _, _ = load_checkpoint(model_path, dev)
@@ -204,10 +211,14 @@ if lm_lambda:
     orig_forward = model.forward
     im_start = tok.convert_tokens_to_ids("<|im_start|>")
 
-    def forward(input_ids, attention_mask=None, separator_mask=None):
+    def forward(input_ids, attention_mask=None, separator_mask=None, answer_start=None):
         hidden = model.hidden_states(input_ids, attention_mask)
         stash.update(ids=input_ids, hidden=hidden, sep=separator_mask)
-        return model.heads(hidden[separator_mask])
+        picked = hidden[separator_mask]
+        if model.step_features:
+            extra = model.step_feature_values(hidden, input_ids, separator_mask, answer_start)
+            picked = torch.cat([picked.float(), extra], dim=-1)
+        return model.heads(picked)
 
     model.forward = forward
     orig_loss = T.actprm_loss

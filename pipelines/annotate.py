@@ -8,9 +8,11 @@ over `actors` async actors, but what the endpoint sees is one client:
    DIR/judge_cache.sqlite) what a killed run left in its segments, so nothing paid is lost or
    paid again; checkpoint it, so that the actors can read it as an immutable file.
 2. One `JudgeGate` actor owns the job's limits (`concurrency` requests in flight, the
-   requests- and tokens-per-minute budgets: actprm.judge.openai_judge.LocalLimits). Every
-   request of every annotator waits for its slot at the gate and gives it back when the
-   answer is in, so the limits hold for the whole job, not per actor.
+   requests- and tokens-per-minute budgets: actprm.judge.openai_judge.LocalLimits) and its
+   spend budget (`max_spend` / `max_calls`: actprm.judge.budget.SpendBudget). Every
+   request of every annotator waits for its slot at the gate, reserves its worst-case cost
+   there before it is sent, and gives both back when the answer is in, so the limits and
+   the budget hold for the whole job, not per actor.
 3. `actors` async `AnnotatorActor`s, each an annotator from the config (the OpenAI judge, or
    the verifier, which needs no gate and no cache). A judge actor reads the main cache
    (read-only) and writes every answer the moment it arrives to its own segment,
@@ -50,6 +52,7 @@ from actprm.annotate import (
     AnnotateResult,
     AnnotationCounts,
     check_contract,
+    check_spend_settings,
     staged_output,
     write_summary,
 )
@@ -59,6 +62,7 @@ from actprm.io.formats import content_id
 from actprm.io.readers import iter_batches, known_rows
 from actprm.io.writers import ShardWriter
 from actprm.judge import cache_path, make_annotator
+from actprm.judge.budget import SpendBudget
 from actprm.judge.cache import AnswerCache, LayeredCache, segments_dir
 from actprm.judge.openai_judge import JudgeStats, LocalLimits, OpenAIJudge
 from actprm.progress import RowCounts, progress_bar
@@ -68,10 +72,26 @@ from pipelines.ray_session import init_ray
 
 @ray.remote(num_cpus=0)
 class JudgeGate:
-    """The job's request limits, for all annotator actors together."""
+    """The job's request limits and spend budget, for all annotator actors together."""
 
-    def __init__(self, concurrency: int, requests_per_minute: int | None, tokens_per_minute: int | None):
+    def __init__(self, concurrency: int, requests_per_minute: int | None, tokens_per_minute: int | None,
+                 max_spend: float | None = None, max_calls: int | None = None):
         self.limits = LocalLimits(concurrency, requests_per_minute, tokens_per_minute)
+        self.budget = SpendBudget(max_spend, max_calls) if max_spend is not None or max_calls is not None else None
+
+    async def reserve(self, usd: float) -> str | None:
+        """None: reserved; else why the budget refused."""
+        assert self.budget is not None
+        return None if await self.budget.reserve(usd) else self.budget.why()
+
+    async def settle(self, reserved_usd: float, cost_usd: float, paid: bool) -> None:
+        await self.budget.settle(reserved_usd, cost_usd, paid)
+
+    async def charge(self, cost_usd: float, calls: int) -> None:
+        await self.budget.charge(cost_usd, calls)
+
+    async def budget_state(self) -> dict | None:
+        return self.budget.as_dict() if self.budget is not None else None
 
     async def acquire(self, tokens: int) -> None:
         await self.limits.acquire(tokens)
@@ -100,6 +120,29 @@ class GateSlots:
                 await self.gate.release.remote()
 
 
+class GateBudget:
+    """An OpenAIJudge's `budget` inside an actor: the job's one SpendBudget, held by the gate."""
+
+    def __init__(self, gate: Any):
+        self.gate = gate
+        self._why = ""
+
+    async def reserve(self, usd: float) -> bool:
+        why = await self.gate.reserve.remote(usd)
+        if why is not None:
+            self._why = why
+        return why is None
+
+    async def settle(self, reserved_usd: float, cost_usd: float, paid: bool) -> None:
+        await self.gate.settle.remote(reserved_usd, cost_usd, paid)
+
+    async def charge(self, cost_usd: float, calls: int) -> None:
+        await self.gate.charge.remote(cost_usd, calls)
+
+    def why(self) -> str:
+        return self._why
+
+
 @ray.remote(num_cpus=1)
 class AnnotatorActor:
     """One annotator of the job; a judge writes its answers to its own cache segment `name`."""
@@ -110,7 +153,9 @@ class AnnotatorActor:
             main = cache_path(cfg)
             self.cache = LayeredCache(AnswerCache(segments_dir(main) / f"{name}.sqlite"),
                                       AnswerCache(main, read_only=True))
-            self.annotator = OpenAIJudge(cfg, cache=self.cache, limits=GateSlots(gate, cfg.concurrency))
+            budget = GateBudget(gate) if cfg.max_spend is not None or cfg.max_calls is not None else None
+            self.annotator = OpenAIJudge(cfg, cache=self.cache, limits=GateSlots(gate, cfg.concurrency),
+                                         budget=budget)
         else:
             self.annotator = make_annotator(cfg)
 
@@ -217,6 +262,7 @@ def _annotate_all(cfg: AnnotateConfig, sources: list, actors: list, out: Any, co
 def run(cfg: AnnotateConfig, address: str | None = None, progress: bool = True) -> AnnotateResult:
     start = time.perf_counter()
     sources = check_paths(cfg)
+    check_spend_settings(cfg)
     # the settings are checked here, before any actor starts; this one names the judge
     judge = OpenAIJudge(cfg) if cfg.backend == "openai" else make_annotator(cfg)
     main = cache_path(cfg) if cfg.backend == "openai" else None
@@ -229,7 +275,7 @@ def run(cfg: AnnotateConfig, address: str | None = None, progress: bool = True) 
     with staged_output(cfg) as out:
         # every actor's waiting requests (at most `concurrency` each) and releases fit in the gate
         gate = JudgeGate.options(max_concurrency=2 * cfg.actors * cfg.concurrency + 16).remote(
-            cfg.concurrency, cfg.requests_per_minute, cfg.tokens_per_minute)
+            cfg.concurrency, cfg.requests_per_minute, cfg.tokens_per_minute, cfg.max_spend, cfg.max_calls)
         run_id = uuid.uuid4().hex[:8]
         actors = [AnnotatorActor.options(max_concurrency=1000).remote(cfg, f"{run_id}-{i}", gate)
                   for i in range(cfg.actors)]
@@ -242,6 +288,7 @@ def run(cfg: AnnotateConfig, address: str | None = None, progress: bool = True) 
                 for s in per_actor:
                     stats.add(s)
                 stats.max_in_flight = _get(gate.max_in_flight.remote())
+            budget = _get(gate.budget_state.remote())
         finally:
             with suppress(Exception):  # a dead actor's segment is merged all the same
                 ray.get([a.close.remote() for a in actors], timeout=60)
@@ -250,8 +297,8 @@ def run(cfg: AnnotateConfig, address: str | None = None, progress: bool = True) 
             _merge_segments(main)
         seconds = time.perf_counter() - start
         write_summary(out.path("summary.json"), cfg, sources, judge.judge, judge.prompt_version,
-                      counts, done, stats, seconds)
-    return AnnotateResult(counts, done, judge.judge, seconds, Path(cfg.output), stats)
+                      counts, done, stats, seconds, budget)
+    return AnnotateResult(counts, done, judge.judge, seconds, Path(cfg.output), stats, budget)
 
 
 if __name__ == "__main__":

@@ -222,7 +222,8 @@ def run(cfg: PretrainConfig, progress: bool = True, log=print) -> dict[str, Any]
     }
     _save(out, lambda d: (model.save_pretrained(d), tokenizer.save_pretrained(d)), report)
     if prm_out is not None:
-        prm, prm_tokenizer = from_backbone(out, n_heads=cfg.n_heads, seed=cfg.seed)
+        prm, prm_tokenizer = from_backbone(out, n_heads=cfg.n_heads, seed=cfg.seed,
+                                           step_features=cfg.step_features)
         _save(prm_out, lambda d: prm.save_pretrained(d, tokenizer=prm_tokenizer), None)
     report["output"], report["prm_output"] = str(out), str(prm_out) if prm_out else None
     return report

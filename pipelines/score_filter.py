@@ -50,6 +50,7 @@ import pyarrow.compute as pc
 import ray
 import torch
 
+from actprm import hygiene
 from actprm.config import FilterConfig
 from actprm.errors import UserError
 from actprm.io.readers import (
@@ -66,9 +67,12 @@ from actprm.io.writers import (
     write_parquet_atomic,
     write_text_atomic,
 )
+from actprm.sample import BottomK
 from actprm.schemas import arrow_schema, error_row, row_json, table_from_rows
 from actprm.score import (
     DEFAULT_MODEL_NAME,
+    calibrate,
+    calibration_text,
     join_scores,
     load_for_scoring,
     load_scoring_model,
@@ -79,6 +83,7 @@ from pipelines.ray_session import init_ray
 from pipelines.validate import plan_duplicates
 
 TABLES = {"scored": "scored", "selected": "scored", "errors": "errors"}  # output dir -> schema
+HYGIENE_KINDS = ("duplicate content", "near-duplicate problem", "contaminated")
 PROGRESS = "_progress"
 READ_TASK_CPUS = 0.5
 
@@ -93,28 +98,42 @@ TRANSPORT = pa.schema([f.with_nullable(True) for f in arrow_schema("scored")] + 
 
 
 @ray.remote
-def read_ids(source: SourceFile, cfg: FilterConfig) -> tuple[list[tuple[int, str]], int] | str:
-    """(row_index, id) of the rows that pass the per-row checks, and rows read; or why the file failed."""
+def read_ids(source: SourceFile, cfg: FilterConfig, eval_paths: list[str]) -> dict | str:
+    """What the driver needs of one file, or why the file failed: `ids` (row_index, id) of the rows that pass
+    the per-row checks, `n_read`, `hygiene` (actprm.hygiene.FileHygiene: keys, contamination) and, for
+    --target-rate, `sample` (its rows' bottom-k by id hash)."""
     ids: list[tuple[int, str]] = []
     n_read = 0
-    try:
+    sample = BottomK(cfg.calibration_sample if cfg.target_rate is not None else 0, cfg.seed)
+
+    def read() -> Iterator:
+        nonlocal n_read
         for batch in iter_file_batches([source], 0, ids=NoDuplicateCheck(), limits=cfg.limits,
                                        step_separator=cfg.step_separator, batch_rows=cfg.batch_rows):
             ids.extend(zip(batch.valid_index, (row["id"] for row in batch.valid)))
             n_read += batch.n_read
+            sample.add(batch.valid)
+            yield batch
+
+    try:
+        info = hygiene.file_hygiene(read(), cfg, eval_paths)
     except Exception as exc:  # a file that breaks part-way: reported, skipped
         return f"unreadable file: {' '.join(str(exc).split())[:300]}"
-    return ids, n_read
+    return {"ids": ids, "n_read": n_read, "hygiene": info, "sample": sample}
 
 
 def read_rows(batch: dict[str, np.ndarray], sources: list[SourceFile], plans: list[dict],
-              cfg: FilterConfig) -> Iterator[pa.Table]:
-    """Ray Data stage: one input file (its index) -> its rows, validated, in TRANSPORT tables."""
+              removals: list[dict[int, str]], cfg: FilterConfig) -> Iterator[pa.Table]:
+    """Ray Data stage: one input file (its index) -> its rows, validated, in TRANSPORT tables; the rows the
+    hygiene rules remove (`removals`) go on as error rows with their reason."""
     for file_index in batch["file_index"].tolist():
+        removed = removals[file_index]
         for b in iter_file_batches(sources, file_index, ids=PlannedDuplicates(plans[file_index]), limits=cfg.limits,
                                    step_separator=cfg.step_separator, batch_rows=cfg.batch_rows):
             origin = {"_file": file_index, "_source_file": b.source_file}
-            rows = [row | origin | {"_row_index": i} for row, i in zip(b.valid, b.valid_index)]
+            rows = [row | origin | {"_row_index": i} if i not in removed else
+                    origin | {"id": row["id"], "_row_index": i, "_error": removed[i], "_row_json": row_json(row)}
+                    for row, i in zip(b.valid, b.valid_index)]
             rows += [origin | {"id": e["id"], "_row_index": e["row_index"], "_error": e["reason"],
                                "_row_json": e["row_json"]} for e in b.errors]
             yield pa.Table.from_pylist(rows, schema=TRANSPORT)
@@ -265,14 +284,18 @@ class FilterResult:
     rows_this_run: int
     seconds: float
     output: Path
+    calibration: dict | None = None
 
     def summary_line(self) -> str:
         t = self.totals
         rate = self.rows_this_run / self.seconds if self.seconds > 0 else 0.0
         resumed = f", {self.files_resumed} of {self.files} files done earlier" if self.files_resumed else ""
         empty = " (the input has no rows)" if not t["read"] else ""
-        return (f"filter: {t['read']} rows read, {t['scored']} scored, {t['selected']} selected, "
-                f"{sum(self.errors.values())} quarantined{empty}{resumed} in {self.seconds:.1f}s "
+        removed = [f"{kind} {self.errors[kind]}" for kind in HYGIENE_KINDS if self.errors[kind]]
+        removed_text = f" ({', '.join(removed)})" if removed else ""
+        return (f"filter: {t['read']} rows read, {t['scored']} scored, {t['selected']} selected"
+                f"{calibration_text(self.calibration)}, {sum(self.errors.values())} quarantined{removed_text}"
+                f"{empty}{resumed} in {self.seconds:.1f}s "
                 f"({rate:,.0f} rows/s) -> {self.output}")
 
 
@@ -304,19 +327,31 @@ def run(cfg: FilterConfig, address: str | None = None, progress: bool = True) ->
         except UserError as exc:
             bad.append((path, f"unreadable file: {exc}"))
     init_ray(address)
-    # 2. phase 1: ids per file, in parallel
-    phase1 = ray.get([read_ids.remote(s, cfg) for s in sources])
+    # 2. phase 1: ids, hygiene keys and contamination, calibration sample per file, in parallel
+    eval_paths = hygiene.default_eval_sets() if cfg.decontaminate is None else list(cfg.decontaminate)
+    for path in eval_paths:
+        if not Path(path).exists():
+            raise UserError(f"--decontaminate {path}: no such file or directory")
+    phase1 = ray.get([read_ids.remote(s, cfg, eval_paths) for s in sources])
     for s, r in zip(sources, phase1):
         if isinstance(r, str):
             bad.append((s.path, r))
     good = [(s, r) for s, r in zip(sources, phase1) if not isinstance(r, str)]
     sources = [s for s, _ in good]
-    n_read = [r[1] for _, r in good]
+    n_read = [r["n_read"] for _, r in good]
     for path, reason in bad:
         name = "file-unreadable-" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
         write_file_errors(out, name, [error_row(str(path), -1, None, reason, {"path": str(path)})])
-    # 3. the duplicate rule
-    plans = plan_duplicates([r[0] for _, r in good])
+    # 3. the duplicate rule, then the hygiene rules (actprm.hygiene)
+    plans = plan_duplicates([r["ids"] for _, r in good])
+    removals = hygiene.plan_removals([r["hygiene"] for _, r in good], plans, cfg)
+    calibration = None
+    if cfg.target_rate is not None:  # the deltas from a sample of the corpus, scored here on the driver
+        sample = BottomK(cfg.calibration_sample, cfg.seed)
+        for _, r in good:
+            sample.merge(r["sample"])
+        if sample.rows():
+            cfg, calibration = calibrate(cfg, sources, load_for_scoring(cfg), rows=sample.rows())
     done = finished_files(out, sources)
     pending = [i for i in range(len(sources)) if i not in done]
     for i in pending:
@@ -333,7 +368,8 @@ def run(cfg: FilterConfig, address: str | None = None, progress: bool = True) ->
               # half a CPU per read task: reads run beside the actors and, with resources unlike the
               # actors', Ray does not fuse them into the actors (fused, a batch of files would wait
               # for one actor task, and no file would finish before the others)
-              .map_batches(functools.partial(read_rows, sources=sources, plans=plans, cfg=cfg), batch_size=1,
+              .map_batches(functools.partial(read_rows, sources=sources, plans=plans, removals=removals, cfg=cfg),
+                           batch_size=1,
                            num_cpus=READ_TASK_CPUS if cpus != READ_TASK_CPUS else READ_TASK_CPUS / 2)
               .map_batches(PRMScorer, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.batch_rows,
                            batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
@@ -367,12 +403,16 @@ def run(cfg: FilterConfig, address: str | None = None, progress: bool = True) ->
         "rows_selected": totals["selected"], "rows_error": sum(errors.values()),
         "errors_by_kind": dict(errors.most_common()),
         "selection_rate": totals["selected"] / totals["scored"] if totals["scored"] else 0.0,
+        "delta_pred": cfg.delta_pred, "delta_std": cfg.delta_std, "calibration": calibration,
+        "hygiene": {"dedup": cfg.dedup, "near_dedup": cfg.near_dedup, "decontaminate": eval_paths,
+                    "removed": {k: errors[k] for k in HYGIENE_KINDS if errors[k]}},
         "model": cfg.model or DEFAULT_MODEL_NAME, "files_done_earlier": len(sources) - len(pending),
         "rows_this_run": rows_this_run, "seconds": round(seconds, 3),
         "rows_per_second": rows_this_run / seconds if seconds else 0.0,
     }
     write_text_atomic(json.dumps(summary, indent=2) + "\n", out / "summary.json")
-    return FilterResult(totals, errors, len(sources), len(sources) - len(pending), rows_this_run, seconds, out)
+    return FilterResult(totals, errors, len(sources), len(sources) - len(pending), rows_this_run, seconds, out,
+                        calibration)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import ray
 
+from actprm import provenance
 from actprm.config import ValidateConfig
 from actprm.io.readers import IdRegistry, NoDuplicateCheck, PlannedDuplicates, SourceFile, iter_file_batches
 from actprm.io.writers import StagedOutput
@@ -42,7 +43,8 @@ def file_ids(sources: list[SourceFile], file_index: int, cfg: ValidateConfig) ->
 
 @ray.remote
 def write_file(sources: list[SourceFile], file_index: int, duplicates: dict, cfg: ValidateConfig,
-               staging: str) -> RowCounts:
+               staging: str, record: dict) -> RowCounts:
+    provenance.use(record)  # the driver's job record, for the shards this task writes
     batches = iter_file_batches(sources, file_index, ids=PlannedDuplicates(duplicates), limits=cfg.limits,
                                 step_separator=cfg.step_separator, batch_rows=cfg.batch_rows)
     return write_batches(batches, Path(staging), cfg, prefix=f"file-{file_index:05d}")
@@ -69,7 +71,9 @@ def run(cfg: ValidateConfig, address: str | None = None, progress: bool = True) 
     counts = RowCounts()
     with StagedOutput(cfg.output, PARTS, cfg.overwrite) as out, \
          progress_bar(len(sources), "validate (files)", progress, unit="files") as bar:
-        pending = [write_file.remote(sources, i, plans[i], cfg, str(out.staging)) for i in range(len(sources))]
+        record = provenance.current()
+        pending = [write_file.remote(sources, i, plans[i], cfg, str(out.staging), record)
+                   for i in range(len(sources))]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             counts.merge(ray.get(done[0]))

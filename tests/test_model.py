@@ -354,3 +354,84 @@ def test_a_pickled_backbone_is_never_loaded(tiny, tmp_path):
     torch.save(state, out / "pytorch_model.bin")  # a pickle where the weights should be
     with pytest.raises(OSError):
         EnsemblePRM.from_pretrained(out)
+
+
+# --------------------------------------------------------------------------- step features
+
+
+@pytest.fixture(scope="module")
+def tied():
+    """A tiny Qwen2 with tied embeddings (what step feature lm_logprob needs), random heads."""
+    from transformers import AutoModel
+
+    tok = load_tokenizer()
+    sep = ensure_separator(tok)
+    cfg = preset_config("tiny", len(tok), tie_word_embeddings=True, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = EnsemblePRM(AutoModel.from_config(cfg), n_heads=4, separator_token_id=sep, tokenizer=tok,
+                        step_features=("lm_logprob",))
+    return model.eval(), tok
+
+
+def test_step_features_are_min_and_mean_token_logprob_per_step(tied):
+    from actprm.scoring import TrajectoryEncoder
+
+    model, tok = tied
+    enc = TrajectoryEncoder(tok, max_length=model.max_length).encode(PROBLEMS[1:], STEPS[1:])[0]
+    ids = torch.tensor([enc.input_ids])
+    sep = torch.zeros_like(ids, dtype=torch.bool)
+    sep[0, enc.sep_positions] = True
+    with torch.no_grad():
+        hidden = model.hidden_states(ids)
+        got = model.step_feature_values(hidden, ids, sep, torch.tensor([enc.answer_start]))
+        logp = torch.log_softmax(hidden[0] @ model.backbone.embed_tokens.weight.t(), -1)
+    # by hand: step j = tokens strictly between the previous bound and its separator
+    bounds = [enc.answer_start - 1] + enc.sep_positions
+    assert tok.decode(enc.input_ids[enc.answer_start : enc.sep_positions[0]]).strip() == STEPS[1][0]
+    want = []
+    for a, b in zip(bounds, bounds[1:]):
+        lp = [float(logp[t - 1, enc.input_ids[t]]) for t in range(a + 1, b)]
+        want.append([min(lp) / 10, sum(lp) / len(lp) / 10])
+    np.testing.assert_allclose(got.numpy(), np.array(want), rtol=1e-5, atol=1e-6)
+    assert got.shape == (len(STEPS[1]), 2)
+
+
+def test_step_features_batched_equal_per_prefix_and_padding_free(tied):
+    from actprm.scoring import score_naive_prefixes
+
+    model, tok = tied
+    batched = score_trajectories(model, tok, PROBLEMS, STEPS)
+    naive = score_naive_prefixes(model, tok, PROBLEMS, STEPS)
+    alone = [score_trajectories(model, tok, [p], [s])[0] for p, s in zip(PROBLEMS, STEPS)]
+    for b, n, a in zip(batched, naive, alone):
+        np.testing.assert_allclose(b.probs, n.probs, atol=1e-5)
+        np.testing.assert_allclose(b.probs, a.probs, atol=1e-5)
+
+
+def test_step_features_change_the_scores_and_survive_save_load(tied, tmp_path):
+    model, tok = tied
+    before = _scores(model, tok)
+    # zero the heads' weights on the two feature inputs: the scores must move
+    with torch.no_grad():
+        saved = model.heads.W1[:, -2:].clone()
+        model.heads.W1[:, -2:] = 0
+        without = _scores(model, tok)
+        model.heads.W1[:, -2:] = saved
+    assert not np.allclose(before, without, atol=1e-6)
+    model.save_pretrained(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "prm_config.json").read_text())
+    assert cfg["step_features"] == ["lm_logprob"] and cfg["hidden_size"] == 64 + 2
+    loaded, ltok = load_prm(tmp_path / "m")
+    assert loaded.step_features == ("lm_logprob",)
+    np.testing.assert_allclose(_scores(loaded, ltok), before, atol=1e-6)
+
+
+def test_step_features_need_answer_start_and_tied_embeddings(tied):
+    model, _ = tied
+    ids = torch.tensor([[5, 6, model.separator_token_id]])
+    with pytest.raises(ValueError, match="answer_start"):
+        model(ids)
+    with pytest.raises(ValueError, match="tied"):
+        init_model("tiny", step_features=("lm_logprob",))
+    with pytest.raises(ValueError, match="unknown step features"):
+        init_model("tiny", step_features=("nope",))

@@ -142,6 +142,25 @@ def test_failed_annotations_are_skipped_and_counted(world, tmp_path):
     assert "10 failed annotations" in result.summary_line()
 
 
+def test_label_weight_fixed_or_from_agreement(world, tmp_path):
+    from actprm.train import LabelCounts, join_annotations
+
+    d, rows = world
+    ann = VerifierAnnotator(wrong_rate=0.0).annotate(rows[:4])
+    for r, a in zip(ann, (1.0, 2 / 3, None, 0.5)):
+        r["agreement"] = a
+    (tmp_path / "ann").mkdir()
+    pq.write_table(table_from_rows(ann, "annotations"), tmp_path / "ann" / "a.parquet")
+    paths = ([str(d / "traj.parquet")], [str(tmp_path / "ann")])
+    by_id = {r["id"]: r["label_weight"] for r in join_annotations(*paths, LabelCounts(), label_weight="agreement")}
+    assert [by_id[r["id"]] for r in ann] == pytest.approx([1.0, 2 / 3, 1.0, 0.5])
+    fixed = join_annotations(*paths, LabelCounts(), label_weight=0.8)
+    assert [r["label_weight"] for r in fixed] == [0.8] * 4
+    assert TrainConfig(label_weight="agreement").label_weight == "agreement"
+    with pytest.raises(ValueError):
+        TrainConfig(label_weight="votes")
+
+
 def test_checkpoints_reload_identically_and_continue(world, tmp_path):
     d, rows = world
     r1 = _train(d, "true", tmp_path / "r1", epochs=1)

@@ -2,7 +2,8 @@
 
 Every shard is cast to `actprm.schemas.arrow_schema(table)` and written to a temporary
 name, then renamed, so a reader never sees half a shard and no two shards of a table
-can differ in schema (no string vs large_string drift).
+can differ in schema (no string vs large_string drift). Every file carries the job's
+provenance (actprm.provenance) in its schema metadata.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from actprm import provenance
 from actprm.errors import UserError
 from actprm.schemas import table_from_rows, to_canonical
 
@@ -54,6 +56,11 @@ def _tmp_beside(path: Path) -> Path:
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    """Write `table` to `path` whole (temp file + rename), with the job's provenance in its metadata.
+
+    Every Parquet file actprm writes goes through here; see actprm.provenance for the record.
+    """
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **provenance.metadata()})
     tmp = _tmp_beside(path)
     pq.write_table(table, tmp, compression="zstd")
     os.replace(tmp, path)

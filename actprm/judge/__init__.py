@@ -20,7 +20,7 @@ from actprm.judge.base import Annotator, error_kind, failed_row, labelled_row, m
 from actprm.judge.verifier import VerifierAnnotator
 
 
-def _verifier(cfg: Any) -> Annotator:
+def _verifier(cfg: Any, budget: Any = None) -> Annotator:  # free: a budget has nothing to stop
     return VerifierAnnotator(wrong_rate=cfg.wrong_rate, refusal_rate=cfg.refusal_rate,
                              samples=cfg.samples, seed=cfg.seed)
 
@@ -34,7 +34,7 @@ def cache_path(cfg: Any) -> Path | None:
     return None
 
 
-def _openai(cfg: Any) -> Annotator:
+def _openai(cfg: Any, budget: Any = None) -> Annotator:
     from actprm.judge.cache import AnswerCache, segments_dir
     from actprm.judge.openai_judge import OpenAIJudge
 
@@ -42,25 +42,27 @@ def _openai(cfg: Any) -> Annotator:
     cache = AnswerCache(path) if path is not None else None
     if cache is not None:  # what a killed Ray run (pipelines/annotate.py) left in its segments
         cache.merge_segments(segments_dir(path))
-    return OpenAIJudge(cfg, cache=cache)
+    return OpenAIJudge(cfg, cache=cache, budget=budget)
 
 
-# backend name -> factory taking the job config (actprm.config.JudgeConfig or a subclass).
+# backend name -> factory taking the job config (actprm.config.JudgeConfig or a subclass) and a
+# spend budget (actprm.judge.budget.SpendBudget or None: from the config's max_spend/max_calls).
 # A new backend adds its factory here, importing its module inside the factory so that its
 # dependencies load only when used, and its name to JudgeConfig.backend in actprm/config.py.
-BACKENDS: dict[str, Callable[[Any], Annotator]] = {
+BACKENDS: dict[str, Callable[..., Annotator]] = {
     "verifier": _verifier,
     "openai": _openai,
 }
 
 
-def make_annotator(cfg: Any) -> Annotator:
-    """The annotator named by `cfg.backend`, built from the config's settings."""
+def make_annotator(cfg: Any, *, budget: Any = None) -> Annotator:
+    """The annotator named by `cfg.backend`, built from the config's settings; `budget` a SpendBudget
+    shared with other work (default: one from the config's `max_spend` / `max_calls`, if set)."""
     name = getattr(cfg, "backend", None)
     factory = BACKENDS.get(name)  # type: ignore[arg-type]
     if factory is None:
         raise UserError(f"unknown annotator backend {name!r}; choose one of: {', '.join(BACKENDS)}")
-    return factory(cfg)
+    return factory(cfg, budget)
 
 
 __all__ = [

@@ -20,6 +20,10 @@ Money and time are spent only here, so the rules are strict:
   async context manager `slot(tokens)`, held while a request is on the wire: by default
   `LocalLimits`, which hold for one annotator (one process); the Ray recipe
   (pipelines/annotate.py) passes one that asks a single gate actor, so they hold for the job.
+- Spend: with a budget (`max_spend` / `max_calls`, actprm.judge.budget.SpendBudget) each
+  request reserves its worst-case cost right before it is sent, inside its slot, and settles
+  at the billed cost when it arrives; a request the budget cannot pay for is not sent and its
+  row fails `budget exhausted: ...` (not cached, so a rerun with a higher budget sends it).
 - One retry owner: the client's own retries are off (`max_retries=0`); tenacity retries a
   request on 429, timeouts, connection errors, 5xx and malformed bodies, waiting what the
   server's Retry-After says or else a random exponential back-off, at most `max_attempts`
@@ -60,6 +64,7 @@ from tenacity import (
 
 from actprm.errors import UserError
 from actprm.judge.base import Annotator, majority
+from actprm.judge.budget import BudgetExhausted, SpendBudget, worst_case_usd
 from actprm.judge.cache import Answer, AnswerCache, answer_key
 from actprm.judge.prompt import (
     PROMPT_VERSION,
@@ -223,10 +228,12 @@ class OpenAIJudge(Annotator):
     cache (None: no cache, every call is paid; only for tests and throwaway runs), or anything
     with its `get_many` and `put`; `limits` an object with an async context manager
     `slot(tokens)` that holds a request's place under the limits (default: `LocalLimits` from
-    the config, made per event loop).
+    the config, made per event loop); `budget` a spend limit (actprm.judge.budget.SpendBudget, or
+    anything with its async `reserve`, `settle`, `charge` and `why`; default: from the config's
+    `max_spend` / `max_calls`, None when neither is set).
     """
 
-    def __init__(self, cfg: Any, cache: AnswerCache | None = None, *, limits: Any = None):
+    def __init__(self, cfg: Any, cache: AnswerCache | None = None, *, limits: Any = None, budget: Any = None):
         if not cfg.judge_model:
             raise UserError("the openai backend needs --judge-model (the model name the endpoint serves)")
         self.cfg = cfg
@@ -241,6 +248,7 @@ class OpenAIJudge(Annotator):
         self._key_env = cfg.api_key_env
         self._api_key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
         self._shared_limits = limits
+        self.budget = budget if budget is not None else SpendBudget.from_config(cfg)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: Any = None
 
@@ -278,27 +286,49 @@ class OpenAIJudge(Annotator):
         out = self.cfg.max_tokens or self.cfg.mean_output_tokens
         return prompt + n * out
 
+    def _worst_case_usd(self, messages: list[dict[str, str]], n: int) -> float:
+        prompt_bytes = sum(len(m["content"].encode("utf-8")) for m in messages)
+        return worst_case_usd(prompt_bytes, n, self.cfg.max_tokens, self.cfg.mean_output_tokens,
+                              self.cfg.price_in, self.cfg.price_out)
+
     async def _send(self, messages: list[dict[str, str]], n: int) -> Any:
-        """One HTTP request under the limits; a usable ChatCompletion or an exception."""
+        """One HTTP request under the limits and the budget; a usable ChatCompletion or an exception."""
         async with self._limits.slot(self._token_estimate(messages, n)):
-            self.stats.requests += 1
-            self.stats.in_flight += 1
-            self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
+            if self.budget is None:
+                return await self._post(messages, n)
+            reserved = self._worst_case_usd(messages, n)
+            if not await self.budget.reserve(reserved):  # checked right before the request is sent
+                raise BudgetExhausted(self.budget.why())
             try:
-                kwargs: dict[str, Any] = {"model": self.model, "messages": messages}
-                for name in ("temperature", "top_p", "max_tokens"):
-                    if self.sampling[name] is not None:
-                        kwargs[name] = self.sampling[name]
-                if n > 1:
-                    kwargs["n"] = n
-                if self.sampling["extra_body"]:
-                    kwargs["extra_body"] = self.sampling["extra_body"]
-                try:
-                    response = await self._client.chat.completions.create(**kwargs)
-                except json.JSONDecodeError as exc:
-                    raise MalformedResponse(f"the body is not JSON ({exc.msg})") from exc
-            finally:
-                self.stats.in_flight -= 1
+                response = await self._post(messages, n)
+            except BaseException:
+                await self.budget.settle(reserved, 0.0, False)
+                raise
+            usage = getattr(response, "usage", None)
+            await self.budget.settle(reserved, self._cost(int(getattr(usage, "prompt_tokens", 0) or 0),
+                                                          int(getattr(usage, "completion_tokens", 0) or 0)), True)
+            return response
+
+    async def _post(self, messages: list[dict[str, str]], n: int) -> Any:
+        """The HTTP request itself (inside its slot); a usable ChatCompletion or an exception."""
+        self.stats.requests += 1
+        self.stats.in_flight += 1
+        self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
+        try:
+            kwargs: dict[str, Any] = {"model": self.model, "messages": messages}
+            for name in ("temperature", "top_p", "max_tokens"):
+                if self.sampling[name] is not None:
+                    kwargs[name] = self.sampling[name]
+            if n > 1:
+                kwargs["n"] = n
+            if self.sampling["extra_body"]:
+                kwargs["extra_body"] = self.sampling["extra_body"]
+            try:
+                response = await self._client.chat.completions.create(**kwargs)
+            except json.JSONDecodeError as exc:
+                raise MalformedResponse(f"the body is not JSON ({exc.msg})") from exc
+        finally:
+            self.stats.in_flight -= 1
         choices = getattr(response, "choices", None)
         if not choices or any(getattr(c, "message", None) is None for c in choices):
             raise MalformedResponse("the response has no choices/message")
@@ -351,6 +381,8 @@ class OpenAIJudge(Annotator):
         return out, attempts
 
     def _request_error(self, exc: BaseException, attempts: int) -> str:
+        if isinstance(exc, BudgetExhausted):
+            return f"budget exhausted: {exc}"
         if isinstance(exc, openai.APIStatusError) and exc.status_code in (401, 403, 404):
             raise FatalEndpointError(self._endpoint_hint(exc)) from None
         if isinstance(exc, openai.APIStatusError) and not is_transient(exc):
@@ -394,6 +426,9 @@ class OpenAIJudge(Annotator):
         found = self.cache.get_many(keys) if self.cache is not None else {}
         got: dict[int, _Sample] = {s: _Sample(answer=found[k], from_cache=True) for s, k in enumerate(keys) if k in found}
         self.stats.cached += len(got)
+        if self.budget is not None and got:  # labels from the cache count at what they cost when paid
+            await self.budget.charge(sum(x.answer.cost_usd for x in got.values()),
+                                     1 if self.cfg.use_n else len(got))
         missing = [s for s in range(self.samples) if s not in got]
         # the same trajectory under another id may be on the wire right now: wait for its answer
         theirs = {s: self._pending[keys[s]] for s in missing if keys[s] in self._pending}

@@ -1,0 +1,131 @@
+"""Spend control: a hard stop on what a job pays the judge (`--max-spend USD`, `--max-calls N`).
+
+`SpendBudget` is checked before every request is sent:
+
+- the request's worst case is *reserved* first: `reserve_usd(prompt, n)` = price_in x (the prompt's
+  UTF-8 bytes + 16) + price_out x n x (`max_tokens`, or `mean_output_tokens` when that is unset),
+  per million tokens. Bytes bound the prompt's tokens for byte-level BPE tokenizers (a token
+  covers at least one byte; 16 for the chat template). With `max_tokens` set the reservation is
+  a true upper bound and the budget is never exceeded; without it, the completions may run
+  longer than the mean, and the budget is exceeded by at most what the requests in flight cost
+  beyond their reservations;
+- a request that does not fit waits while others are in flight (their reservations come back
+  as the difference between reserved and billed when they arrive); when nothing is in flight
+  and it still does not fit, the budget is *exhausted*: this and every later request is not
+  sent, and its row fails with `budget exhausted: ...` (actprm.judge.openai_judge);
+- a call is a request; a request that brings no answer (429, 5xx, timeout) is not counted
+  as paid and gives its call back.
+
+What the budget counts is the cost of the labels the job delivers: answers paid now and answers
+taken from the answer cache (at what they cost when they were paid; `charge`). So a rerun with
+the same budget pays nothing new, and one with a higher budget continues where the last stopped,
+each paid answer read from the cache, not bought again.
+
+One object serves one event loop at a time (the annotate job; a loop round); `JudgeGate`
+(pipelines/annotate.py) holds one for all the actors of a Ray job. The active loop can make one
+per job (e.g. `SpendBudget(max_usd=limit - spent_so_far)`) and pass it to
+`actprm.judge.make_annotator(cfg, budget=...)` or `OpenAIJudge(..., budget=...)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+PROMPT_OVERHEAD_TOKENS = 16  # chat template around the one user message
+
+
+class BudgetExhausted(Exception):
+    """The request was not sent: the budget cannot pay for it (str: why, for the failed row)."""
+
+
+def worst_case_usd(prompt_chars_bytes: int, n: int, max_tokens: int | None, mean_output_tokens: int,
+                   price_in: float, price_out: float) -> float:
+    """The most a request can cost: prompt bytes + overhead at price_in, n x the output bound at price_out."""
+    out = max_tokens or mean_output_tokens
+    return (price_in * (prompt_chars_bytes + PROMPT_OVERHEAD_TOKENS) + price_out * n * out) / 1e6
+
+
+class SpendBudget:
+    """Limits on dollars and calls, shared by every request of a job (see the module docstring)."""
+
+    def __init__(self, max_usd: float | None = None, max_calls: int | None = None):
+        self.max_usd = max_usd
+        self.max_calls = max_calls
+        self.charged_usd = 0.0     # labels delivered: paid now + from the cache
+        self.paid_usd = 0.0        # paid in this job
+        self.calls = 0             # calls charged (paid now + from the cache)
+        self.reserved_usd = 0.0
+        self.reserved_calls = 0
+        self.exhausted = False
+        self.refused = 0           # requests not sent for the budget
+        self._cond: asyncio.Condition | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> SpendBudget | None:
+        """A budget from `max_spend` / `max_calls` settings (None when neither is set)."""
+        max_usd, max_calls = getattr(cfg, "max_spend", None), getattr(cfg, "max_calls", None)
+        return None if max_usd is None and max_calls is None else cls(max_usd, max_calls)
+
+    @property
+    def active(self) -> bool:
+        return self.max_usd is not None or self.max_calls is not None
+
+    def _condition(self) -> asyncio.Condition:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._loop, self._cond = loop, asyncio.Condition()
+        assert self._cond is not None
+        return self._cond
+
+    def _fits(self, usd: float) -> bool:
+        if self.max_usd is not None and self.charged_usd + self.reserved_usd + usd > self.max_usd + 1e-12:
+            return False
+        return self.max_calls is None or self.calls + self.reserved_calls + 1 <= self.max_calls
+
+    def why(self) -> str:
+        parts = []
+        if self.max_usd is not None:
+            parts.append(f"${self.charged_usd:.4f} of --max-spend ${self.max_usd:g} used")
+        if self.max_calls is not None:
+            parts.append(f"{self.calls} of --max-calls {self.max_calls} calls used")
+        return "; ".join(parts) + "; rerun with a higher limit to continue from the cache"
+
+    async def reserve(self, usd: float) -> bool:
+        """Reserve one call costing at most `usd`; False (and exhausted) when the budget cannot pay for it."""
+        cond = self._condition()
+        async with cond:
+            while not self.exhausted:
+                if self._fits(usd):
+                    self.reserved_usd += usd
+                    self.reserved_calls += 1
+                    return True
+                if self.reserved_calls == 0:  # nothing in flight can give money back
+                    self.exhausted = True
+                    break
+                await cond.wait()
+            self.refused += 1
+            return False
+
+    async def settle(self, reserved_usd: float, cost_usd: float, paid: bool) -> None:
+        """A reserved call is over: billed `cost_usd` if `paid` (an answer came), else nothing."""
+        cond = self._condition()
+        async with cond:
+            self.reserved_usd = max(0.0, self.reserved_usd - reserved_usd)
+            self.reserved_calls -= 1
+            if paid:
+                self.charged_usd += cost_usd
+                self.paid_usd += cost_usd
+                self.calls += 1
+            cond.notify_all()
+
+    async def charge(self, cost_usd: float, calls: int) -> None:
+        """Count labels taken from the cache: what they cost when paid, and the calls they took."""
+        self.charged_usd += cost_usd
+        self.calls += calls
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"max_spend_usd": self.max_usd, "max_calls": self.max_calls,
+                "charged_usd": round(self.charged_usd, 6), "paid_usd": round(self.paid_usd, 6),
+                "calls": self.calls, "exhausted": self.exhausted, "requests_refused": self.refused}

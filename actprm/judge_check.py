@@ -1,0 +1,141 @@
+"""The judge-check job: how good are the judge's labels, before paying for a corpus of them?
+
+The configured annotator (any backend; the openai judge with its cache, limits and budget) labels
+labelled subsets — ProcessBench's four files, or any set in a supported format with
+`first_error_step` — and its labels are scored exactly as `actprm evaluate` scores a PRM's
+predictions (actprm.evaluate.processbench_scores per subset, mean_f1 the unweighted mean). A row
+the judge failed to label counts as a wrong answer (and is counted). Also: `exact_match`, the
+share of items whose label is ProcessBench's exactly, over all subsets — the probability that one
+of this judge's labels is right, and so the `label_weight` to give its labels in a labelled table
+against ground-truth labels at 1.0.
+
+    DIR/judge_check.json        the figures per subset and overall, with the settings
+    DIR/annotations.parquet     every annotation the judge gave (annotations schema)
+    DIR/judge_cache.sqlite      the openai judge's answers (a rerun pays nothing again; --cache PATH
+                                shares one with annotate jobs)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from actprm.annotate import check_spend_settings
+from actprm.config import JudgeCheckConfig
+from actprm.errors import UserError
+from actprm.evaluate import mean_f1, processbench_scores, resolve_subsets
+from actprm.io.readers import iter_batches
+from actprm.io.writers import StagedOutput, write_parquet_atomic
+from actprm.judge import error_kind, make_annotator
+from actprm.sample import BottomK
+from actprm.schemas import table_from_rows
+
+PARTS = ["judge_check.json", "annotations.parquet"]
+FAILED = -2  # the prediction of a row the judge did not label: equal to no label
+
+
+def labelled_rows(subset: Any, cfg: JudgeCheckConfig) -> tuple[list[dict[str, Any]], int]:
+    """The subset's rows that carry a label — `limit` of them drawn uniformly (bottom-k by id hash, the same
+    on every run; ProcessBench files list their error items first) — and how many rows had no label."""
+    sample = BottomK(cfg.limit if cfg.limit is not None else 2**62, seed=cfg.seed)
+    skipped = 0
+    for batch in iter_batches(subset.sources, limits=cfg.limits, step_separator=cfg.step_separator,
+                              batch_rows=cfg.batch_rows):
+        labelled = [row for row in batch.valid if row.get("first_error_step") is not None]
+        skipped += len(batch.valid) - len(labelled)
+        sample.add(labelled)
+    return sample.rows(), skipped
+
+
+@dataclass
+class JudgeCheckResult:
+    report: dict[str, Any]
+    seconds: float
+    output: Path | None
+
+    def table(self) -> str:
+        lines = [f"{'subset':<16}{'n':>6}{'error_acc':>11}{'correct_acc':>13}{'F1':>8}{'failed':>8}"]
+
+        def pct(x: float | None) -> str:
+            return "-" if x is None else f"{100 * x:.1f}"
+
+        for name, s in self.report["subsets"].items():
+            lines.append(f"{name:<16}{s['n']:>6}{pct(s['error_acc']):>11}{pct(s['correct_acc']):>13}"
+                         f"{pct(s['f1']):>8}{s['failed']:>8}")
+        return "\n".join(lines)
+
+    def summary_line(self) -> str:
+        r = self.report
+        where = f" -> {self.output}" if self.output else ""
+        f1 = "-" if r["mean_f1"] is None else f"{r['mean_f1']:.3f}"
+        return (f"judge-check: {r['judge']} on {r['n']} items: mean F1 {f1}, exact match {r['exact_match']:.3f} "
+                f"-> label_weight {r['label_weight']:.2f} for its labels (ground truth 1.0); "
+                f"{r['failed']} failed, ${r['cost_usd']:.2f} in {self.seconds:.1f}s{where}")
+
+
+def run_judge_check(cfg: JudgeCheckConfig, progress: bool = True) -> JudgeCheckResult:
+    start = time.perf_counter()
+    subsets = resolve_subsets(cfg)
+    check_spend_settings(cfg)
+    out = StagedOutput(cfg.output, PARTS, cfg.overwrite or (Path(cfg.output) / "judge_check.json").exists()) \
+        if cfg.output else None
+    try:
+        annotator = make_annotator(cfg)
+        per_subset = [(s.name, *labelled_rows(s, cfg)) for s in subsets]
+        if not any(rows for _, rows, _ in per_subset):
+            raise UserError(f"{', '.join(cfg.data)}: no labelled rows (first_error_step) to check the judge on")
+
+        async def label_all() -> list[list[dict[str, Any]]]:
+            try:
+                return [await annotator.annotate_async(rows) if rows else [] for _, rows, _ in per_subset]
+            finally:
+                await annotator.aclose()
+
+        annotated = asyncio.run(label_all())
+        report_subsets, items, failures = {}, [], Counter()
+        hits = total = 0
+        cost = 0.0
+        for (name, rows, skipped), ann in zip(per_subset, annotated):
+            by_id = {a["id"]: a for a in ann}
+            labels = [r["first_error_step"] for r in rows]
+            preds = [FAILED if by_id[r["id"]]["error"] else by_id[r["id"]]["first_error_step"] for r in rows]
+            scores = processbench_scores(labels, preds) if rows else {"error_acc": None, "correct_acc": None,
+                                                                       "f1": None, "n": 0, "n_error": 0,
+                                                                       "n_correct": 0}
+            failed = sum(p == FAILED for p in preds)
+            report_subsets[name] = {**scores, "failed": failed, "unlabelled_skipped": skipped}
+            for a in ann:
+                if a["error"]:
+                    failures[error_kind(a["error"])] += 1
+                cost += a["cost_usd"]
+            hits += sum(p == y for p, y in zip(preds, labels))
+            total += len(rows)
+            items += ann
+        exact = hits / total if total else 0.0
+        report = {
+            "judge": annotator.judge, "prompt_version": annotator.prompt_version, "backend": cfg.backend,
+            "samples": cfg.samples, "limit": cfg.limit, "data": [s.path for s in subsets],
+            "mean_f1": mean_f1(list(report_subsets.values())), "subsets": report_subsets,
+            "n": total, "exact_match": exact, "label_weight": round(exact, 3),
+            "failed": sum(failures.values()), "failures_by_kind": dict(failures.most_common()),
+            "cost_usd": round(cost, 6),
+        }
+        stats = getattr(annotator, "stats", None)
+        if stats is not None:
+            report.update(stats.as_dict())
+        seconds = time.perf_counter() - start
+        report["seconds"] = round(seconds, 3)
+        if out is not None:
+            out.path("judge_check.json").write_text(json.dumps(report, indent=2) + "\n")
+            write_parquet_atomic(table_from_rows(items, "annotations"), out.path("annotations.parquet"))
+            out.commit()
+    except BaseException:
+        if out is not None:
+            out.abort()
+        raise
+    return JudgeCheckResult(report, seconds, Path(cfg.output) if cfg.output else None)

@@ -1,0 +1,639 @@
+"""Recipe: the active-learning loop — score, select, annotate, train, evaluate, round after round.
+
+    actprm loop --config configs/loop/rounds.yaml --output runs/loop      (or configs/loop/stream.yaml)
+    python -m pipelines.active_loop --config configs/loop/rounds.yaml --output runs/loop --address auto
+
+Two modes (`mode`):
+
+- `rounds` (pool-based): each round scores the unlabelled pool (or `score_sample` rows of it) with
+  the current model, selects up to the round's budget (`round_labels`) with `strategy`, annotates,
+  trains one round from the last checkpoint on the labels so far (`train_on: all`) or the round's
+  own (`new`), and evaluates on `eval`;
+- `stream` (ActPRM's Algorithm 1): one pass over the corpus in chunks of `chunk_rows`; each chunk is
+  scored by the current model, its uncertain rows are annotated and trained on, and the pass moves on.
+
+Strategies: `actprm` (the ActPRM rule; when more rows are uncertain than the budget, the top ones by
+`acquisition`), `entropy` and `bald` (top-k by that acquisition), `random` (top-k of a seeded hash of
+the id: a fixed random order, nothing scored), `full` (everything left; nothing scored).
+
+The run directory holds all state (../shared/ARCHITECTURE.md):
+
+    RUN/config.yaml                      the resolved config, as run
+    RUN/state.json                       the last completed round and step (atomic)
+    RUN/judge_cache.sqlite               every paid judge answer (the openai backend)
+    RUN/labelled/round-NNN/selection.parquet    the rows considered, their scores, `selected`
+    RUN/labelled/round-NNN/annotations.parquet  one annotation per selected row
+    RUN/labelled/round-NNN/labelled.parquet     the round's labels (labelled schema)
+    RUN/checkpoints/round-NNN/           the model after round NNN (with optimizer state)
+    RUN/evals/round-NNN.json             ProcessBench figures of that model on `eval`
+    RUN/metrics.jsonl                    one line per round (data_schemas/loop_metrics.yaml)
+
+Each step writes its file atomically, and a step whose file exists is not run again, so a loop
+killed at any point resumes from the last completed step: the selection is read back (not redone
+by a model that has moved on), annotations are never requested twice, a finished checkpoint is
+not retrained. metrics.jsonl is rebuilt from those files after every round. The loop stops on
+`rounds`, `label_budget` (rows sent to the annotator; the last round is cut to fit exactly),
+`dollar_budget` (checked before each round), an exhausted pool or corpus, or a round in which the
+rule finds nothing uncertain. A rerun with more rounds or a bigger budget continues the run.
+
+Ray: one pool of scoring actors per loop (one GPU each, else one CPU and one torch thread each),
+created once and reused by every round; each actor reloads the model only when the checkpoint
+changes. Annotation and training run on the driver (the judge's concurrency is asyncio's; a
+training round is one process, as `actprm train`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import ray
+import torch
+from ray.util import ActorPool
+
+from actprm import uncertainty
+from actprm.config import EvaluateConfig, LoopConfig, SelectionConfig, dump_config
+from actprm.errors import UserError
+from actprm.evaluate import compute_metrics, predict_first_error, resolve_subsets
+from actprm.io.readers import iter_batches, open_corpus
+from actprm.io.writers import write_parquet_atomic, write_text_atomic
+from actprm.judge import Annotator, make_annotator
+from actprm.progress import progress_bar
+from actprm.schemas import table_from_rows
+from actprm.train import (
+    STATE_NAME,
+    LabelCounts,
+    label_source,
+    read_labelled,
+    result_from_checkpoint,
+    train_and_save,
+)
+from pipelines.ray_session import init_ray
+
+# settings a rerun may change: they say when to stop and how to run, not what a round does
+RESUMABLE_CHANGES = {"rounds", "round_labels", "label_budget", "dollar_budget", "overwrite", "actors", "threads",
+                     "eval_every", "batch_rows"}
+SCORING_STRATEGIES = {"actprm", "entropy", "bald"}
+
+
+def round_name(r: int) -> str:
+    return f"round-{r:03d}"
+
+
+# ------------------------------------------------------------------ scoring on Ray
+
+
+@ray.remote
+class ScoringActor:
+    """Holds a PRM; scores rows with the model of the checkpoint it is asked for (reloaded on change)."""
+
+    def __init__(self, device: str, threads: int, batch_tokens: int | None, max_length: int | None):
+        from actprm.scoring import default_batch_tokens
+
+        if device == "cpu":
+            torch.set_num_threads(threads)
+        self.device, self.max_length = device, max_length
+        self.batch_tokens = batch_tokens or default_batch_tokens(device)
+        self.path: str | None = "<none>"
+
+    def score(self, rows: list[dict], model: str | None, selection: SelectionConfig) -> list[dict]:
+        from actprm.score import join_scores, load_scoring_model
+        from actprm.scoring import score_trajectories
+
+        if model != self.path:
+            self.model, self.tokenizer = load_scoring_model(model, self.device)
+            self.path = model
+        results = score_trajectories(self.model, self.tokenizer, [r["problem"] for r in rows],
+                                     [r["steps"] for r in rows], batch_tokens=self.batch_tokens,
+                                     max_length=self.max_length, device=self.device)
+        scored, too_long = join_scores([{"id": r["id"]} for r in rows], results, selection, model or "")
+        return scored + [{"id": rows[i]["id"], "error": reason} for i, reason in too_long]
+
+
+class ScoringPool:
+    """A fixed set of scoring actors, created once per loop (or per demo) and reused by every round."""
+
+    def __init__(self, actors: int | None = None, device: str = "auto", batch_tokens: int | None = None,
+                 max_length: int | None = None, batch_rows: int = 512):
+        resources = ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0)) if device != "cpu" else 0
+        if device == "cuda" and not gpus:
+            raise UserError("--device cuda: the Ray cluster has no GPUs")
+        n = actors or (gpus or max(1, min(4, int(resources.get("CPU", 1)))))
+        options = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}
+        self.actors = [ScoringActor.options(**options).remote("cuda" if gpus else "cpu", 1, batch_tokens, max_length)
+                       for _ in range(n)]
+        self.batch_rows = batch_rows
+
+    def score(self, rows: list[dict], model: str | None, selection: SelectionConfig, bar=None) -> dict[str, dict]:
+        """id -> scores (join_scores' columns, or `error` for a row too long to score)."""
+        chunks = [rows[k:k + self.batch_rows] for k in range(0, len(rows), self.batch_rows)]
+        out: dict[str, dict] = {}
+        pool = ActorPool(self.actors)
+        for part in pool.map_unordered(lambda a, chunk: a.score.remote(chunk, model, selection), chunks):
+            out.update((r["id"], r) for r in part)
+            if bar is not None:
+                bar.update(len(part))
+        return out
+
+    def close(self) -> None:
+        for a in self.actors:
+            ray.kill(a)
+
+
+# ------------------------------------------------------------------ the run directory
+
+
+class RunDir:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def round_dir(self, r: int) -> Path:
+        return self.path / "labelled" / round_name(r)
+
+    def selection(self, r: int) -> Path:
+        return self.round_dir(r) / "selection.parquet"
+
+    def annotations(self, r: int) -> Path:
+        return self.round_dir(r) / "annotations.parquet"
+
+    def labelled(self, r: int) -> Path:
+        return self.round_dir(r) / "labelled.parquet"
+
+    def checkpoint(self, r: int) -> Path:
+        return self.path / "checkpoints" / round_name(r)
+
+    def eval(self, r: int) -> Path:
+        return self.path / "evals" / f"{round_name(r)}.json"
+
+    @property
+    def state_path(self) -> Path:
+        return self.path / "state.json"
+
+    def read_state(self) -> dict[str, Any]:
+        return json.loads(self.state_path.read_text()) if self.state_path.is_file() else {}
+
+    def write_state(self, state: dict[str, Any]) -> None:
+        write_text_atomic(json.dumps(state, indent=2) + "\n", self.state_path)
+
+
+def prepare_run(cfg: LoopConfig) -> RunDir:
+    """The run directory: new, or holding an earlier run of the same config (resumed)."""
+    out = Path(cfg.output)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a directory")
+    if cfg.overwrite and out.exists():
+        shutil.rmtree(out)
+    config_path = out / "config.yaml"
+    if out.exists() and any(out.iterdir()) and not config_path.is_file():
+        raise UserError(f"{out}: exists, is not empty and holds no loop run; choose another --output or "
+                        "pass --overwrite")
+    resolved = cfg.model_dump(mode="json")
+    if config_path.is_file():
+        import yaml
+
+        before = yaml.safe_load(config_path.read_text()) or {}
+        changed = sorted(k for k in set(before) | set(resolved)
+                         if k not in RESUMABLE_CHANGES and before.get(k) != resolved.get(k))
+        if changed:
+            raise UserError(f"{out} holds a loop run with other settings ({', '.join(changed)}); "
+                            "choose another --output or pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(dump_config(cfg), config_path)
+    return RunDir(out.resolve())  # absolute: actors may run in another working directory
+
+
+def check_config(cfg: LoopConfig) -> None:
+    if not cfg.pool:
+        raise UserError("no pool: pass --pool PATH (the corpus to select from)")
+    if not cfg.eval:
+        raise UserError("no eval set: pass --eval PATH (labelled trajectories, e.g. actprm generate --eval-set)")
+    if not cfg.output:
+        raise UserError("no output: pass --output DIR (the run directory)")
+    if any(n <= 0 for n in cfg.round_labels) or not cfg.round_labels:
+        raise UserError("round_labels: give one or more positive numbers (labels per round; the last repeats)")
+    set_by_loop = [k for k in ("trajectories", "annotations", "labelled", "output", "model")
+                   if getattr(cfg.train, k)]
+    if set_by_loop:
+        raise UserError(f"train.{set_by_loop[0]}: the loop sets it (the round's labels and checkpoints); "
+                        "remove it from train:")
+    if cfg.train.workers > 1:
+        raise UserError("train.workers: the loop trains in-process (workers: 1)")
+
+
+# ------------------------------------------------------------------ rows
+
+
+def read_rows(paths: list[str], cfg: LoopConfig) -> Iterator[list[dict]]:
+    """Valid trajectory rows of `paths`, batch by batch (invalid rows are skipped: `actprm validate` lists them)."""
+    for batch in iter_batches(open_corpus(paths, cfg.format), limits=cfg.limits, step_separator=cfg.step_separator,
+                              batch_rows=2048):
+        yield batch.valid
+
+
+def chunks_of(batches: Iterator[list[dict]], size: int) -> Iterator[list[dict]]:
+    """Re-cut a stream of row batches into chunks of exactly `size` rows (the last may be shorter)."""
+    buffer: list[dict] = []
+    for rows in batches:
+        buffer.extend(rows)
+        while len(buffer) >= size:
+            yield buffer[:size]
+            buffer = buffer[size:]
+    if buffer:
+        yield buffer
+
+
+def read_eval(cfg: LoopConfig) -> tuple[list[str], list[tuple[str, dict]]]:
+    """(subset names, [(subset, row)] of the labelled eval rows)."""
+    subsets = resolve_subsets(EvaluateConfig(data=cfg.eval, format=cfg.format))
+    rows = []
+    for s in subsets:
+        for batch in iter_batches(s.sources, limits=cfg.limits, step_separator=cfg.step_separator):
+            rows += [(s.name, r) for r in batch.valid if r["first_error_step"] is not None]
+    if not rows:
+        raise UserError(f"--eval {' '.join(cfg.eval)}: no labelled rows (first_error_step) to evaluate on")
+    return [s.name for s in subsets], rows
+
+
+def labelled_rows(annotations: list[dict], rows_by_id: dict[str, dict]) -> list[dict]:
+    """The labelled table's rows of a round's successful annotations (as actprm.train.join_annotations)."""
+    out = []
+    for ann in annotations:
+        row = rows_by_id[ann["id"]]
+        label = ann["first_error_step"]
+        if label is None or not -1 <= label < len(row["steps"]):
+            continue
+        out.append({"id": row["id"], "problem": row["problem"], "steps": row["steps"], "label_first_error": label,
+                    "label_source": label_source(ann["judge"]), "step_labels": None, "label_weight": 1.0})
+    return out
+
+
+# ------------------------------------------------------------------ selection
+
+
+def select_rows(strategy: str, candidates: list[dict], scores: dict[str, dict], budget: int | None, seed: int,
+                round_index: int) -> list[dict]:
+    """Selection rows (loop_selection schema) of the candidates; `budget` None = no cap (stream, actprm)."""
+    ids = [r["id"] for r in candidates]
+    if strategy in SCORING_STRATEGIES:
+        s = [scores[i] for i in ids]
+        ok = np.array([r.get("error") is None for r in s], dtype=bool)
+        acq = np.array([r["acquisition"] if r.get("error") is None else np.nan for r in s], dtype=np.float64)
+        if strategy == "actprm":
+            mask = ok & np.array([bool(r.get("uncertain")) for r in s])
+            if budget is not None and mask.sum() > budget:
+                mask &= uncertainty.select_budget(ids, np.where(mask, acq, np.nan), budget)
+        else:
+            mask = uncertainty.select_budget(ids, np.where(ok, acq, np.nan), budget if budget is not None else len(ids))
+            mask &= ok
+        cols = ("step_mean", "step_std", "pred_first_error", "uncertain", "acquisition", "n_scored_steps", "error")
+        return [{"id": i, "round": round_index, **{c: sc.get(c) for c in cols}, "selected": bool(m)}
+                for i, sc, m in zip(ids, s, mask)]
+    if strategy == "random":
+        keys = np.array([uncertainty.random_score(i, seed) for i in ids])
+        mask = uncertainty.select_budget(ids, keys, budget if budget is not None else len(ids))
+    else:  # full
+        mask = np.ones(len(ids), dtype=bool)
+        if budget is not None:
+            mask = uncertainty.select_budget(ids, np.zeros(len(ids)), budget)  # ties by id: a fixed order
+    return [{"id": i, "round": round_index, "selected": bool(m)} for i, m in zip(ids, mask)]
+
+
+# ------------------------------------------------------------------ the loop
+
+
+@dataclass
+class Totals:
+    """Judge accounting and label counts over the rounds so far (rebuilt from the run directory)."""
+
+    labels_used: int = 0
+    labels: int = 0
+    judge_calls: int = 0
+    judge_tokens: int = 0
+    judge_usd: float = 0.0
+    annotated: set = field(default_factory=set)
+
+    def add(self, annotations: list[dict]) -> None:
+        for a in annotations:
+            self.labels_used += 1
+            self.labels += a["first_error_step"] is not None
+            self.judge_calls += a["attempts"] + a["cached"]
+            self.judge_tokens += a["prompt_tokens"] + a["completion_tokens"]
+            self.judge_usd += a["cost_usd"]
+            self.annotated.add(a["id"])
+
+
+@dataclass
+class LoopResult:
+    output: Path
+    rounds: int
+    lines: list[dict]
+    stopped: str
+    seconds: float
+
+    def summary_line(self) -> str:
+        last = self.lines[-1] if self.lines else {}
+        scored = [ln for ln in self.lines if ln["mean_f1"] is not None]
+        f1 = f"mean F1 {scored[0]['mean_f1']:.3f} -> {scored[-1]['mean_f1']:.3f}" if scored else "not evaluated"
+        return (f"loop: {self.rounds} rounds, {last.get('labels_used', 0)} rows annotated "
+                f"({last.get('labels', 0)} labels, ${last.get('judge_usd', 0.0):.2f}), {f1}; "
+                f"stopped: {self.stopped}; in {self.seconds:.1f}s -> {self.output}")
+
+
+class Loop:
+    def __init__(self, cfg: LoopConfig, run: RunDir, pool: ScoringPool, annotator: Annotator, progress: bool):
+        self.cfg, self.run, self.pool, self.annotator, self.progress = cfg, run, pool, annotator, progress
+        self.selection_cfg = SelectionConfig(delta_pred=cfg.delta_pred, delta_std=cfg.delta_std,
+                                             acquisition=cfg.strategy if cfg.strategy in ("entropy", "bald")
+                                             else cfg.acquisition, reduction=cfg.reduction, seed=cfg.seed)
+        self.state = run.read_state()
+        self.state.setdefault("seconds", {})
+        self.eval_names, self.eval_rows = read_eval(cfg)
+        from actprm.score import resolve_device
+
+        self.device = torch.device(resolve_device(cfg.device))
+
+    # ---- helpers
+    def model_after(self, r: int) -> str | None:
+        """The checkpoint in use after round r: its own, or the last earlier one (None: the start model)."""
+        for k in range(r, 0, -1):
+            if self.run.checkpoint(k).is_dir():
+                return str(self.run.checkpoint(k))
+        return str(Path(self.cfg.model).resolve()) if self.cfg.model else None
+
+    def step_done(self, r: int, step: str, seconds: float) -> None:
+        """Record a finished step of round r in state.json (`round`: the last round finished whole)."""
+        if step != "round":
+            self.state["seconds"].setdefault(str(r), {})[step] = round(seconds, 3)
+        self.state.update(round=r if step == "round" else max(0, r - 1), step=step, model=self.model_after(r))
+        self.run.write_state(self.state)
+
+    def round_budget(self, r: int, totals: Totals) -> int | None:
+        cfg = self.cfg
+        if (cfg.mode == "stream" and cfg.strategy == "actprm") or cfg.strategy == "full":
+            budget = None
+        else:
+            budget = cfg.round_labels[min(r, len(cfg.round_labels)) - 1]
+        if cfg.label_budget is not None:
+            left = max(0, cfg.label_budget - totals.labels_used)
+            budget = left if budget is None else min(budget, left)
+        return budget
+
+    # ---- steps
+    def select(self, r: int, candidates: list[dict], budget: int | None) -> list[dict]:
+        path = self.run.selection(r)
+        if path.is_file():
+            return pq.read_table(path).to_pylist()
+        start = time.perf_counter()
+        scores: dict[str, dict] = {}
+        if self.cfg.strategy in SCORING_STRATEGIES and candidates:
+            with progress_bar(len(candidates), f"round {r}: score", self.progress) as bar:
+                scores = self.pool.score(candidates, self.model_after(r - 1), self.selection_cfg, bar)
+        rows = select_rows(self.cfg.strategy, candidates, scores, budget, self.cfg.seed, r)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_parquet_atomic(table_from_rows(rows, "loop_selection"), path)
+        self.step_done(r, "select", time.perf_counter() - start)
+        return rows
+
+    def annotate(self, r: int, selected: list[dict]) -> list[dict]:
+        path = self.run.annotations(r)
+        if path.is_file():
+            return pq.read_table(path).to_pylist()
+        start = time.perf_counter()
+        rows = self.annotator.annotate(selected) if selected else []
+        if [a["id"] for a in rows] != [s["id"] for s in selected]:
+            raise RuntimeError(f"annotator {self.annotator.judge!r} broke the one-row-per-input contract")
+        write_parquet_atomic(table_from_rows(rows, "annotations"), path)
+        self.step_done(r, "annotate", time.perf_counter() - start)
+        return rows
+
+    def write_labelled(self, r: int, annotations: list[dict], rows_by_id: dict[str, dict]) -> None:
+        if not self.run.labelled(r).is_file():
+            write_parquet_atomic(table_from_rows(labelled_rows(annotations, rows_by_id), "labelled"),
+                                 self.run.labelled(r))
+
+    def train(self, r: int) -> None:
+        """One training round from the last checkpoint; none when the round has nothing to learn from."""
+        out = self.run.checkpoint(r)
+        if out.is_dir():
+            return
+        rounds = range(1, r + 1) if self.cfg.mode == "rounds" and self.cfg.train_on == "all" else [r]
+        counts = LabelCounts()
+        rows = read_labelled([str(self.run.labelled(k)) for k in rounds if self.run.labelled(k).is_file()], counts)
+        if not rows:
+            return
+        start = time.perf_counter()
+        tcfg = self.cfg.train.model_copy(update={"model": self.model_after(r - 1), "output": str(out),
+                                                 "seed": self.cfg.train.seed + r})
+        try:
+            train_and_save(tcfg, rows, counts, self.device, progress=self.progress)
+        except UserError as exc:
+            if "nothing to train on" not in str(exc):
+                raise
+            return  # every label was too long for the model, or cut off: the model stays
+        self.step_done(r, "train", time.perf_counter() - start)
+
+    def evaluate(self, r: int) -> None:
+        path = self.run.eval(r)
+        if path.is_file():
+            return
+        start = time.perf_counter()
+        model = self.model_after(r)
+        with progress_bar(len(self.eval_rows), f"round {r}: evaluate", self.progress) as bar:
+            scores = self.pool.score([row for _, row in self.eval_rows], model, self.selection_cfg, bar)
+        preds = []
+        for subset, row in self.eval_rows:
+            s = scores[row["id"]]
+            mean = [] if s.get("error") else s["step_mean"]
+            preds.append({"id": row["id"], "subset": subset, "label": row["first_error_step"],
+                          "prediction": predict_first_error(mean, self.cfg.threshold), "step_mean": mean,
+                          "step_std": [] if s.get("error") else s["step_std"],
+                          "n_scored_steps": 0 if s.get("error") else s["n_scored_steps"],
+                          "n_steps": len(row["steps"])})
+        metrics = compute_metrics(preds, self.eval_names) | {"threshold": self.cfg.threshold, "model": model,
+                                                             "rows": len(preds)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(json.dumps(metrics, indent=2) + "\n", path)
+        self.step_done(r, "evaluate", time.perf_counter() - start)
+
+    # ---- metrics
+    def metrics_line(self, r: int, totals: Totals) -> dict[str, Any]:
+        cfg = self.cfg
+        line: dict[str, Any] = {"round": r, "mode": cfg.mode, "strategy": cfg.strategy, "rows_considered": 0,
+                                "rows_scored": 0, "rows_uncertain": None, "uncertain_rate": None,
+                                "rows_selected": 0, "selection_rate": None, "trained_on": 0, "train_steps": 0,
+                                "train_loss": None}
+        if r > 0:
+            sel = pq.read_table(self.run.selection(r), columns=["selected", "uncertain", "error"]).to_pydict()
+            scored = [u for u, e in zip(sel["uncertain"], sel["error"]) if u is not None and e is None]
+            line.update(rows_considered=len(sel["selected"]), rows_scored=len(scored),
+                        rows_selected=sum(sel["selected"]))
+            if scored:
+                line.update(rows_uncertain=sum(scored), uncertain_rate=sum(scored) / len(scored))
+            if sel["selected"]:
+                line["selection_rate"] = line["rows_selected"] / len(sel["selected"])
+            if (self.run.checkpoint(r) / STATE_NAME).is_file():
+                t = result_from_checkpoint(self.run.checkpoint(r)).round
+                line.update(trained_on=t.examples, train_steps=t.steps,
+                            train_loss=None if np.isnan(t.last_loss) else t.last_loss)
+        line.update(labels_used=totals.labels_used, labels=totals.labels, judge_calls=totals.judge_calls,
+                    judge_tokens=totals.judge_tokens, judge_usd=round(totals.judge_usd, 6))
+        m = json.loads(self.run.eval(r).read_text()) if self.run.eval(r).is_file() else None
+
+        def mean_of(key: str) -> float | None:
+            values = [s[key] for s in (m or {}).get("subsets", {}).values() if s[key] is not None]
+            return float(np.mean(values)) if values else None
+
+        line.update(mean_f1=m["mean_f1"] if m else None, error_acc=mean_of("error_acc"),
+                    correct_acc=mean_of("correct_acc"), step_auroc=m["step_auroc"] if m else None,
+                    checkpoint=self.model_after(r), seconds=self.round_seconds(r))
+        table_from_rows([line], "loop_metrics")  # the line has the documented types
+        return line
+
+    def round_seconds(self, r: int) -> float:
+        times = self.state["seconds"].get(str(r), {})
+        return round(times.get("round_wall", sum(times.values())), 3)
+
+    def write_metrics(self, last: int) -> list[dict]:
+        totals = Totals()
+        lines = [self.metrics_line(0, totals)]
+        for r in range(1, last + 1):
+            totals.add(pq.read_table(self.run.annotations(r)).to_pylist())
+            lines.append(self.metrics_line(r, totals))
+        write_text_atomic("".join(json.dumps(ln) + "\n" for ln in lines), self.run.path / "metrics.jsonl")
+        return lines
+
+    # ---- rounds
+    def stop_reason(self, r: int, totals: Totals) -> str | None:
+        """Why round r is not started (None: start it). A round with a persisted selection always finishes."""
+        cfg = self.cfg
+        if self.run.selection(r).is_file():
+            return None
+        if cfg.rounds is not None and r > cfg.rounds:
+            return f"{cfg.rounds} rounds done"
+        if cfg.label_budget is not None and totals.labels_used >= cfg.label_budget:
+            return f"label budget of {cfg.label_budget} reached"
+        if cfg.dollar_budget is not None and totals.judge_usd >= cfg.dollar_budget:
+            return f"dollar budget of ${cfg.dollar_budget:g} reached"
+        return None
+
+    def run_round(self, r: int, candidates: list[dict], rows_by_id: dict[str, dict], totals: Totals) -> dict:
+        """Round r, each step skipped when its file exists; the round's metrics line."""
+        start = time.perf_counter()
+        selection = self.select(r, candidates, self.round_budget(r, totals))
+        annotations = self.annotate(r, [rows_by_id[s["id"]] for s in selection if s["selected"]])
+        self.write_labelled(r, annotations, rows_by_id)
+        totals.add(annotations)
+        self.train(r)
+        if r % self.cfg.eval_every == 0:
+            self.evaluate(r)
+        self.state["seconds"].setdefault(str(r), {})["round_wall"] = round(time.perf_counter() - start, 3)
+        line = self.write_metrics(r)[-1]
+        self.step_done(r, "round", 0.0)
+        return line
+
+    def rounds(self, totals: Totals, done: int, bar) -> tuple[int, str]:
+        """Pool-based rounds after round `done`; (last round, why it stopped)."""
+        cfg = self.cfg
+        pool_rows = [row for rows in read_rows(cfg.pool, cfg) for row in rows]
+        rows_by_id = {row["id"]: row for row in pool_rows}
+        r = done
+        while True:
+            stopped = self.stop_reason(r + 1, totals)
+            if stopped:
+                return r, stopped
+            candidates = [row for row in pool_rows if row["id"] not in totals.annotated]
+            if not candidates and not self.run.selection(r + 1).is_file():
+                return r, "pool exhausted"
+            sampled = cfg.score_sample is not None and cfg.strategy in SCORING_STRATEGIES \
+                and len(candidates) > cfg.score_sample
+            if sampled:
+                rng = np.random.default_rng([cfg.seed, r + 1])
+                keep = sorted(rng.choice(len(candidates), cfg.score_sample, replace=False))
+                candidates = [candidates[i] for i in keep]
+            r += 1
+            line = self.run_round(r, candidates, rows_by_id, totals)
+            self._show(bar, line)
+            if cfg.strategy == "actprm" and not sampled and line["rows_selected"] == 0:
+                return r, "the rule found nothing uncertain"
+
+    def stream(self, totals: Totals, done: int, bar) -> tuple[int, str]:
+        """One pass over the corpus in chunks, from chunk `done` + 1; (last chunk, why it stopped)."""
+        r = 0
+        for chunk in chunks_of(read_rows(self.cfg.pool, self.cfg), self.cfg.chunk_rows):
+            r += 1
+            if r <= done:
+                continue  # a finished chunk: read past, not scored again
+            stopped = self.stop_reason(r, totals)
+            if stopped:
+                return r - 1, stopped
+            self._show(bar, self.run_round(r, chunk, {row["id"]: row for row in chunk}, totals))
+        return r, "end of the corpus"
+
+    def execute(self) -> tuple[int, str, list[dict]]:
+        self.evaluate(0)
+        done = int(self.state.get("round", 0))  # rounds finished whole by earlier runs
+        totals = Totals()
+        for k in range(1, done + 1):
+            totals.add(pq.read_table(self.run.annotations(k)).to_pylist())
+        with progress_bar(self.cfg.rounds, "loop", self.progress, unit="rounds") as bar:
+            bar.update(min(done, self.cfg.rounds or done))
+            last, stopped = (self.rounds if self.cfg.mode == "rounds" else self.stream)(totals, done, bar)
+        if last and not self.run.eval(last).is_file():  # the final model is always evaluated
+            self.evaluate(last)
+        lines = self.write_metrics(last)
+        self.state.update(round=last, step="done", stopped=stopped, model=self.model_after(last))
+        self.run.write_state(self.state)
+        return last, stopped, lines
+
+    @staticmethod
+    def _show(bar, line: dict) -> None:
+        bar.update(1)
+        shown = {"labels": line["labels_used"]}
+        if line["mean_f1"] is not None:
+            shown["f1"] = f"{line['mean_f1']:.3f}"
+        bar.set_postfix(shown)
+
+
+def make_loop_annotator(cfg: LoopConfig, run: RunDir) -> Annotator:
+    judge = cfg.judge_config()
+    if judge.cache is None:
+        judge = judge.model_copy(update={"cache": str(run.path / "judge_cache.sqlite")})
+    return make_annotator(judge)
+
+
+def run(cfg: LoopConfig, address: str | None = None, progress: bool = True, *, annotator: Annotator | None = None,
+        pool: ScoringPool | None = None) -> LoopResult:
+    """Run (or resume) the loop into `cfg.output`. `annotator` / `pool`: given by the caller (tests, the demo)."""
+    start = time.perf_counter()
+    check_config(cfg)
+    open_corpus(cfg.pool, cfg.format)  # bad paths: one line now
+    run_dir = prepare_run(cfg)
+    annotator = annotator or make_loop_annotator(cfg, run_dir)
+    threads = cfg.threads or cfg.train.threads
+    if threads:
+        torch.set_num_threads(threads)
+    own_pool = pool is None
+    if own_pool:
+        init_ray(address)
+        pool = ScoringPool(cfg.actors, cfg.device, cfg.batch_tokens, cfg.max_length, cfg.batch_rows)
+    try:
+        last, stopped, lines = Loop(cfg, run_dir, pool, annotator, progress).execute()
+    finally:
+        if own_pool:
+            pool.close()
+    return LoopResult(run_dir.path, last, lines, stopped, time.perf_counter() - start)
+
+
+if __name__ == "__main__":
+    from actprm.cli import main
+
+    sys.exit(main(["loop", *sys.argv[1:]]))

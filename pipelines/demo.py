@@ -1,0 +1,196 @@
+"""Recipe: the demo — the whole ActPRM loop on the arithmetic world, ActPRM against random selection.
+
+    actprm demo [--output runs/demo] [--rows 3000] [--rounds 4]        (settings: configs/demo.yaml)
+
+1. generate a world pool (`rows`) and an eval set (`eval_rows`, about half with an error) under
+   OUTPUT/world/ (actprm.generate);
+2. one local Ray and one pool of scoring actors for everything below;
+3. for each strategy (actprm, random): `rounds` rounds of the active loop (pipelines/active_loop.py)
+   buying `round_labels` labels a round from the verifier annotator, each round training from the
+   last checkpoint (the heads only by default: `train.backbone: frozen`) and evaluating on the eval set;
+   the runs are OUTPUT/runs/<strategy>/ (a rerun resumes them);
+4. OUTPUT/metrics.jsonl (every round of every strategy), OUTPUT/model/ (the final ActPRM model),
+   the plots f1_vs_labels.png, step_stats.png, selection_rate.png and OUTPUT/report.md.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from actprm.config import DemoConfig, GenerateConfig, LoopConfig, dump_config
+from actprm.errors import UserError
+from actprm.generate import run_generate
+from actprm.io.writers import replaced_dir, write_text_atomic
+from actprm.plots import plot_f1_vs_labels, plot_selection_rate, plot_step_stats
+from pipelines import active_loop
+from pipelines.ray_session import init_ray
+
+PLOTS = {"f1": "f1_vs_labels.png", "steps": "step_stats.png", "rate": "selection_rate.png"}
+
+
+@dataclass
+class DemoResult:
+    output: Path
+    report: Path
+    lines: dict[str, list[dict]]
+    seconds: float
+
+    def summary_line(self) -> str:
+        parts = []
+        for name, lines in self.lines.items():
+            last = lines[-1]
+            f1 = "-" if last["mean_f1"] is None else f"{last['mean_f1']:.3f}"
+            parts.append(f"{name} F1 {f1} with {last['labels_used']} labels")
+        return f"demo: {', '.join(parts)} (round 0: {self._start_f1()}) in {self.seconds:.0f}s -> {self.output}"
+
+    def _start_f1(self) -> str:
+        first = next(iter(self.lines.values()))[0]["mean_f1"]
+        return "-" if first is None else f"{first:.3f}"
+
+
+def prepare(cfg: DemoConfig) -> Path:
+    out = Path(cfg.output)
+    if cfg.overwrite and out.exists():
+        shutil.rmtree(out)
+    config = out / "config.yaml"
+    if config.is_file():
+        if config.read_text() != dump_config(cfg.model_copy(update={"overwrite": False})):
+            raise UserError(f"{out} holds a demo with other settings; pass --overwrite or choose another --output")
+    elif out.exists() and any(out.iterdir()):
+        raise UserError(f"{out}: exists and is not empty; choose another --output or pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(dump_config(cfg.model_copy(update={"overwrite": False})), config)
+    return out
+
+
+def generate(cfg: DemoConfig, out: Path, progress: bool) -> tuple[Path, Path]:
+    pool, evals = out / "world" / "pool", out / "world" / "eval"
+    if not pool.is_dir():
+        run_generate(GenerateConfig(n=cfg.rows, seed=cfg.seed + 1, output=str(pool)), progress)
+    if not evals.is_dir():
+        run_generate(GenerateConfig(n=cfg.eval_rows, seed=cfg.seed + 2, eval_set=True, output=str(evals)), progress)
+    return pool, evals
+
+
+def loop_config(cfg: DemoConfig, strategy: str, pool: Path, evals: Path, out: Path) -> LoopConfig:
+    return LoopConfig(mode="rounds", pool=[str(pool)], eval=[str(evals)], output=str(out / "runs" / strategy),
+                      model=cfg.model, strategy=strategy, round_labels=[cfg.round_labels], rounds=cfg.rounds,
+                      judge=cfg.judge, train=cfg.train, seed=cfg.seed, threads=cfg.threads, device=cfg.device)
+
+
+def step_stats(run: Path, r: int) -> tuple[np.ndarray, np.ndarray]:
+    table = pq.read_table(run / "labelled" / active_loop.round_name(r) / "selection.parquet",
+                          columns=["step_mean", "step_std"])
+    means = [m for m in table.column("step_mean").to_pylist() if m is not None]
+    stds = [s for s in table.column("step_std").to_pylist() if s is not None]
+    flat = lambda xs: np.array([v for x in xs for v in x], dtype=np.float64)
+    return flat(means), flat(stds)
+
+
+def write_plots(cfg: DemoConfig, out: Path, lines: dict[str, list[dict]]) -> None:
+    f1 = {name: ([ln["labels_used"] for ln in ls if ln["mean_f1"] is not None],
+                 [ln["mean_f1"] for ln in ls if ln["mean_f1"] is not None]) for name, ls in lines.items()}
+    plot_f1_vs_labels(f1, out / PLOTS["f1"], title=f"eval mean F1 against labels ({cfg.eval_rows} eval rows)")
+    scoring = {name: ls for name, ls in lines.items() if any(ln["uncertain_rate"] is not None for ln in ls)}
+    rates = {}
+    for name, ls in scoring.items():
+        shown = [ln for ln in ls if ln["uncertain_rate"] is not None]
+        rates[f"{name}: uncertain"] = ([ln["round"] for ln in shown], [ln["uncertain_rate"] for ln in shown])
+    for name, ls in lines.items():
+        shown = [ln for ln in ls if ln["selection_rate"] is not None]
+        rates[f"{name}: selected"] = ([ln["round"] for ln in shown], [ln["selection_rate"] for ln in shown])
+    plot_selection_rate(rates, out / PLOTS["rate"],
+                        title="share of the unlabelled pool: ActPRM-uncertain, and selected")
+    stats = {}
+    for name, ls in scoring.items():
+        rounds = [ln["round"] for ln in ls if ln["uncertain_rate"] is not None]
+        for r in sorted({rounds[0], rounds[-1]}):
+            stats[f"{name}, round {r} pool"] = step_stats(out / "runs" / name, r)
+    if stats:
+        plot_step_stats(stats, out / PLOTS["steps"], 0.95, 0.005,
+                        title="what the model saw when selecting (first and last round)")
+
+
+def _fmt(x, spec: str = ".3f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def write_report(cfg: DemoConfig, out: Path, lines: dict[str, list[dict]], seconds: float) -> Path:
+    t = cfg.train
+    judge = cfg.judge if isinstance(cfg.judge, str) else f"{cfg.judge.backend} (wrong rate {cfg.judge.wrong_rate:g})"
+    text = [
+        "# actprm demo: active learning of a process reward model on the arithmetic world", "",
+        (f"Ran in {seconds:.0f} s. A pool of {cfg.rows} world trajectories and an eval set of {cfg.eval_rows} "
+        f"(about half with an error) were generated (`world/`); starting from "
+        f"{cfg.model or 'the shipped PRM (actprm/assets/prm)'}, each strategy ran {cfg.rounds} rounds buying "
+        f"{cfg.round_labels} labels a round from the annotator `{judge}`. A round scores the unlabelled pool "
+        "with the current model (ActPRM only; random needs no scores), selects, annotates, trains one round "
+        f"from the last checkpoint on every label so far (backbone `{t.backbone}`, lr {t.lr:g}, head lr "
+        f"{t.head_lr:g}, {t.epochs} epoch(s), batch {t.batch_size}) and evaluates ProcessBench F1 on the eval set "
+        f"(threshold 0.5). Round 0 is the starting model."), "",
+        ("- **actprm**: the ActPRM rule (a trajectory is uncertain if a step up to the predicted first error has "
+         "its ensemble mean within (0.05, 0.95) or its spread over heads above 0.005); when more are uncertain "
+         "than the round's budget, the most uncertain by entropy."),
+        "- **random**: a fixed random order of the pool.", "",
+        f"![F1 against labels]({PLOTS['f1']})", "",
+        f"![selection rate]({PLOTS['rate']})", "",
+        f"![step statistics]({PLOTS['steps']})", "",
+    ]
+    for name, ls in lines.items():
+        text += [f"## {name}", "",
+                 ("| round | labels | selected | uncertain share | trained on | loss | mean F1 | error_acc | "
+                  "correct_acc | step AUROC | seconds |"),
+                 "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for ln in ls:
+            text.append(f"| {ln['round']} | {ln['labels_used']} | {ln['rows_selected']} | "
+                        f"{_fmt(ln['uncertain_rate'], '.1%')} | {ln['trained_on']} | {_fmt(ln['train_loss'])} | "
+                        f"{_fmt(ln['mean_f1'])} | {_fmt(ln['error_acc'])} | {_fmt(ln['correct_acc'])} | "
+                        f"{_fmt(ln['step_auroc'])} | {_fmt(ln['seconds'], '.1f')} |")
+        text.append("")
+    text += ["## Files", "",
+             "- `metrics.jsonl`: every round of every strategy (data_schemas/loop_metrics.yaml)",
+             "- `model/`: the final ActPRM model (`actprm score --model`, `actprm evaluate --model`)",
+             "- `runs/<strategy>/`: each loop's run directory (labelled/, checkpoints/, evals/, state.json)",
+             "- `world/pool`, `world/eval`: the generated trajectories", ""]
+    path = out / "report.md"
+    write_text_atomic("\n".join(text), path)
+    return path
+
+
+def run(cfg: DemoConfig, address: str | None = None, progress: bool = True) -> DemoResult:
+    start = time.perf_counter()
+    out = prepare(cfg)
+    pool_path, eval_path = generate(cfg, out, progress)
+    init_ray(address)
+    lc = loop_config(cfg, cfg.strategies[0], pool_path, eval_path, out)
+    pool = active_loop.ScoringPool(cfg.actors, cfg.device, lc.batch_tokens, lc.max_length, lc.batch_rows)
+    lines: dict[str, list[dict]] = {}
+    try:
+        for strategy in cfg.strategies:
+            result = active_loop.run(loop_config(cfg, strategy, pool_path, eval_path, out), progress=progress, pool=pool)
+            lines[strategy] = result.lines
+    finally:
+        pool.close()
+    write_text_atomic("".join(json.dumps(ln) + "\n" for ls in lines.values() for ln in ls), out / "metrics.jsonl")
+    final = lines.get("actprm", next(iter(lines.values())))[-1]["checkpoint"]
+    if final:
+        with replaced_dir(out / "model") as staging:
+            shutil.copytree(final, staging, dirs_exist_ok=True)
+    write_plots(cfg, out, lines)
+    seconds = time.perf_counter() - start
+    report = write_report(cfg, out, lines, seconds)
+    return DemoResult(out, report, lines, seconds)
+
+
+if __name__ == "__main__":
+    from actprm.cli import main
+
+    sys.exit(main(["demo", *sys.argv[1:]]))

@@ -1,0 +1,270 @@
+"""The active-learning loop (pipelines/active_loop.py) and `actprm demo` on a local Ray: resume after a kill
+without paying a label twice, budgets that stop exactly, stream mode training only on what it selected."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from actprm.cli import main
+from actprm.config import LoopConfig, TrainConfig
+from actprm.judge.verifier import VerifierAnnotator
+from actprm.model import init_model, load_prm
+from actprm.schemas import table_from_rows
+from actprm.world.arith import Generator
+
+ray = pytest.importorskip("ray")
+
+from pipelines import active_loop
+
+REPO = Path(__file__).resolve().parents[1]
+FAST_TRAIN = TrainConfig(backbone="frozen", head_lr=3e-3, batch_size=8, warmup_steps=1, device="cpu", threads=1)
+
+torch.set_num_threads(1)
+
+
+class CountingAnnotator(VerifierAnnotator):
+    """The verifier, counting the rows it is asked to label."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.asked: list[str] = []
+
+    async def annotate_async(self, rows, on_row=None):
+        self.asked += [r["id"] for r in rows]
+        return await super().annotate_async(rows, on_row)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tiny random-init PRM, a 120-row pool and a 40-row eval set."""
+    base = tmp_path_factory.mktemp("world")
+    model, tokenizer = init_model("tiny", n_heads=4, seed=0)
+    model.save_pretrained(base / "tiny", tokenizer=tokenizer)
+    for name, n, split in (("pool", 120, "train"), ("eval", 40, "eval")):
+        (base / name).mkdir()
+        pq.write_table(table_from_rows(list(Generator(seed=5).rows(0, n, split)), "trajectories"),
+                       base / name / "part-00000.parquet")
+    return base
+
+
+@pytest.fixture(scope="module")
+def scorers(local_ray):
+    pool = active_loop.ScoringPool(actors=1, device="cpu")
+    yield pool
+    pool.close()
+
+
+def loop_cfg(world: Path, out: Path, **kw) -> LoopConfig:
+    settings = {"pool": [str(world / "pool")], "eval": [str(world / "eval")], "output": str(out),
+                "model": str(world / "tiny"), "round_labels": [20], "rounds": 3, "train": FAST_TRAIN, "device": "cpu",
+                "threads": 1} | kw
+    return LoopConfig(**settings)
+
+
+def lines(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def selected_ids(run: Path, r: int) -> list[str]:
+    rows = pq.read_table(run / "labelled" / f"round-{r:03d}" / "selection.parquet").to_pylist()
+    return sorted(x["id"] for x in rows if x["selected"])
+
+
+def test_actprm_selection_takes_the_most_uncertain_and_never_a_certain_row():
+    ids = ["a", "b", "c", "d", "e"]
+    scores = {"a": {"uncertain": True, "acquisition": 0.1}, "b": {"uncertain": False, "acquisition": 0.9},
+              "c": {"uncertain": True, "acquisition": 0.5}, "d": {"uncertain": True, "acquisition": 0.3},
+              "e": {"error": "too long: x"}}
+    rows = [{"id": i} for i in ids]
+    chosen = lambda strategy, budget: sorted(
+        r["id"] for r in active_loop.select_rows(strategy, rows, scores, budget, 0, 1) if r["selected"])
+    assert chosen("actprm", 2) == ["c", "d"]          # the top uncertain by acquisition, not b (certain)
+    assert chosen("actprm", None) == ["a", "c", "d"]  # stream: every uncertain row
+    assert chosen("entropy", 2) == ["b", "c"]         # plain top-k by score; the unscorable e never
+    assert chosen("full", None) == ids
+    random_pick = chosen("random", 2)
+    assert len(random_pick) == 2 and random_pick == chosen("random", 2)  # seeded: the same every time
+
+
+def test_a_crash_between_annotate_and_train_resumes_without_reannotating(world, tmp_path, scorers, monkeypatch):
+    run = tmp_path / "run"
+    original = active_loop.Loop.train
+
+    def crash_in_round_2(self, r):
+        if r == 2:
+            raise RuntimeError("killed between annotate and train")
+        return original(self, r)
+
+    monkeypatch.setattr(active_loop.Loop, "train", crash_in_round_2)
+    first = CountingAnnotator()
+    with pytest.raises(RuntimeError, match="killed"):
+        active_loop.run(loop_cfg(world, run), progress=False, annotator=first, pool=scorers)
+    assert len(first.asked) == 40  # rounds 1 and 2 annotated
+    annotations = run / "labelled" / "round-002" / "annotations.parquet"
+    stamp = annotations.stat().st_mtime_ns
+    state = json.loads((run / "state.json").read_text())
+    assert (state["round"], state["step"]) == (1, "annotate")
+    assert not (run / "checkpoints" / "round-002").exists()
+
+    monkeypatch.setattr(active_loop.Loop, "train", original)
+    second = CountingAnnotator()
+    result = active_loop.run(loop_cfg(world, run), progress=False, annotator=second, pool=scorers)
+    assert sorted(second.asked) == selected_ids(run, 3)  # only round 3 went to the annotator
+    assert annotations.stat().st_mtime_ns == stamp
+    assert result.rounds == 3 and result.stopped == "3 rounds done"
+    got = lines(run)
+    assert [x["round"] for x in got] == [0, 1, 2, 3]
+    assert [x["labels_used"] for x in got] == [0, 20, 40, 60]
+    assert [x["trained_on"] for x in got] == [0, 20, 40, 60]  # train_on: all
+    assert all(x["mean_f1"] is not None for x in got)
+    for r in (1, 2, 3):
+        ann = pq.read_table(run / "labelled" / f"round-{r:03d}" / "annotations.parquet").column("id").to_pylist()
+        assert sorted(ann) == selected_ids(run, r)
+    every = [i for r in (1, 2, 3) for i in selected_ids(run, r)]
+    assert len(every) == len(set(every)) == 60  # no row bought twice
+    state = json.loads((run / "state.json").read_text())
+    assert (state["round"], state["step"], state["stopped"]) == (3, "done", "3 rounds done")
+    model, _ = load_prm(run / "checkpoints" / "round-003")
+    assert model.n_heads == 4
+
+    # a rerun has nothing left to do; a rerun with one more round continues
+    third = CountingAnnotator()
+    active_loop.run(loop_cfg(world, run), progress=False, annotator=third, pool=scorers)
+    assert third.asked == [] and len(lines(run)) == 4
+    active_loop.run(loop_cfg(world, run, rounds=4), progress=False, annotator=third, pool=scorers)
+    assert sorted(third.asked) == selected_ids(run, 4) and len(lines(run)) == 5
+
+
+def test_label_budget_stops_exactly(world, tmp_path, scorers):
+    run = tmp_path / "run"
+    annotator = CountingAnnotator()
+    result = active_loop.run(loop_cfg(world, run, strategy="random", round_labels=[30], rounds=None,
+                                      label_budget=50, eval_every=5), progress=False, annotator=annotator,
+                             pool=scorers)
+    assert len(annotator.asked) == len(set(annotator.asked)) == 50
+    assert result.stopped == "label budget of 50 reached"
+    got = lines(run)
+    assert [x["rows_selected"] for x in got] == [0, 30, 20]
+    assert got[-1]["labels_used"] == 50 and got[-1]["judge_calls"] == 50
+    assert got[1]["mean_f1"] is None and got[2]["mean_f1"] is not None  # eval_every 5; the last round always
+    assert got[1]["rows_scored"] == 0  # random selection scores nothing
+
+
+class PricedAnnotator(CountingAnnotator):
+    """The verifier at one dollar a label, as a paid judge would bill."""
+
+    async def annotate_async(self, rows, on_row=None):
+        return [a | {"cost_usd": 1.0, "prompt_tokens": 100, "completion_tokens": 50}
+                for a in await super().annotate_async(rows, on_row)]
+
+
+def test_dollar_budget_stops_before_the_next_round(world, tmp_path, scorers):
+    run = tmp_path / "run"
+    result = active_loop.run(loop_cfg(world, run, strategy="random", rounds=None, dollar_budget=25.0, eval_every=9),
+                             progress=False, annotator=PricedAnnotator(), pool=scorers)
+    assert result.stopped == "dollar budget of $25 reached"
+    last = lines(run)[-1]
+    assert (last["round"], last["judge_usd"], last["judge_tokens"]) == (2, 40.0, 6000)
+
+
+def test_stream_mode_trains_only_on_the_rows_it_selected(world, tmp_path, scorers):
+    run = tmp_path / "run"
+    result = active_loop.run(loop_cfg(world, run, mode="stream", chunk_rows=40, rounds=None, label_budget=50),
+                             progress=False, annotator=CountingAnnotator(), pool=scorers)
+    got = lines(run)
+    assert [x["rows_considered"] for x in got] == [0, 40, 40]
+    assert [x["rows_selected"] for x in got] == [0, 40, 10]
+    assert result.stopped == "label budget of 50 reached"
+    chunk2 = selected_ids(run, 2)
+    pool_ids = [r["id"] for r in pq.read_table(world / "pool").to_pylist()]
+    assert set(chunk2) <= set(pool_ids[40:80])  # the second chunk, in corpus order
+    labelled = pq.read_table(run / "labelled" / "round-002" / "labelled.parquet").column("id").to_pylist()
+    assert sorted(labelled) == chunk2
+    trainer = json.loads((run / "checkpoints" / "round-002" / "trainer_state.json").read_text())
+    assert trainer["examples"] == 10 and trainer["counts"]["labelled"] == 10  # the chunk's own labels only
+    # the chunk's 10 are the most uncertain by entropy among its 40
+    sel = pq.read_table(run / "labelled" / "round-002" / "selection.parquet").to_pylist()
+    taken = min(r["acquisition"] for r in sel if r["selected"])
+    assert all(r["acquisition"] <= taken for r in sel if not r["selected"])
+
+
+def test_loop_user_errors_are_one_line_exit_2(world, tmp_path, capsys):
+    assert main(["loop", "--pool", str(tmp_path / "nope"), "--eval", str(world / "eval"),
+                 "--output", str(tmp_path / "r")]) == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("strategy: actprm\ntrain:\n  lr: -1\n")
+    assert main(["loop", "--config", str(bad), "--pool", str(world / "pool"), "--eval", str(world / "eval"),
+                 "--output", str(tmp_path / "r")]) == 2
+    bad.write_text("strategy: clever\n")
+    assert main(["loop", "--config", str(bad), "--output", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 3 and "Traceback" not in err and "train.lr" in err
+
+
+def test_a_changed_setting_on_rerun_is_a_user_error(world, tmp_path, scorers, capsys):
+    run = tmp_path / "run"
+    active_loop.run(loop_cfg(world, run, strategy="random", rounds=1), progress=False, pool=scorers)
+    assert main(["loop", "--config", str(run / "config.yaml"), "--strategy", "actprm", "--no-progress"]) == 2
+    assert "other settings (strategy)" in capsys.readouterr().err
+
+
+def test_a_killed_loop_process_resumes_without_paying_a_label_twice(world, tmp_path):
+    """The real thing: `python -m pipelines.active_loop` killed after round 1's annotations are written and before
+    its checkpoint; the rerun reads them back (the file is untouched) and finishes."""
+    run = tmp_path / "run"
+    cfg = loop_cfg(world, run, rounds=2, train=FAST_TRAIN.model_copy(update={"epochs": 40}), actors=1)
+    config = tmp_path / "loop.yaml"
+    config.write_text(json.dumps(cfg.model_dump(mode="json")))  # JSON is YAML
+    cmd = [sys.executable, "-m", "pipelines.active_loop", "--config", str(config), "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("RAY_ADDRESS", None)
+    job = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    annotations = run / "labelled" / "round-001" / "annotations.parquet"
+    deadline = time.time() + 240
+    while time.time() < deadline and not annotations.exists() and job.poll() is None:
+        time.sleep(0.05)
+    job.kill()
+    job.wait()
+    assert annotations.exists() and not (run / "checkpoints" / "round-001").exists()
+    stamp = annotations.stat().st_mtime_ns
+    done = subprocess.run(cmd, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "loop: 2 rounds, 40 rows annotated" in done.stdout
+    assert annotations.stat().st_mtime_ns == stamp
+    assert sorted(pq.read_table(annotations).column("id").to_pylist()) == selected_ids(run, 1)
+    assert [x["labels_used"] for x in lines(run)] == [0, 20, 40]
+
+
+def test_demo_end_to_end_at_a_small_size(tmp_path, local_ray, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--output", str(out), "--rows", "80", "--eval-rows", "30", "--rounds", "2",
+                 "--round-labels", "15", "--actors", "1", "--threads", "1", "--no-progress"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-2] == f"demo: report in {out / 'report.md'}"
+    assert printed[-1].startswith("demo: actprm F1 ") and "with 30 labels, random F1" in printed[-1]
+    for name in ("report.md", "f1_vs_labels.png", "step_stats.png", "selection_rate.png", "metrics.jsonl"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    got = lines(out)
+    assert [(x["strategy"], x["round"]) for x in got] == [("actprm", 0), ("actprm", 1), ("actprm", 2),
+                                                          ("random", 0), ("random", 1), ("random", 2)]
+    assert all(x["mean_f1"] is not None for x in got)
+    report = (out / "report.md").read_text()
+    assert "## actprm" in report and "## random" in report and "![F1 against labels](f1_vs_labels.png)" in report
+    model, _ = load_prm(out / "model")
+    final = load_prm(out / "runs" / "actprm" / "checkpoints" / "round-002")[0]
+    for a, b in zip(model.heads.parameters(), final.heads.parameters()):
+        assert np.array_equal(a.detach().numpy(), b.detach().numpy())
+    # a rerun resumes (nothing to redo) and a different size is refused
+    assert main(["demo", "--output", str(out), "--rows", "80", "--eval-rows", "30", "--rounds", "2",
+                 "--round-labels", "15", "--actors", "1", "--threads", "1", "--no-progress"]) == 0
+    assert main(["demo", "--output", str(out), "--rows", "90", "--no-progress"]) == 2
