@@ -316,43 +316,9 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parser_annotate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "annotate", formatter_class=_Formatter, argument_default=argparse.SUPPRESS,
-        help="label trajectories with an annotator: a judge model over an OpenAI-compatible endpoint, or the verifier",
-        description="Validate a corpus (any trajectories table, e.g. score's OUTPUT/scored/; "
-                    "extra columns are ignored) and label every valid row: the earliest wrong step, -1 if none, "
-                    "or a failed row with its reason. Writes OUTPUT/annotations/, OUTPUT/errors/ (invalid input "
-                    "rows), OUTPUT/summary.json.\n\n"
-                    "--backend openai: a judge model behind any OpenAI-compatible endpoint (vllm serve, SGLang, "
-                    "hosted APIs), asked for the earliest wrong paragraph in \\boxed{}. Every answer is cached "
-                    "in OUTPUT/judge_cache.sqlite (or --cache) as it arrives: rerunning into the same OUTPUT, "
-                    "e.g. after a kill, resumes and never pays twice. The API key is read from the environment "
-                    "variable --api-key-env names (default OPENAI_API_KEY) and is written nowhere.\n\n"
-                    "--backend verifier (default): answers from each row's first_error_step, wrong with "
-                    "probability --wrong-rate (F1 = 1 - rate; default 0.18 ~ QwQ-32B), refused with "
-                    "--refusal-rate, seeded per row. A rerun into the same OUTPUT replaces an earlier annotate "
-                    "run, no --overwrite needed.\n\n"
-                    "--ray: the Ray recipe pipelines/annotate.py, --actors annotators whose requests share one "
-                    "set of limits (--concurrency, --requests-per-minute, --tokens-per-minute hold for the whole "
-                    "job) and whose answers go to per-actor cache segments, merged into the cache by key.",
-        epilog="examples:\n"
-               "  actprm annotate --backend openai --base-url http://localhost:8000/v1 --judge-model Qwen/QwQ-32B \\\n"
-               "      --input out/scored/scored --output out/ann --concurrency 64\n"
-               "  OPENAI_API_KEY=... actprm annotate --config configs/judge/openai.yaml --input out/scored/scored \\\n"
-               "      --output out/ann --samples 3 --price-in 0.4 --price-out 1.6\n"
-               "  actprm annotate --config configs/judge/vllm.yaml --input corpus/ --output out/ann --cache judge.sqlite\n"
-               "  actprm annotate --backend verifier --input out/scored/scored --output out/annotated\n"
-               "  actprm annotate --input corpus/ --output out/ann --wrong-rate 0.3 --samples 5 --seed 1\n"
-               "  actprm annotate --ray --actors 4 --config configs/judge/vllm.yaml --input corpus/ --output out/ann\n"
-               "  actprm annotate --config configs/judge/openai.yaml --input sel/ --output out/ann --max-spend 50\n")
-    _add_read_flags(p)
-    _add_output_flags(p)
-    _add_common(p)
+def _add_judge_flags(p: argparse.ArgumentParser) -> None:
+    """The annotator's flags (backend, samples, endpoint, limits, budget, verifier), shared by annotate and judge-check."""
     p.add_argument("--backend", metavar="NAME", help="annotator backend: verifier (default) or openai")
-    p.add_argument("--ray", action="store_true", help="run the Ray recipe pipelines/annotate.py")
-    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--actors", type=int, metavar="N", help="--ray: annotator actors, one CPU each (default: 2)")
     p.add_argument("--samples", type=int, metavar="N", help="answers per row, majority vote (default: 1)")
     judge = p.add_argument_group("openai backend")
     judge.add_argument("--base-url", dest="base_url", metavar="URL", help="e.g. http://localhost:8000/v1")
@@ -386,6 +352,45 @@ def _parser_annotate(sub: argparse._SubParsersAction) -> None:
     verifier.add_argument("--refusal-rate", dest="refusal_rate", type=float, metavar="X",
                           help="share of refused answers (default: 0)")
     verifier.add_argument("--seed", type=int, help="seed of the verifier's answers (default: 0)")
+
+
+def _parser_annotate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "annotate", formatter_class=_Formatter, argument_default=argparse.SUPPRESS,
+        help="label trajectories with an annotator: a judge model over an OpenAI-compatible endpoint, or the verifier",
+        description="Validate a corpus (any trajectories table, e.g. score's OUTPUT/scored/; "
+                    "extra columns are ignored) and label every valid row: the earliest wrong step, -1 if none, "
+                    "or a failed row with its reason. Writes OUTPUT/annotations/, OUTPUT/errors/ (invalid input "
+                    "rows), OUTPUT/summary.json.\n\n"
+                    "--backend openai: a judge model behind any OpenAI-compatible endpoint (vllm serve, SGLang, "
+                    "hosted APIs), asked for the earliest wrong paragraph in \\boxed{}. Every answer is cached "
+                    "in OUTPUT/judge_cache.sqlite (or --cache) as it arrives: rerunning into the same OUTPUT, "
+                    "e.g. after a kill, resumes and never pays twice. The API key is read from the environment "
+                    "variable --api-key-env names (default OPENAI_API_KEY) and is written nowhere.\n\n"
+                    "--backend verifier (default): answers from each row's first_error_step, wrong with "
+                    "probability --wrong-rate (F1 = 1 - rate; default 0.18 ~ QwQ-32B), refused with "
+                    "--refusal-rate, seeded per row. A rerun into the same OUTPUT replaces an earlier annotate "
+                    "run, no --overwrite needed.\n\n"
+                    "--ray: the Ray recipe pipelines/annotate.py, --actors annotators whose requests share one "
+                    "set of limits (--concurrency, --requests-per-minute, --tokens-per-minute hold for the whole "
+                    "job) and whose answers go to per-actor cache segments, merged into the cache by key.",
+        epilog="examples:\n"
+               "  actprm annotate --backend openai --base-url http://localhost:8000/v1 --judge-model Qwen/QwQ-32B \\\n"
+               "      --input out/scored/scored --output out/ann --concurrency 64\n"
+               "  OPENAI_API_KEY=... actprm annotate --config configs/judge/openai.yaml --input out/scored/scored \\\n"
+               "      --output out/ann --samples 3 --price-in 0.4 --price-out 1.6\n"
+               "  actprm annotate --config configs/judge/vllm.yaml --input corpus/ --output out/ann --cache judge.sqlite\n"
+               "  actprm annotate --backend verifier --input out/scored/scored --output out/annotated\n"
+               "  actprm annotate --input corpus/ --output out/ann --wrong-rate 0.3 --samples 5 --seed 1\n"
+               "  actprm annotate --ray --actors 4 --config configs/judge/vllm.yaml --input corpus/ --output out/ann\n"
+               "  actprm annotate --config configs/judge/openai.yaml --input sel/ --output out/ann --max-spend 50\n")
+    _add_read_flags(p)
+    _add_output_flags(p)
+    _add_common(p)
+    p.add_argument("--ray", action="store_true", help="run the Ray recipe pipelines/annotate.py")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--actors", type=int, metavar="N", help="--ray: annotator actors, one CPU each (default: 2)")
+    _add_judge_flags(p)
     p.set_defaults(handler=cmd_annotate)
 
 
@@ -639,20 +644,7 @@ def _parser_judge_check(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", metavar="DIR", help="judge_check.json, annotations.parquet and the answer cache")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier check in DIR")
     p.add_argument("--format", choices=["auto", "canonical", "processbench", "activeprm", "trl", "rollout"])
-    p.add_argument("--backend", metavar="NAME", help="annotator backend: verifier (default) or openai")
-    p.add_argument("--base-url", dest="base_url", metavar="URL")
-    p.add_argument("--judge-model", dest="judge_model", metavar="NAME")
-    p.add_argument("--api-key-env", dest="api_key_env", metavar="VAR")
-    p.add_argument("--samples", type=int, metavar="N", help="answers per row, majority vote")
-    p.add_argument("--concurrency", type=int, metavar="N")
-    p.add_argument("--max-tokens", dest="max_tokens", type=int, metavar="N")
-    p.add_argument("--cache", metavar="PATH", help="answer cache (default: OUTPUT/judge_cache.sqlite)")
-    p.add_argument("--price-in", dest="price_in", type=float, metavar="USD_PER_MTOK")
-    p.add_argument("--price-out", dest="price_out", type=float, metavar="USD_PER_MTOK")
-    p.add_argument("--max-spend", dest="max_spend", type=float, metavar="USD", help="hard stop, as for annotate")
-    p.add_argument("--max-calls", dest="max_calls", type=int, metavar="N", help="hard stop, as for annotate")
-    p.add_argument("--wrong-rate", dest="wrong_rate", type=float, metavar="X", help="verifier: share of wrong answers")
-    p.add_argument("--seed", type=int, help="verifier: seed")
+    _add_judge_flags(p)
     _add_common(p)
     p.set_defaults(handler=cmd_judge_check)
 

@@ -347,8 +347,8 @@ class DemoConfig(Config):
     seed: int = 0
     model: str | None = None
     judge: str | JudgeConfig = Field(default_factory=JudgeConfig)
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(backbone="frozen", head_lr=3e-3,
-                                                                   warmup_steps=5, epochs=1))
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(  # = configs/demo.yaml
+        backbone="frozen", head_lr=1e-2, epochs=6, batch_size=16, warmup_steps=5, anchor_lambda=0.0))
     actors: int | None = Field(None, ge=1)
     threads: int | None = Field(1, gt=0, description="torch threads of the driver (training)")
     device: Literal["cpu", "cuda", "auto"] = "auto"

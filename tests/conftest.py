@@ -32,3 +32,28 @@ def write_jsonl(tmp_path):
 def good_row(i: int, **extra) -> dict:
     return {"id": f"t{i}", "problem": f"What is {i} + 1?", "steps": [f"{i} + 1 = {i + 1}", f"The answer is {i + 1}."],
             "first_error_step": -1, **extra}
+
+
+@pytest.fixture
+def served(tmp_path):
+    """start(n=60, **FakeJudge kwargs) -> (rows, fake, server, data file): n world eval rows (about half
+    with an error) in a Parquet file and a stand-in judge on 127.0.0.1 that knows their labels."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from actprm.testing.judge_server import FakeJudge, JudgeServer, truth_from_rows
+    from actprm.world.arith import Generator
+
+    servers = []
+
+    def start(n=60, **kw):
+        rows = list(Generator(seed=0).rows(0, n, "eval"))
+        fake = FakeJudge(truth_from_rows(rows), **kw)
+        servers.append(JudgeServer(fake).start())
+        data = tmp_path / "world.parquet"
+        pq.write_table(pa.Table.from_pylist(rows), data)
+        return rows, fake, servers[-1], data
+
+    yield start
+    for s in servers:
+        s.stop()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -18,26 +17,6 @@ from actprm.config import AnnotateConfig
 from actprm.judge.cache import Answer, AnswerCache, answer_key, segments_dir
 from actprm.judge.openai_judge import OpenAIJudge
 from actprm.judge.prompt import build_messages
-from actprm.testing.judge_server import FakeJudge, JudgeServer, truth_from_rows
-from actprm.world.arith import Generator
-
-
-@pytest.fixture
-def served():
-    """(rows, fake, server, data file): 60 world rows, half with an error, and a judge that knows them."""
-    servers = []
-
-    def start(tmp_path, n=60, **kw):
-        rows = list(Generator(seed=0).rows(0, n, "eval"))
-        fake = FakeJudge(truth_from_rows(rows), **kw)
-        servers.append(JudgeServer(fake).start())
-        data = tmp_path / "world.parquet"
-        pq.write_table(pa.Table.from_pylist(rows), data)
-        return rows, fake, servers[-1], data
-
-    yield start
-    for s in servers:
-        s.stop()
 
 
 def config(url, data, out, **kw) -> AnnotateConfig:
@@ -62,7 +41,7 @@ def truth(rows: list[dict]) -> list[int]:
 def test_the_in_flight_limit_holds_for_the_job_not_per_actor(served, tmp_path, local_ray):
     from pipelines import annotate as recipe
 
-    rows, fake, server, data = served(tmp_path, delay_s=0.1)
+    rows, fake, server, data = served(delay_s=0.1)
     result = recipe.run(config(server.url, data, tmp_path / "ann", concurrency=4), progress=False)
     got = read(tmp_path / "ann" / "annotations")
     assert [r["first_error_step"] for r in got] == truth(rows) and all(r["error"] is None for r in got)
@@ -77,7 +56,7 @@ def test_the_in_flight_limit_holds_for_the_job_not_per_actor(served, tmp_path, l
 
 
 def test_the_ray_job_writes_what_the_in_process_job_writes(served, tmp_path, local_ray):
-    _, fake, server, data = served(tmp_path, n=40, reasoning="think")
+    _, fake, server, data = served(n=40, reasoning="think")
     local = run_annotate(config(server.url, data, tmp_path / "local"), progress=False)
     argv = ["annotate", "--ray", "--actors", "2", "--backend", "openai", "--base-url", server.url,
             "--judge-model", "fake-judge", "--input", str(data), "--output", str(tmp_path / "ray"),
@@ -95,7 +74,7 @@ def test_the_ray_job_writes_what_the_in_process_job_writes(served, tmp_path, loc
 def test_a_rerun_pays_nothing_and_a_killed_runs_segment_is_merged(served, tmp_path, local_ray):
     from pipelines import annotate as recipe
 
-    rows, fake, server, data = served(tmp_path, n=30)
+    rows, fake, server, data = served(n=30)
     out = tmp_path / "ann"
     cfg = config(server.url, data, out)
     # a killed run left one answer in its segment: the row it answers is never requested
@@ -122,7 +101,7 @@ def test_a_rerun_pays_nothing_and_a_killed_runs_segment_is_merged(served, tmp_pa
 
 
 def test_an_in_process_rerun_also_merges_a_killed_ray_runs_segments(served, tmp_path):
-    rows, fake, server, data = served(tmp_path, n=5)
+    rows, fake, server, data = served(n=5)
     cfg = config(server.url, data, tmp_path / "ann")
     judge = OpenAIJudge(cfg)
     segment = AnswerCache(segments_dir(tmp_path / "ann" / "judge_cache.sqlite") / "killed-1.sqlite")

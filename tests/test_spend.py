@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -17,28 +16,10 @@ from actprm.config import AnnotateConfig
 from actprm.judge.budget import SpendBudget
 from actprm.judge.openai_judge import OpenAIJudge
 from actprm.judge.prompt import build_messages
-from actprm.testing.judge_server import FakeJudge, JudgeServer, truth_from_rows
-from actprm.world.arith import Generator
+from actprm.testing.judge_server import FakeJudge
 
 # prices that make one answer cost ~$0.25 (the stand-in's answers are short)
 PRICES = {"price_in": 1000.0, "price_out": 2000.0}
-
-
-@pytest.fixture
-def served(tmp_path):
-    servers = []
-
-    def start(n=40, **kw):
-        rows = list(Generator(seed=0).rows(0, n, "eval"))
-        fake = FakeJudge(truth_from_rows(rows), **kw)
-        servers.append(JudgeServer(fake).start())
-        data = tmp_path / "world.parquet"
-        pq.write_table(pa.Table.from_pylist(rows), data)
-        return rows, fake, servers[-1], data
-
-    yield start
-    for s in servers:
-        s.stop()
 
 
 def config(url, data, out, **kw) -> AnnotateConfig:
@@ -62,7 +43,7 @@ def paid_usd(fake: FakeJudge, annotations: list[dict]) -> float:
 
 
 def test_max_spend_stops_within_one_request_and_a_rerun_continues_without_paying_twice(served, tmp_path):
-    rows, fake, server, data = served(delay_s=0.05)
+    rows, fake, server, data = served(n=40, delay_s=0.05)
     out = tmp_path / "ann"
     cfg = config(server.url, data, out, max_spend=3.0)
     worst = worst_request_usd(cfg, rows)
@@ -138,7 +119,7 @@ def test_a_reservation_waits_for_requests_in_flight_before_giving_up():
 def test_the_budget_holds_for_a_whole_ray_job(served, tmp_path, local_ray):
     from pipelines import annotate as recipe
 
-    rows, fake, server, data = served(delay_s=0.05)
+    rows, fake, server, data = served(n=40, delay_s=0.05)
     out = tmp_path / "ann"
     cfg = config(server.url, data, out, max_spend=3.0, actors=3)
     worst = worst_request_usd(cfg, rows)
