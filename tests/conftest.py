@@ -11,7 +11,7 @@ PROCESSBENCH = REPO.parent / "shared" / "data" / "processbench"
 def local_ray():
     """A private local Ray for one test module (4 logical CPUs on any machine), shut down after it.
 
-    Module scope, not session: a test may stop every Ray on the machine (`ray stop --force`).
+    Module scope, not session: Ray state does not leak from one module into the next.
     """
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tenacity import retry, retry_if_result, stop_after_attempt, wait_fixed
 
 from actprm.world.arith import Generator
 
@@ -17,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_the_recipe_runs_under_ray_job_submit_on_a_local_cluster(tmp_path):
-    """`ray start --head` on 127.0.0.1 (its own temp dir), `ray job submit --working-dir .`, `ray stop`."""
+    """`ray start --head` on 127.0.0.1 (its own temp dir), `ray job submit --working-dir .`, then its processes stopped."""
     rows = list(Generator(seed=5).rows(0, 300))
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -35,12 +36,46 @@ def test_the_recipe_runs_under_ray_job_submit_on_a_local_cluster(tmp_path):
                    env=env, check=True, capture_output=True, timeout=120)
     try:
         out = tmp_path / "f"
-        job = subprocess.run([ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir",
-                              str(REPO), "--", "python", "-m", "pipelines.score_filter", "--input", str(corpus),
-                              "--output", str(out), "--no-progress"],
-                             env=env, capture_output=True, text=True, timeout=300)
+        # the job agent can come up a few seconds after `ray start` returns on a busy machine
+        @retry(retry=retry_if_result(lambda p: p.returncode != 0 and "No available agent" in p.stderr),
+               stop=stop_after_attempt(30), wait=wait_fixed(2), retry_error_callback=lambda s: s.outcome.result())
+        def submit():
+            return subprocess.run([ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir",
+                                   str(REPO), "--", "python", "-m", "pipelines.score_filter", "--input",
+                                   str(corpus), "--output", str(out), "--no-progress"],
+                                  check=False, env=env, capture_output=True, text=True, timeout=300)
+
+        job = submit()
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "filter: 300 rows read, 300 scored" in job.stdout
         assert sorted(r["id"] for r in pq.read_table(out / "scored").to_pylist()) == sorted(r["id"] for r in rows)
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_cluster(temp)
+
+
+def stop_cluster(temp: Path) -> None:
+    """Kill this cluster's processes only (their command lines name its temp dir); `ray stop` would
+    kill every Ray on the machine, a user's own jobs included."""
+    import signal
+    import time
+
+    def ours() -> list[int]:
+        pids = []
+        for proc in Path("/proc").iterdir():
+            try:
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+            except (OSError, ValueError):
+                continue
+            if proc.name.isdigit() and str(temp).encode() in cmd and int(proc.name) != os.getpid():
+                pids.append(int(proc.name))
+        return pids
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in ours():
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.monotonic() + 10
+        while ours() and time.monotonic() < deadline:
+            time.sleep(0.2)
