@@ -44,7 +44,8 @@ import json
 import math
 import os
 import pathlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -398,9 +399,10 @@ class EnsemblePRM(nn.Module):
         logp = []
         chunk = max(1, (1 << 26) // weight.shape[0])  # ~256 MB of float32 logits at a time
         with _no_autocast(dev.type):
+            lm_head = weight.float().t()  # once per batch, not per chunk (a copy when the backbone is bf16)
             for k in range(0, rows.numel(), chunk):
                 r, c = rows[k : k + chunk], cols[k : k + chunk]
-                logits = hidden[r, c - 1].float() @ weight.float().t()
+                logits = hidden[r, c - 1].float() @ lm_head
                 lp = torch.log_softmax(logits, dim=-1).gather(1, ids[r, c].unsqueeze(1)).squeeze(1)
                 logp.append(lp.clamp_min(LOGPROB_FLOOR))
         lp = torch.cat(logp) if logp else hidden.new_zeros(0, dtype=torch.float32)
