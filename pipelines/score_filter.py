@@ -53,6 +53,7 @@ import torch
 from actprm import hygiene
 from actprm.config import FilterConfig
 from actprm.errors import UserError
+from actprm.io.filesystems import file_size
 from actprm.io.readers import (
     NoDuplicateCheck,
     PlannedDuplicates,
@@ -174,8 +175,7 @@ def marker_path(out: Path, file_index: int) -> Path:
 
 
 def file_identity(source: SourceFile) -> dict[str, Any]:
-    stat = source.path.stat()
-    return {"path": str(source.path), "size": stat.st_size}
+    return {"path": str(source.path), "size": file_size(source.path)}
 
 
 def prepare_output(cfg: FilterConfig) -> tuple[Path, bool]:

@@ -12,8 +12,6 @@ a duplicate id keeps its first occurrence by (file order, row order).
 from __future__ import annotations
 
 import glob
-import gzip
-import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -24,6 +22,7 @@ import ijson
 import pyarrow.parquet as pq
 
 from actprm.errors import UserError
+from actprm.io.filesystems import Location, file_name, is_uri, list_uri, open_binary, open_random_access, open_text
 from actprm.io.formats import FORMATS, MapContext, content_id, detect_format, missing_columns, to_trajectory
 from actprm.schemas import Limits, RowError, check_trajectory, error_row
 
@@ -33,16 +32,27 @@ JSON_SUFFIXES = (".json", ".json.gz")
 DATA_SUFFIXES = PARQUET_SUFFIXES + JSONL_SUFFIXES + JSON_SUFFIXES
 
 
-def _has_suffix(path: Path, suffixes: tuple[str, ...]) -> bool:
-    return path.name.lower().endswith(suffixes)
+def _has_suffix(path: Location, suffixes: tuple[str, ...]) -> bool:
+    return file_name(path).lower().endswith(suffixes)
 
 
-def list_files(inputs: list[str | os.PathLike]) -> list[Path]:
-    """Files named by paths, directories (searched recursively) and globs, in a stable order."""
-    files: list[Path] = []
+def list_files(inputs: list[str | os.PathLike]) -> list[Location]:
+    """Files named by paths, directories (searched recursively) and globs, in a stable order.
+
+    Local files come back as Paths; `scheme://` inputs (s3://, gs://, hdfs://, ...: any filesystem
+    pyarrow supports, see actprm.io.filesystems) as URI strings of the same form.
+    """
+    files: list[Location] = []
     for item in inputs:
         text = str(item)
-        if any(ch in text for ch in "*?["):
+        candidates: list[Location]
+        if is_uri(text):
+            candidates, kind = list_uri(text)
+            if kind == "pattern" and not candidates:
+                raise UserError(f"{text}: no file matches this pattern")
+            if kind == "directory":
+                candidates = [u for u in candidates if _has_suffix(u, DATA_SUFFIXES)]
+        elif any(ch in text for ch in "*?["):
             matches = sorted(Path(p) for p in glob.glob(text, recursive=True))
             if not matches:
                 raise UserError(f"{text}: no file matches this pattern")
@@ -69,29 +79,24 @@ def list_files(inputs: list[str | os.PathLike]) -> list[Path]:
     return files
 
 
-def _open_text(path: Path):
-    if path.name.lower().endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
-def _open_binary(path: Path):
-    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
-
-
 @dataclass
 class SourceFile:
     """One input file after pre-flight."""
 
-    path: Path
+    path: Location  # a local Path or a URI string (actprm.io.filesystems)
     kind: str  # parquet | jsonl | json-array
     fmt: str
     has_ids: bool
     n_rows: int | None  # known up front for Parquet only
 
 
-def _sniff_json(path: Path) -> str:
-    with _open_binary(path) as f:
+    @property
+    def name(self) -> str:
+        return file_name(self.path)
+
+
+def _sniff_json(path: Location) -> str:
+    with open_binary(path) as f:
         while True:
             chunk = f.read(4096)
             if not chunk:
@@ -101,10 +106,10 @@ def _sniff_json(path: Path) -> str:
                 return {ord("["): "json-array", ord("{"): "jsonl"}.get(stripped[0], "unknown")
 
 
-def _first_record(path: Path, kind: str) -> dict[str, Any] | None:
+def _first_record(path: Location, kind: str) -> dict[str, Any] | None:
     """The first JSON object of a JSONL file or JSON array, for format detection."""
     if kind == "jsonl":
-        with _open_text(path) as f:
+        with open_text(path) as f:
             for line in f:
                 if line.strip():
                     try:
@@ -114,23 +119,23 @@ def _first_record(path: Path, kind: str) -> dict[str, Any] | None:
                     if isinstance(record, dict):
                         return record
         return None
-    with _open_binary(path) as f:
+    with open_binary(path) as f:
         for record in ijson.items(f, "item", use_float=True):
             return record if isinstance(record, dict) else None
     return None
 
 
-def inspect_file(path: Path, fmt: str = "auto") -> SourceFile:
+def inspect_file(path: Location, fmt: str = "auto") -> SourceFile:
     """Pre-flight one file; raises UserError naming the file and the problem."""
     if fmt != "auto" and fmt not in FORMATS:
         raise UserError(f"unknown --format {fmt!r}; expected auto or one of {', '.join(FORMATS)}")
-    if not os.access(path, os.R_OK):
+    if isinstance(path, Path) and not os.access(path, os.R_OK):
         raise UserError(f"{path}: cannot be read (permission denied)")
     n_rows = None
     try:
         if _has_suffix(path, PARQUET_SUFFIXES):
             kind = "parquet"
-            meta = pq.ParquetFile(path)
+            meta = pq.ParquetFile(open_random_access(path))
             columns = meta.schema_arrow.names
             n_rows = meta.metadata.num_rows
         else:
@@ -163,7 +168,7 @@ def inspect_file(path: Path, fmt: str = "auto") -> SourceFile:
     return SourceFile(path, kind, fmt, "id" in columns, n_rows)
 
 
-def _kind_name(path: Path) -> str:
+def _kind_name(path: Location) -> str:
     return "Parquet" if _has_suffix(path, PARQUET_SUFFIXES) else "JSON"
 
 
@@ -191,13 +196,13 @@ def iter_raw(src: SourceFile, batch_rows: int = 2048) -> Iterator[list[tuple[int
     try:
         if src.kind == "parquet":
             index = 0
-            for batch in pq.ParquetFile(src.path).iter_batches(batch_size=batch_rows):
+            for batch in pq.ParquetFile(open_random_access(src.path)).iter_batches(batch_size=batch_rows):
                 records = batch.to_pylist()
                 yield list(enumerate(records, start=index))
                 index += len(records)
         elif src.kind == "jsonl":
             out: list[tuple[int, Any]] = []
-            with _open_text(src.path) as f:
+            with open_text(src.path) as f:
                 for index, line in enumerate(f):
                     if not line.strip():
                         continue
@@ -212,7 +217,7 @@ def iter_raw(src: SourceFile, batch_rows: int = 2048) -> Iterator[list[tuple[int
                 yield out
         elif src.kind == "json-array":
             out = []
-            with _open_binary(src.path) as f:
+            with open_binary(src.path) as f:
                 for index, record in enumerate(ijson.items(f, "item", use_float=True)):
                     out.append((index, record))
                     if len(out) >= batch_rows:
@@ -280,7 +285,7 @@ def validate_record(
         raise RowError("invalid JSON", "the line is not valid JSON")
     if not isinstance(record, dict):
         raise RowError("wrong type", f"expected a JSON object, got {type(record).__name__}")
-    row = to_trajectory(record, src.fmt, MapContext(file_stem=src.path.name.split(".")[0], step_separator=step_separator))
+    row = to_trajectory(record, src.fmt, MapContext(file_stem=src.name.split(".")[0], step_separator=step_separator))
     if not src.has_ids and row.get("id") is None:
         row["id"] = content_id(row.get("problem"), row.get("steps"))
         if row["id"] is None:  # problem/steps unusable: let the checks name the reason
@@ -309,7 +314,7 @@ def iter_file_batches(
                 rid = row["id"]
                 first = ids.claim(rid, file_index, row_index)
                 if first is not None:
-                    where = f"{sources[first[0]].path.name} row {first[1]}"
+                    where = f"{sources[first[0]].name} row {first[1]}"
                     raise RowError("duplicate id", f"{rid!r} first seen at {where}")
                 batch.valid.append(row)
                 batch.valid_index.append(row_index)
