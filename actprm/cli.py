@@ -32,6 +32,7 @@ verbs:
   estimate     what labelling a corpus will cost: sample, score, project judge calls, tokens, dollars
   judge-check  the judge's F1 on ProcessBench (as evaluate scores it) and a label_weight, before paying
   inspect      a table's provenance (version, commit, config/model hashes, judge), schema, rows
+  export       labelled trajectories in the formats trainers read: TRL stepwise, ActivePRM
 
 examples:
   actprm generate --world arith --n 100000 --output out/world
@@ -234,7 +235,8 @@ def _parser_score(sub: argparse._SubParsersAction) -> None:
                "  actprm score --input corpus/ --output out/scored --model models/tiny --batch-tokens 32768\n"
                "  actprm score --input corpus/ --output out/top100 --model models/tiny \\\n"
                "      --selection budget --budget 100 --acquisition bald\n"
-               "  actprm score --config configs/score.yaml --input corpus/ --output out/scored\n")
+               "  actprm score --config configs/score.yaml --input corpus/ --output out/scored\n"
+               "  actprm score --scorer implicit --model runs/implicit --input corpus/ --output out/implicit\n")
     _add_read_flags(p)
     _add_output_flags(p)
     _add_common(p)
@@ -263,6 +265,24 @@ def _add_scoring_flags(p: argparse.ArgumentParser) -> None:
                         "the chosen values are printed and in summary.json")
     p.add_argument("--calibration-sample", dest="calibration_sample", type=int, metavar="N",
                    help="rows scored to choose them (default: 1000; estimate uses its --sample)")
+    _add_scorer_flags(p)
+
+
+def _add_implicit_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--beta", type=float, metavar="X",
+                   help="implicit PRM: beta of the log-ratios (default: the checkpoint's, else 0.05)")
+    p.add_argument("--reference", metavar="DIR|none",
+                   help="implicit PRM: the frozen reference LM (default: the checkpoint's, else the model "
+                        "itself; none: no reference)")
+
+
+def _add_scorer_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scorer", choices=["ensemble", "implicit"],
+                   help="ensemble: the heads (default); implicit: log-ratios of a causal LM (actprm.implicit; "
+                        "--model default: the shipped backbone)")
+    p.add_argument("--step-prob", dest="step_prob", choices=["value", "reward"],
+                   help="implicit: step_mean is sigmoid(q_k) (value, default) or sigmoid(r_k) (reward)")
+    _add_implicit_flags(p)
 
 
 def cmd_filter(args: argparse.Namespace) -> int:
@@ -318,7 +338,7 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 
 def _add_judge_flags(p: argparse.ArgumentParser) -> None:
     """The annotator's flags (backend, samples, endpoint, limits, budget, verifier), shared by annotate and judge-check."""
-    p.add_argument("--backend", metavar="NAME", help="annotator backend: verifier (default) or openai")
+    p.add_argument("--backend", metavar="NAME", help="annotator backend: verifier (default), openai or rollout")
     p.add_argument("--samples", type=int, metavar="N", help="answers per row, majority vote (default: 1)")
     judge = p.add_argument_group("openai backend")
     judge.add_argument("--base-url", dest="base_url", metavar="URL", help="e.g. http://localhost:8000/v1")
@@ -352,6 +372,19 @@ def _add_judge_flags(p: argparse.ArgumentParser) -> None:
     verifier.add_argument("--refusal-rate", dest="refusal_rate", type=float, metavar="X",
                           help="share of refused answers (default: 0)")
     verifier.add_argument("--seed", type=int, help="seed of the verifier's answers (default: 0)")
+    rollout = p.add_argument_group("rollout backend (also uses --base-url, --temperature, --max-tokens, the limits)")
+    rollout.add_argument("--rollouts", type=int, metavar="K", help="completions per step prefix (default: 8)")
+    rollout.add_argument("--prover", choices=["local", "endpoint"],
+                         help="local: in-process transformers LM (default); endpoint: OpenAI-compatible completions")
+    rollout.add_argument("--prover-model", dest="prover_model", metavar="DIR|NAME",
+                         help="local: LM directory (default: the shipped world backbone); endpoint: served name")
+    rollout.add_argument("--rollout-threshold", dest="rollout_threshold", type=float, metavar="Q",
+                         help="a step is wrong iff its value <= Q (default: 0)")
+    rollout.add_argument("--rollout-labels", dest="rollout_labels", choices=["hard", "soft"],
+                         help="train on the earliest error (hard, default) or on the values (soft)")
+    rollout.add_argument("--no-stop-at-error", dest="stop_at_error", action="store_false",
+                         help="roll out every prefix, also after the earliest error")
+    rollout.add_argument("--prover-threads", dest="prover_threads", type=int, metavar="N", help="local: torch threads")
 
 
 def _parser_annotate(sub: argparse._SubParsersAction) -> None:
@@ -383,7 +416,10 @@ def _parser_annotate(sub: argparse._SubParsersAction) -> None:
                "  actprm annotate --backend verifier --input out/scored/scored --output out/annotated\n"
                "  actprm annotate --input corpus/ --output out/ann --wrong-rate 0.3 --samples 5 --seed 1\n"
                "  actprm annotate --ray --actors 4 --config configs/judge/vllm.yaml --input corpus/ --output out/ann\n"
-               "  actprm annotate --config configs/judge/openai.yaml --input sel/ --output out/ann --max-spend 50\n")
+               "  actprm annotate --config configs/judge/openai.yaml --input sel/ --output out/ann --max-spend 50\n"
+               "  actprm annotate --config configs/judge/rollout.yaml --input out/world --output out/ro --rollouts 4\n"
+               "  actprm annotate --backend rollout --prover endpoint --base-url http://localhost:8000/v1 \\\n"
+               "      --prover-model Qwen/Qwen2.5-Math-7B-Instruct --input sel/ --output out/ro --rollout-labels soft\n")
     _add_read_flags(p)
     _add_output_flags(p)
     _add_common(p)
@@ -436,6 +472,7 @@ def _parser_evaluate(sub: argparse._SubParsersAction) -> None:
                    help="tokens per trajectory (default: the model's)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: cuda when available")
     p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
+    _add_scorer_flags(p)
     _add_common(p)
     p.set_defaults(handler=cmd_evaluate)
 
@@ -461,7 +498,8 @@ def _parser_train(sub: argparse._SubParsersAction) -> None:
                "  actprm train --trajectories out/world --annotations out/ann/annotations --output runs/r1\n"
                "  actprm train --labelled labelled/ --model runs/r1 --output runs/r2\n"
                "  actprm train --config configs/train.yaml --backbone frozen --lr 1e-3 --output runs/heads\n"
-               "  actprm train --workers 2 --trajectories D --annotations A --output runs/ddp   # Ray Train DDP\n")
+               "  actprm train --workers 2 --trajectories D --annotations A --output runs/ddp   # Ray Train DDP\n"
+               "  actprm train --objective implicit-ce --trajectories out/world --output runs/implicit  # outcomes\n")
     p.add_argument("--trajectories", nargs="+", metavar="PATH", help="trajectories, any supported format")
     p.add_argument("--annotations", nargs="+", metavar="PATH", help="annotations tables (actprm annotate)")
     p.add_argument("--labelled", nargs="+", metavar="PATH", help="a labelled table instead")
@@ -484,6 +522,10 @@ def _parser_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, metavar="N")
     p.add_argument("--workers", type=int, metavar="N", help="Ray Train workers (default 1: in-process)")
     p.add_argument("--address", help="Ray cluster address for --workers > 1")
+    p.add_argument("--objective", choices=["actprm", "implicit-ce", "implicit-dpo"],
+                   help="actprm: the heads at labelled steps (default); implicit-ce / implicit-dpo: an implicit PRM "
+                        "from response-level labels only (--trajectories alone: the outcome checker)")
+    _add_implicit_flags(p)
     _add_common(p)
     p.set_defaults(handler=cmd_train)
 
@@ -538,6 +580,9 @@ def _parser_loop(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, metavar="N", help="torch threads of the driver (training)")
     p.add_argument("--address", metavar="ADDR", help="Ray cluster: auto, ray://HOST:PORT (default: a local Ray)")
+    p.add_argument("--labels", choices=["annotator", "outcome"],
+                   help="outcome: PRIME-style, response-level labels from the outcome checker (no judge call)")
+    _add_scorer_flags(p)
     _add_common(p)
     p.set_defaults(handler=cmd_loop)
 
@@ -676,9 +721,45 @@ def _parser_inspect(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_inspect)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from actprm.export import run_export
+
+    cfg = _config(args, "ExportConfig")
+    print(run_export(cfg.input, cfg.output, cfg.format, cfg.overwrite, cfg.input_format).summary_line())
+    return 0
+
+
+def _parser_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export", formatter_class=_Formatter, argument_default=argparse.SUPPRESS,
+        help="labelled trajectories in the formats trainers read: TRL stepwise supervision, ActivePRM",
+        description="Read any table with a first_error_step (trajectories: the world's, ProcessBench's) or a "
+                    "label_first_error (a labelled table) and write it for a PRM trainer. Steps before the "
+                    "earliest error are labelled correct, the earliest error wrong, later steps are dropped "
+                    "(unlabelled).\n\n"
+                    "--format trl: TRL's stepwise format (trl.experimental.prm): prompt, completions, labels "
+                    "(list of bool), plus label_probs (soft labels, e.g. rollout values; TRL casts labels to int).\n"
+                    "--format activeprm: ActivePRM's training format: question, steps, hard_labels (list of int).\n\n"
+                    "OUTPUT is one Parquet file, or JSONL when it ends in .jsonl.",
+        epilog="examples:\n"
+               "  actprm export --format trl --input out/labelled --output out/train_trl.parquet\n"
+               "  actprm export --format activeprm --input out/world --output out/world_activeprm.jsonl\n"
+               "  actprm export --format trl --input ../shared/data/processbench/gsm8k.json --output gsm8k_trl.jsonl\n")
+    p.add_argument("--format", choices=["trl", "activeprm"], help="output format (default: trl)")
+    p.add_argument("--input", nargs="+", metavar="PATH", help="files, directories (recursive) or globs")
+    p.add_argument("--input-format", dest="input_format",
+                   choices=["auto", "canonical", "processbench", "activeprm", "trl", "rollout"],
+                   help="input format (default: auto, from the columns)")
+    p.add_argument("--output", metavar="PATH", help="output file (.parquet, or .jsonl)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--config", metavar="YAML", help="YAML with the same keys as the flags; flags win")
+    p.set_defaults(handler=cmd_export)
+
+
 VERBS: list[Callable[[argparse._SubParsersAction], None]] = [
     _parser_generate, _parser_validate, _parser_init_model, _parser_score, _parser_filter, _parser_annotate, _parser_train,
-    _parser_evaluate, _parser_loop, _parser_demo, _parser_estimate, _parser_judge_check, _parser_inspect]
+    _parser_evaluate, _parser_loop, _parser_demo, _parser_estimate, _parser_judge_check, _parser_inspect,
+    _parser_export]
 
 
 def build_parser() -> argparse.ArgumentParser:

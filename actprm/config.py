@@ -63,7 +63,31 @@ class SelectionConfig(Config):
     seed: int = 0
 
 
-class ScoreConfig(ValidateConfig, SelectionConfig):
+class ImplicitConfig(Config):
+    """The implicit PRM's beta and reference model (actprm.implicit)."""
+
+    beta: float | None = Field(None, gt=0, description="implicit PRM: beta of the log-ratios (null: the "
+                               "checkpoint's, else 0.05 as in PRIME)")
+    reference: str | None = Field(None, description="implicit PRM: the frozen reference LM (null: the checkpoint's, "
+                                  "else the model itself; 'none': no reference, a uniform one)")
+
+
+class ScorerConfig(ImplicitConfig):
+    """Which PRM scores: the ensemble (K heads) or the implicit PRM (actprm.implicit)."""
+
+    scorer: Literal["ensemble", "implicit"] = Field("ensemble", description="ensemble: the ActPRM heads; implicit: "
+                                                    "log-ratios of a causal LM (model default: the shipped backbone)")
+    step_prob: Literal["value", "reward"] = Field("value", description="implicit: step_mean is sigmoid(q_k) "
+                                                  "(value) or sigmoid(r_k) (reward)")
+
+    def implicit_settings(self) -> dict[str, Any] | None:
+        """The implicit scorer's settings (actprm.implicit.load_implicit keywords); None for the ensemble."""
+        if self.scorer != "implicit":
+            return None
+        return {"beta": self.beta, "reference": self.reference, "step_prob": self.step_prob}
+
+
+class ScoreConfig(ValidateConfig, SelectionConfig, ScorerConfig):
     model: str | None = Field(None, description="PRM directory (default: the shipped PRM, actprm/assets/prm)")
     batch_tokens: int | None = Field(None, gt=0, description="padded tokens per micro-batch (default: by device)")
     max_length: int | None = Field(None, gt=0, description="default: the model's maximum")
@@ -93,7 +117,8 @@ class FilterConfig(ScoreConfig):
 class JudgeConfig(Config):
     """Which annotator labels the rows and how (see actprm.judge)."""
 
-    backend: Literal["verifier", "openai"] = Field("verifier", description="annotator backend (actprm.judge.BACKENDS)")
+    backend: Literal["verifier", "openai", "rollout"] = Field("verifier",
+                                                             description="annotator backend (actprm.judge.BACKENDS)")
     samples: int = Field(1, ge=1, description="answers per row, aggregated by majority vote")
     # verifier: ground truth with known imperfection
     seed: int = Field(0, description="seeds the verifier's wrong answers and refusals")
@@ -120,6 +145,25 @@ class JudgeConfig(Config):
     price_out: float = Field(0.0, ge=0.0, description="USD per million completion tokens")
     cache: str | None = Field(None, description="answer cache (default: OUTPUT/judge_cache.sqlite)")
     raw_output: bool = Field(True, description="keep the judge's answer text in the annotations")
+    # rollout: Math-Shepherd / PAV step values from a prover policy's completions (actprm.judge.rollout);
+    # it shares the endpoint, limits, retries, temperature/top_p/max_tokens (null: 512), prices and cache above
+    rollouts: int = Field(8, ge=1, description="rollout: completions per step prefix (k)")
+    prover: Literal["local", "endpoint"] = Field("local", description="rollout: the prover in-process (transformers) "
+                                                 "or behind an OpenAI-compatible completions endpoint (base_url)")
+    prover_model: str | None = Field(None, description="rollout: local: a causal LM directory (default: the shipped "
+                                     "world backbone); endpoint: the model name it serves")
+    prover_prompt: str | None = Field(None, description="rollout: prompt template with {problem} and {prefix} "
+                                      "(default: ChatML, the backbone's and Qwen's chat template)")
+    prover_step_separator: str | None = Field(None, description="rollout: text after each step of the prefix "
+                                              "(default: <extra_0> for the local prover, a blank line for an endpoint)")
+    prover_stop: list[str] = Field(default_factory=list, description="rollout: stop strings of the completions")
+    prover_batch: int = Field(256, ge=1, description="rollout, local: sequences generated together")
+    prover_threads: int | None = Field(None, ge=1, description="rollout, local: torch threads")
+    rollout_threshold: float = Field(0.0, ge=0.0, lt=1.0, description="rollout: a step is wrong iff its value "
+                                     "Q <= this (0: no completion reaches the answer); the first such is the label")
+    rollout_labels: Literal["hard", "soft"] = Field("hard", description="rollout: train on the earliest error (hard) "
+                                                    "or on the values Q (soft, step_labels)")
+    stop_at_error: bool = Field(True, description="rollout: no rollouts after the earliest error (their values null)")
 
 
 class SpendConfig(Config):
@@ -160,7 +204,7 @@ class AnnotateConfig(ValidateConfig, JudgeConfig, SpendConfig):
     actors: int = Field(2, ge=1, description="--ray: annotator actors (the limits hold for all of them together)")
 
 
-class EvaluateConfig(Config):
+class EvaluateConfig(ScorerConfig):
     """`actprm evaluate`: ProcessBench F1, step AUROC and ECE of a PRM on labelled subsets."""
 
     data: list[str] = Field(default_factory=list, description="one path per subset, named by its stem")
@@ -238,8 +282,12 @@ class PretrainConfig(Config):
     overwrite: bool = False
 
 
-class TrainConfig(Config):
+class TrainConfig(ImplicitConfig):
     """One training round (actprm.train); `workers > 1` runs it under Ray Train (pipelines/train.py)."""
+
+    objective: Literal["actprm", "implicit-ce", "implicit-dpo"] = Field(
+        "actprm", description="actprm: BCE of the heads at labelled steps; implicit-ce / implicit-dpo: an implicit "
+        "PRM (causal LM) from response-level labels only (actprm.implicit)")
 
     trajectories: list[str] = Field(default_factory=list, description="trajectories (any format), joined by id")
     annotations: list[str] = Field(default_factory=list, description="annotations tables (actprm annotate)")
@@ -275,8 +323,12 @@ class TrainConfig(Config):
 LOOP_STRATEGIES = ("actprm", "random", "entropy", "bald", "full")
 
 
-class LoopConfig(Config):
+class LoopConfig(ScorerConfig):
     """`actprm loop` (pipelines/active_loop.py): rounds of score -> select -> annotate -> train -> evaluate."""
+
+    labels: Literal["annotator", "outcome"] = Field(
+        "annotator", description="annotator: the judge's step labels; outcome: the outcome checker's response-level "
+        "labels (PRIME-style, no judge call; train.objective implicit-*)")
 
     mode: Literal["rounds", "stream"] = Field("rounds", description="rounds: pool-based; stream: one pass in chunks")
     pool: list[str] = Field(default_factory=list, description="the corpus to select from (files, dirs, globs)")
@@ -291,7 +343,7 @@ class LoopConfig(Config):
     chunk_rows: int = Field(1000, gt=0, description="stream: corpus rows per chunk")
     rounds: int | None = Field(None, gt=0, description="stop after this many rounds (stream: chunks)")
     label_budget: int | None = Field(None, ge=0, description="stop when this many rows went to the annotator")
-    dollar_budget: float | None = Field(None, ge=0, description="stop before a round once this much is spent")
+    dollar_budget: float | None = Field(None, ge=0, description="US dollars the judge may be paid in all: checked before every request")
     train_on: Literal["all", "new"] = Field("all", description="rounds: every label so far, or the round's own")
     eval_every: int = Field(1, gt=0, description="evaluate every N rounds (and after the last)")
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="a step is wrong iff its mean is below it")
@@ -352,6 +404,16 @@ class DemoConfig(Config):
     actors: int | None = Field(None, ge=1)
     threads: int | None = Field(1, gt=0, description="torch threads of the driver (training)")
     device: Literal["cpu", "cuda", "auto"] = "auto"
+
+
+class ExportConfig(Config):
+    """`actprm export`: labelled trajectories in a trainer's format (actprm.export)."""
+
+    format: Literal["trl", "activeprm"] = "trl"
+    input: list[str] = Field(default_factory=list, description="files, directories or globs")
+    input_format: FormatName = "auto"  # type: ignore[valid-type]
+    output: str | None = Field(None, description="output file (.parquet, or .jsonl)")
+    overwrite: bool = False
 
 
 C = TypeVar("C", bound=Config)

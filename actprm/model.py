@@ -71,6 +71,7 @@ __all__ = [
     "load_prm",
     "newline_token_id",
     "preset_config",
+    "step_token_logprobs",
 ]
 
 #: Width of the two hidden layers of every head.
@@ -210,6 +211,44 @@ def _no_autocast(device_type: str):
         return torch.autocast(device_type=device_type, enabled=False)
     except RuntimeError:  # device type without autocast support
         return contextlib.nullcontext()
+
+
+def step_token_logprobs(hidden: torch.Tensor, input_ids: torch.Tensor, separator_mask: torch.Tensor,
+                        answer_start: torch.Tensor, lm_weight: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """``log p(token | everything before it)`` of every step token under a tied LM head.
+
+    Step ``j`` of a row is the tokens from ``answer_start`` (``j = 0``) or the previous
+    separator up to its separator, both excluded; the log-prob of the token at ``t`` is
+    read from the LM's prediction at ``t - 1`` (``hidden @ lm_weight.T``), clamped at
+    :data:`LOGPROB_FLOOR`.  Returns ``(lp (N,), group (N,), at (S,), n_groups)``: ``group``
+    numbers each token's (row, step), ``at`` is the group of each separator (row-major),
+    so ``index_add`` over ``group`` then ``[at]`` gives per-step reductions.  Differentiable
+    (the implicit PRM trains through it, actprm.implicit).
+    """
+    B, T, _ = hidden.shape
+    dev = hidden.device
+    ids = input_ids.to(dev)
+    before = torch.cumsum(separator_mask.long(), dim=1) - separator_mask.long()  # separators before t
+    pos = torch.arange(T, device=dev).unsqueeze(0)
+    in_step = (pos >= answer_start.to(dev).view(-1, 1)) & ~separator_mask & (pos >= 1)
+    in_step &= before < separator_mask.sum(dim=1, keepdim=True)  # not after the last separator
+    rows, cols = in_step.nonzero(as_tuple=True)
+    n_groups = B * (T + 1)
+    group = rows * (T + 1) + before[rows, cols]
+    logp = []
+    chunk = max(1, (1 << 26) // lm_weight.shape[0])  # ~256 MB of float32 logits at a time
+    with _no_autocast(dev.type):
+        lm_head = lm_weight.float().t()  # once per batch, not per chunk (a copy when the backbone is bf16)
+        for k in range(0, rows.numel(), chunk):
+            r, c = rows[k : k + chunk], cols[k : k + chunk]
+            logits = hidden[r, c - 1].float() @ lm_head
+            lp = torch.log_softmax(logits, dim=-1).gather(1, ids[r, c].unsqueeze(1)).squeeze(1)
+            logp.append(lp.clamp_min(LOGPROB_FLOOR))
+    lp = torch.cat(logp) if logp else hidden.new_zeros(0, dtype=torch.float32)
+    srows, scols = separator_mask.nonzero(as_tuple=True)
+    at = srows * (T + 1) + before[srows, scols]
+    return lp, group, at, n_groups
 
 
 # --------------------------------------------------------------------------- separator
@@ -379,39 +418,17 @@ class EnsemblePRM(nn.Module):
                             answer_start: torch.Tensor) -> torch.Tensor:
         """``(S, 2)`` float32 per separator: min and mean of the step's token log-probs, divided by 10.
 
-        Step ``j`` of a row is the tokens from ``answer_start`` (``j = 0``) or the
-        previous separator up to its separator, both excluded; the log-prob of the
-        token at ``t`` is read from the LM's prediction at ``t - 1``.  A step with no
-        tokens gets 0 for both.  Causal: a step's values depend only on tokens up to
-        its separator, so right padding and truncation after it change nothing.
+        The step tokens and their log-probs are those of :func:`step_token_logprobs`
+        (tied LM head).  A step with no tokens gets 0 for both.  Causal: a step's values
+        depend only on tokens up to its separator, so right padding and truncation after
+        it change nothing.
         """
-        B, T, _ = hidden.shape
-        dev = hidden.device
-        ids = input_ids.to(dev)
-        before = torch.cumsum(separator_mask.long(), dim=1) - separator_mask.long()  # separators before t
-        pos = torch.arange(T, device=dev).unsqueeze(0)
-        in_step = (pos >= answer_start.to(dev).view(-1, 1)) & ~separator_mask & (pos >= 1)
-        in_step &= before < separator_mask.sum(dim=1, keepdim=True)  # not after the last separator
-        rows, cols = in_step.nonzero(as_tuple=True)
-        n_groups = B * (T + 1)
-        group = rows * (T + 1) + before[rows, cols]
         weight = self.backbone.get_input_embeddings().weight
-        logp = []
-        chunk = max(1, (1 << 26) // weight.shape[0])  # ~256 MB of float32 logits at a time
-        with _no_autocast(dev.type):
-            lm_head = weight.float().t()  # once per batch, not per chunk (a copy when the backbone is bf16)
-            for k in range(0, rows.numel(), chunk):
-                r, c = rows[k : k + chunk], cols[k : k + chunk]
-                logits = hidden[r, c - 1].float() @ lm_head
-                lp = torch.log_softmax(logits, dim=-1).gather(1, ids[r, c].unsqueeze(1)).squeeze(1)
-                logp.append(lp.clamp_min(LOGPROB_FLOOR))
-        lp = torch.cat(logp) if logp else hidden.new_zeros(0, dtype=torch.float32)
+        lp, group, at, n_groups = step_token_logprobs(hidden, input_ids, separator_mask, answer_start, weight)
         # log-probs are <= 0, so 0 is the identity of the minimum (and the value of an empty step)
         mins = hidden.new_zeros(n_groups, dtype=torch.float32).scatter_reduce(0, group, lp, "amin")
         sums = hidden.new_zeros(n_groups, dtype=torch.float32).index_add(0, group, lp)
         counts = hidden.new_zeros(n_groups, dtype=torch.float32).index_add(0, group, torch.ones_like(lp))
-        srows, scols = separator_mask.nonzero(as_tuple=True)
-        at = srows * (T + 1) + before[srows, scols]
         return torch.stack([mins[at], sums[at] / counts[at].clamp_min(1.0)], dim=-1) / 10.0
 
     # ---- persistence

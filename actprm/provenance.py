@@ -86,6 +86,10 @@ def judge_name(cfg: Any) -> str | None:
     backend = getattr(cfg, "backend", None)
     if backend == "openai":
         return getattr(cfg, "judge_model", None)
+    if backend == "rollout":
+        from actprm.judge.rollout import judge_name as rollout_name
+
+        return rollout_name(cfg)
     if backend == "verifier":
         return (f"verifier(wrong_rate={cfg.wrong_rate:g},refusal_rate={cfg.refusal_rate:g},"
                 f"seed={cfg.seed})")

@@ -48,10 +48,16 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def load_scoring_model(path: str | None, device: str):
-    """(model, tokenizer) from a PRM directory (None: the shipped default PRM); a user error if it is not one."""
+def load_scoring_model(path: str | None, device: str, implicit: dict | None = None):
+    """(model, tokenizer) from a PRM directory (None: the shipped default PRM); a user error if it is not one.
+    `implicit`: the implicit scorer's settings (ScorerConfig.implicit_settings): load `path` (None: the
+    shipped backbone) as an implicit PRM instead (actprm.implicit)."""
     from actprm.model import PRM_CONFIG_NAME, default_prm_path, load_prm
 
+    if implicit is not None:
+        from actprm.implicit import load_implicit
+
+        return load_implicit(path, device, dtype=torch.bfloat16 if device == "cuda" else None, **implicit)
     path = path or str(default_prm_path())
     if not (Path(path) / PRM_CONFIG_NAME).is_file():
         raise UserError(f"{path}: not a PRM directory (no {PRM_CONFIG_NAME}); make one with actprm init-model")
@@ -69,8 +75,10 @@ def load_for_scoring(cfg) -> tuple[str, torch.nn.Module, object, str, int]:
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    model, tokenizer = load_scoring_model(cfg.model, device)
-    return device, model, tokenizer, cfg.model or DEFAULT_MODEL_NAME, cfg.batch_tokens or default_batch_tokens(device)
+    implicit = cfg.implicit_settings()
+    model, tokenizer = load_scoring_model(cfg.model, device, implicit)
+    name = cfg.model or (DEFAULT_MODEL_NAME if implicit is None else "actprm/assets/backbone")
+    return device, model, tokenizer, name, cfg.batch_tokens or default_batch_tokens(device)
 
 
 def join_scores(rows: list[dict], results: list, cfg: ScoreConfig, model_name: str
@@ -89,7 +97,10 @@ def join_scores(rows: list[dict], results: list, cfg: ScoreConfig, model_name: s
     for i, (row, res) in enumerate(ok):
         out.append(row | {
             "step_mean": summary["step_mean"][i].tolist(),
-            "step_std": summary["step_std"][i].tolist(),
+            # the implicit scorer: no spread (one model), and its values and rewards (actprm.implicit)
+            "step_std": summary["step_std"][i].tolist() if res.step_value is None else None,
+            "step_value": None if res.step_value is None else res.step_value.tolist(),
+            "step_reward": None if res.step_reward is None else res.step_reward.tolist(),
             "pred_first_error": int(summary["pred_first_error"][i]),
             "uncertain": bool(summary["uncertain"][i]),
             "acquisition": float(summary["acquisition"][i]),
@@ -202,7 +213,7 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> ScoreJobResult:
                 if plot["steps"] < PLOT_MAX_STEPS:
                     for r in rows:
                         plot["mean"] += r["step_mean"]
-                        plot["std"] += r["step_std"]
+                        plot["std"] += r["step_std"] or [0.0] * len(r["step_mean"])
                         plot["steps"] += len(r["step_mean"])
                     plot["acq"] += [r["acquisition"] for r in rows]
                     plot["unc"] += [r["uncertain"] for r in rows]

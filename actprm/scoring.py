@@ -54,13 +54,13 @@ __all__ = [
     "ScoreResult",
     "ScoringStats",
     "TrajectoryEncoder",
+    "default_batch_tokens",
     "encode_trajectories",
     "neutralize",
     "plan_batches",
     "score_encoded",
     "score_naive_prefixes",
     "score_trajectories",
-    "default_batch_tokens",
 ]
 
 DEFAULT_BATCH_TOKENS = 16384
@@ -95,6 +95,8 @@ class ScoreResult:
     error: str | None = None
     n_steps: int = 0
     problem_tokens_dropped: int = 0
+    step_value: np.ndarray | None = None  # the implicit PRM's q_k and r_k (actprm.implicit); None for the ensemble
+    step_reward: np.ndarray | None = None
 
     @property
     def mean(self) -> np.ndarray | None:
@@ -394,7 +396,9 @@ def score_encoded(
     """Probabilities ``(n_scored_steps, K)`` per encoded trajectory (``None`` for errors), input order."""
     stats = stats if stats is not None else ScoringStats()
     dev = _resolve_device(model, device)
-    n_heads = model.n_heads
+    # a model with `raw_outputs` (actprm.implicit.ImplicitPRM) gives its step values as they are, no sigmoid
+    raw = bool(getattr(model, "raw_outputs", False))
+    n_heads = model.n_outputs if raw else model.n_heads
     out: list[np.ndarray | None] = [None] * len(encoded)
     live = []
     for i, e in enumerate(encoded):
@@ -429,7 +433,7 @@ def score_encoded(
                 torch.from_numpy(sep).to(dev),
                 torch.from_numpy(answer).to(dev),
             )
-            probs = torch.sigmoid(logits.float()).cpu().numpy().astype(np.float32, copy=False)
+            probs = (logits.float() if raw else torch.sigmoid(logits.float())).cpu().numpy().astype(np.float32, copy=False)
             row = 0
             for i in idx:  # the mask is row-major: trajectory by trajectory, positions ascending
                 k = encoded[i].n_scored_steps
@@ -503,7 +507,9 @@ def score_trajectories(
     probs = score_encoded(
         model, encoded, batch_tokens=batch_tokens, pad_token_id=_pad_id(tokenizer), device=device, stats=stats
     )
-    return _results(encoded, probs, stats)
+    results = _results(encoded, probs, stats)
+    finish = getattr(model, "finish_results", None)  # the implicit PRM: (q, r) values -> step probabilities
+    return finish(results) if finish is not None else results
 
 
 def score_naive_prefixes(

@@ -21,6 +21,10 @@ checkpoint that has optimizer state continues those moments; the learning-rate s
 (linear warm-up, linear decay) runs over each round's own steps.
 
 `pipelines/train.py` runs the same `train_round` under Ray Train (DDP/FSDP workers).
+
+`objective: implicit-ce | implicit-dpo` trains an implicit PRM (a causal LM) from response-level
+labels instead (`actprm.implicit`; `train_and_save` hands over to it): the outcome of a labelled
+row (label -1 = right), or, from `--trajectories` alone, the outcome checker (actprm.outcome).
 """
 
 from __future__ import annotations
@@ -72,7 +76,10 @@ class LabelCounts:
 
 
 def label_source(judge: str | None) -> str:
-    return "verifier" if (judge or "").startswith("verifier") else "judge"
+    for source in ("verifier", "outcome", "rollout"):  # outcome: actprm.outcome's checker; rollout: prover values
+        if (judge or "").startswith(source):
+            return source
+    return "judge"
 
 
 def read_annotations(paths: Sequence[str], counts: LabelCounts) -> dict[str, dict[str, Any]]:
@@ -80,7 +87,9 @@ def read_annotations(paths: Sequence[str], counts: LabelCounts) -> dict[str, dic
     out: dict[str, dict[str, Any]] = {}
     for path in list_files(list(paths)):
         try:
-            table = pq.read_table(path, columns=["id", "first_error_step", "judge", "agreement"])
+            names = pq.read_schema(path).names  # per-step columns: rollout annotations (older tables lack them)
+            table = pq.read_table(path, columns=["id", "first_error_step", "judge", "agreement"]
+                                  + [c for c in ("step_labels", "step_progress") if c in names])
         except Exception as exc:  # noqa: BLE001 - a bad file is a user error, one line
             raise UserError(f"{path}: not an annotations table ({' '.join(str(exc).split())[:160]})") from None
         for row in table.to_pylist():
@@ -92,6 +101,16 @@ def read_annotations(paths: Sequence[str], counts: LabelCounts) -> dict[str, dic
             else:
                 out[row["id"]] = row
     return out
+
+
+def labelled_row(traj: dict[str, Any], ann: dict[str, Any], label_weight: float | str = 1.0) -> dict[str, Any]:
+    """A labelled-table row from a trajectory and its (successful) annotation: the earliest-error label,
+    the per-step labels and progress of rollout annotations, the weight (a number, or "agreement")."""
+    weight = (float(ann.get("agreement") if ann.get("agreement") is not None else 1.0)
+              if label_weight == "agreement" else float(label_weight))
+    return {"id": traj["id"], "problem": traj["problem"], "steps": traj["steps"],
+            "label_first_error": int(ann["first_error_step"]), "label_source": label_source(ann.get("judge")),
+            "step_labels": ann.get("step_labels"), "step_progress": ann.get("step_progress"), "label_weight": weight}
 
 
 def join_annotations(trajectory_paths: Sequence[str], annotation_paths: Sequence[str], counts: LabelCounts,
@@ -117,11 +136,7 @@ def join_annotations(trajectory_paths: Sequence[str], annotation_paths: Sequence
             if not -1 <= label < len(traj["steps"]):
                 counts.invalid_label += 1
                 continue
-            weight = (float(ann["agreement"] if ann["agreement"] is not None else 1.0)
-                      if label_weight == "agreement" else float(label_weight))
-            rows.append({"id": traj["id"], "problem": traj["problem"], "steps": traj["steps"],
-                         "label_first_error": label, "label_source": label_source(ann["judge"]),
-                         "step_labels": None, "label_weight": weight})
+            rows.append(labelled_row(traj, ann, label_weight))
     counts.without_trajectory = len(set(annotations) - seen)
     counts.labelled = len(rows)
     return rows
@@ -310,6 +325,27 @@ class RoundResult:
     losses: list[float] = field(default_factory=list)
     resumed_optimizer: bool = False
 
+    def finish(self, steps: int, start: float) -> None:
+        """Record the step count, the seconds since `start` and the mean loss of the first and last tenth."""
+        self.steps = steps
+        self.seconds = time.perf_counter() - start
+        if self.losses:
+            k = max(1, len(self.losses) // 10)
+            self.first_loss = float(np.mean(self.losses[:k]))
+            self.last_loss = float(np.mean(self.losses[-k:]))
+
+    def state(self, cfg: TrainConfig, counts: LabelCounts, prev: dict[str, Any], started_from: str,
+              **extra: Any) -> dict[str, Any]:
+        """The checkpoint's trainer_state.json after this round, continuing `prev` (the start checkpoint's)."""
+        index = int(prev.get("round", 0)) + 1
+        return {"round": index, "started_from": started_from, **extra, "examples": self.examples,
+                "steps": self.steps, "seconds": round(self.seconds, 2), "epochs": self.epochs,
+                "first_loss": self.first_loss, "last_loss": self.last_loss, "losses": self.losses,
+                "resumed_optimizer": self.resumed_optimizer, "counts": counts.as_dict(),
+                "config": cfg.model_dump(mode="json"),
+                "history": prev.get("history", []) + [{"round": index, "examples": self.examples,
+                                                        "steps": self.steps}]}
+
 
 def train_round(model, tokenizer, examples: list[Example], cfg: TrainConfig, *, device: torch.device,
                 anchor: dict[str, torch.Tensor], optimizer_state: dict[str, torch.Tensor] | None = None,
@@ -342,24 +378,45 @@ def train_round(model, tokenizer, examples: list[Example], cfg: TrainConfig, *, 
     # every rank gets the same number of examples (DDP needs the same number of steps on each)
     mine = examples[rank::world_size][: len(examples) // world_size]
     lengths = np.array([len(e.input_ids) for e in mine])
-    micro = max(1, math.ceil(len(mine) / cfg.batch_size))
-    per_epoch = max(1, micro // cfg.grad_accum)
-    total = per_epoch * cfg.epochs
-    warmup = min(cfg.warmup_steps, max(0, total - 1))
-
-    def lr_scale(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, 1.0 - (step - warmup) / max(1, total - warmup))
-
     rng = np.random.default_rng(cfg.seed + 1000 * rank)
     keep_gen = torch.Generator().manual_seed(cfg.seed + 7919 * rank)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16 else None
+    amp = autocast(device, cfg)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def loss_of(batch: list[int]) -> torch.Tensor:
+        ids, sep, answer, targets, trained, rows, weights = collate([mine[i] for i in batch], pad, device)
+        keep = torch.rand((len(batch), model.n_heads), generator=keep_gen) < cfg.learning_probability
+        with amp:
+            logits = net(ids, None, sep, answer)
+        loss = actprm_loss(logits, targets, trained, rows, weights, keep.to(device))
+        return loss + cfg.anchor_lambda * anchor_penalty(heads, anchor)
+
+    run_epochs(model, optimizer, cfg, lengths, cfg.batch_size, rng, loss_of, result, bar=bar, on_step=on_step)
+    return result, optimizer
+
+
+def autocast(device: torch.device, cfg: TrainConfig):
+    """bf16 autocast on CUDA when `cfg.bf16`; a no-op context otherwise (CPU trains in fp32)."""
+    if device.type == "cuda" and cfg.bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def run_epochs(model, optimizer: torch.optim.Optimizer, cfg: TrainConfig, lengths: np.ndarray, batch_size: int,
+               rng: np.random.Generator, loss_of: Callable[[list[int]], torch.Tensor], result: RoundResult, *,
+               bar=None, on_step: Callable[[int, float], None] | None = None) -> None:
+    """The optimizer loop of a round: `cfg.epochs` epochs of length-bucketed batches (`length_batches` of
+    `lengths`), `cfg.grad_accum` micro-batches per step, `loss_of(indices)` each micro-batch's loss; the
+    linear schedule over the round's steps (`base_lr` of each parameter group), gradient clipping over
+    the trainable parameters. Fills `result` (losses, epochs, steps, seconds); leaves `model` in eval mode."""
+    micro = max(1, math.ceil(len(lengths) / batch_size))
+    per_epoch = max(1, micro // cfg.grad_accum)
+    lr_scale = linear_schedule(per_epoch * cfg.epochs, cfg.warmup_steps)
+    params = [p for p in model.parameters() if p.requires_grad]
     start = time.perf_counter()
     step = 0
     for epoch in range(cfg.epochs):
-        batches = list(length_batches(lengths, cfg.batch_size, rng))[: per_epoch * cfg.grad_accum]
+        batches = list(length_batches(lengths, batch_size, rng))[: per_epoch * cfg.grad_accum]
         for j in range(0, len(batches), cfg.grad_accum):
             for g in optimizer.param_groups:
                 g["lr"] = g["base_lr"] * lr_scale(step)
@@ -367,15 +424,10 @@ def train_round(model, tokenizer, examples: list[Example], cfg: TrainConfig, *, 
             group = batches[j : j + cfg.grad_accum]
             loss_value = 0.0
             for b in group:
-                ids, sep, answer, targets, trained, rows, weights = collate([mine[i] for i in b], pad, device)
-                keep = torch.rand((len(b), model.n_heads), generator=keep_gen) < cfg.learning_probability
-                with amp if amp is not None else contextlib.nullcontext():
-                    logits = net(ids, None, sep, answer)
-                loss = actprm_loss(logits, targets, trained, rows, weights, keep.to(device))
-                loss = loss + cfg.anchor_lambda * anchor_penalty(heads, anchor)
+                loss = loss_of(b)
                 (loss / len(group)).backward()
                 loss_value += loss.item() / len(group)
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
             step += 1
             result.losses.append(round(loss_value, 5))
@@ -386,13 +438,19 @@ def train_round(model, tokenizer, examples: list[Example], cfg: TrainConfig, *, 
                 on_step(step, loss_value)
         result.epochs = epoch + 1
     model.eval()
-    result.steps = step
-    result.seconds = time.perf_counter() - start
-    if result.losses:
-        k = max(1, len(result.losses) // 10)
-        result.first_loss = float(np.mean(result.losses[:k]))
-        result.last_loss = float(np.mean(result.losses[-k:]))
-    return result, optimizer
+    result.finish(step, start)
+
+
+def linear_schedule(total: int, warmup_steps: int) -> Callable[[int], float]:
+    """The learning-rate factor of optimizer step `step`: linear warm-up, then linear decay to 0 at `total`."""
+    warmup = min(warmup_steps, max(0, total - 1))
+
+    def lr_scale(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, 1.0 - (step - warmup) / max(1, total - warmup))
+
+    return lr_scale
 
 
 def steps_per_round(n_examples: int, cfg: TrainConfig, world_size: int = 1) -> int:
@@ -462,9 +520,13 @@ class TrainResult:
 def check_train_paths(cfg: TrainConfig) -> Path:
     if not cfg.output:
         raise UserError("no output: pass --output DIR")
+    if cfg.objective != "actprm" and cfg.workers > 1:
+        raise UserError(f"--objective {cfg.objective} trains in-process: use --workers 1")
     if cfg.labelled:
         if cfg.trajectories or cfg.annotations:
             raise UserError("pass either --labelled, or --trajectories with --annotations, not both")
+    elif cfg.objective != "actprm" and cfg.trajectories:
+        pass  # the implicit objectives: outcome labels from the trajectories alone (actprm.outcome)
     elif not (cfg.trajectories and cfg.annotations):
         raise UserError("no labels: pass --trajectories PATH and --annotations PATH (or --labelled PATH)")
     out = Path(cfg.output)
@@ -476,6 +538,11 @@ def check_train_paths(cfg: TrainConfig) -> Path:
 def load_rows(cfg: TrainConfig, counts: LabelCounts) -> list[dict[str, Any]]:
     if cfg.labelled:
         return read_labelled(cfg.labelled, counts)
+    if cfg.objective != "actprm" and not cfg.annotations:  # outcome labels: the trajectories themselves
+        rows = [r for b in iter_batches(open_corpus(list(cfg.trajectories)), batch_rows=cfg.batch_rows)
+                for r in b.valid]
+        counts.labelled = len(rows)
+        return rows
     return join_annotations(cfg.trajectories, cfg.annotations, counts, batch_rows=cfg.batch_rows,
                             label_weight=cfg.label_weight)
 
@@ -484,6 +551,10 @@ def train_and_save(cfg: TrainConfig, rows: list[dict[str, Any]], counts: LabelCo
                    rank: int = 0, world_size: int = 1, wrap: Callable | None = None,
                    progress: bool = False) -> TrainResult | None:
     """Load the start checkpoint, train one round, save (rank 0). Shared by run_train and pipelines/train.py."""
+    if cfg.objective != "actprm":  # the implicit PRM's objectives (outcome labels only; in-process)
+        from actprm.implicit import train_and_save_implicit
+
+        return train_and_save_implicit(cfg, rows, counts, device, progress=progress)
     model, tokenizer, anchor, opt_state, prev = load_checkpoint(cfg.model, device)
     encoder = TrajectoryEncoder(tokenizer, max_length=cfg.max_length or model.max_length)
     examples = build_examples(rows, encoder, counts)
@@ -497,18 +568,11 @@ def train_and_save(cfg: TrainConfig, rows: list[dict[str, Any]], counts: LabelCo
                                         wrap=wrap, bar=bar)
     if rank != 0:
         return None
-    round_index = int(prev.get("round", 0)) + 1
-    state = {"round": round_index, "started_from": cfg.model or "actprm/assets/prm", "workers": world_size,
-             "examples": result.examples, "steps": result.steps, "seconds": round(result.seconds, 2),
-             "epochs": result.epochs, "first_loss": result.first_loss, "last_loss": result.last_loss,
-             "losses": result.losses, "resumed_optimizer": result.resumed_optimizer, "counts": counts.as_dict(),
-             "config": cfg.model_dump(mode="json"),
-             "history": prev.get("history", []) + [{"round": round_index, "examples": result.examples,
-                                                     "steps": result.steps}]}
+    state = result.state(cfg, counts, prev, cfg.model or "actprm/assets/prm", workers=world_size)
     model.to("cpu")
     out = Path(cfg.output)
     save_checkpoint(out, model, tokenizer, optimizer, anchor, state)
-    return TrainResult(counts, result, out, round_index)
+    return TrainResult(counts, result, out, state["round"])
 
 
 def result_from_checkpoint(out: Path) -> TrainResult:

@@ -33,7 +33,8 @@ killed at any point resumes from the last completed step: the selection is read 
 by a model that has moved on), annotations are never requested twice, a finished checkpoint is
 not retrained. metrics.jsonl is rebuilt from those files after every round. The loop stops on
 `rounds`, `label_budget` (rows sent to the annotator; the last round is cut to fit exactly),
-`dollar_budget` (checked before each round), an exhausted pool or corpus, or a round in which the
+`dollar_budget` (a SpendBudget checked before every judge request: a request it cannot pay for is not
+sent, its row fails `budget exhausted`, and the loop stops after that round), an exhausted pool or corpus, or a round in which the
 rule finds nothing uncertain. A rerun with more rounds or a bigger budget continues the run.
 
 Ray: one pool of scoring actors per loop (one GPU each, else one CPU and one torch thread each),
@@ -44,6 +45,7 @@ training round is one process, as `actprm train`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -66,12 +68,13 @@ from actprm.evaluate import compute_metrics, predict_first_error, resolve_subset
 from actprm.io.readers import iter_batches, open_corpus
 from actprm.io.writers import write_parquet_atomic, write_text_atomic
 from actprm.judge import Annotator, make_annotator
+from actprm.judge.budget import SpendBudget
 from actprm.progress import progress_bar
 from actprm.schemas import table_from_rows
 from actprm.train import (
     STATE_NAME,
     LabelCounts,
-    label_source,
+    labelled_row,
     read_labelled,
     result_from_checkpoint,
     train_and_save,
@@ -104,13 +107,14 @@ class ScoringActor:
         self.batch_tokens = batch_tokens or default_batch_tokens(device)
         self.path: str | None = "<none>"
 
-    def score(self, rows: list[dict], model: str | None, selection: SelectionConfig) -> list[dict]:
+    def score(self, rows: list[dict], model: str | None, selection: SelectionConfig,
+              implicit: dict | None = None) -> list[dict]:
         from actprm.score import join_scores, load_scoring_model
         from actprm.scoring import score_trajectories
 
-        if model != self.path:
-            self.model, self.tokenizer = load_scoring_model(model, self.device)
-            self.path = model
+        if (model, implicit) != self.path:  # implicit: the implicit scorer's settings (actprm.implicit)
+            self.model, self.tokenizer = load_scoring_model(model, self.device, implicit)
+            self.path = (model, implicit)
         results = score_trajectories(self.model, self.tokenizer, [r["problem"] for r in rows],
                                      [r["steps"] for r in rows], batch_tokens=self.batch_tokens,
                                      max_length=self.max_length, device=self.device)
@@ -133,12 +137,13 @@ class ScoringPool:
                        for _ in range(n)]
         self.batch_rows = batch_rows
 
-    def score(self, rows: list[dict], model: str | None, selection: SelectionConfig, bar=None) -> dict[str, dict]:
+    def score(self, rows: list[dict], model: str | None, selection: SelectionConfig, bar=None,
+              implicit: dict | None = None) -> dict[str, dict]:
         """id -> scores (join_scores' columns, or `error` for a row too long to score)."""
         chunks = [rows[k:k + self.batch_rows] for k in range(0, len(rows), self.batch_rows)]
         out: dict[str, dict] = {}
         pool = ActorPool(self.actors)
-        for part in pool.map_unordered(lambda a, chunk: a.score.remote(chunk, model, selection), chunks):
+        for part in pool.map_unordered(lambda a, chunk: a.score.remote(chunk, model, selection, implicit), chunks):
             out.update((r["id"], r) for r in part)
             if bar is not None:
                 bar.update(len(part))
@@ -201,6 +206,8 @@ def prepare_run(cfg: LoopConfig) -> RunDir:
         import yaml
 
         before = yaml.safe_load(config_path.read_text()) or {}
+        with contextlib.suppress(ValueError):  # settings added since that run: their defaults
+            before = LoopConfig.model_validate(before).model_dump(mode="json")
         changed = sorted(k for k in set(before) | set(resolved)
                          if k not in RESUMABLE_CHANGES and before.get(k) != resolved.get(k))
         if changed:
@@ -227,6 +234,13 @@ def check_config(cfg: LoopConfig) -> None:
                         "remove it from train:")
     if cfg.train.workers > 1:
         raise UserError("train.workers: the loop trains in-process (workers: 1)")
+    implicit_training = cfg.train.objective != "actprm"
+    if cfg.labels == "outcome" and not implicit_training:
+        raise UserError("labels: outcome gives response-level labels only: set train.objective to implicit-ce "
+                        "or implicit-dpo (configs/loop/prime.yaml)")
+    if implicit_training != (cfg.scorer == "implicit"):
+        want = "implicit" if implicit_training else "ensemble"
+        raise UserError(f"train.objective {cfg.train.objective} trains an {want} PRM: set scorer: {want}")
 
 
 # ------------------------------------------------------------------ rows
@@ -271,8 +285,7 @@ def labelled_rows(annotations: list[dict], rows_by_id: dict[str, dict]) -> list[
         label = ann["first_error_step"]
         if label is None or not -1 <= label < len(row["steps"]):
             continue
-        out.append({"id": row["id"], "problem": row["problem"], "steps": row["steps"], "label_first_error": label,
-                    "label_source": label_source(ann["judge"]), "step_labels": None, "label_weight": 1.0})
+        out.append(labelled_row(row, ann))  # rollout annotations bring their per-step labels
     return out
 
 
@@ -354,6 +367,7 @@ class Loop:
         self.selection_cfg = SelectionConfig(delta_pred=cfg.delta_pred, delta_std=cfg.delta_std,
                                              acquisition=cfg.strategy if cfg.strategy in ("entropy", "bald")
                                              else cfg.acquisition, reduction=cfg.reduction, seed=cfg.seed)
+        self.implicit = cfg.implicit_settings()  # None: the ensemble scorer
         self.state = run.read_state()
         self.state.setdefault("seconds", {})
         self.eval_names, self.eval_rows = read_eval(cfg)
@@ -396,7 +410,7 @@ class Loop:
         scores: dict[str, dict] = {}
         if self.cfg.strategy in SCORING_STRATEGIES and candidates:
             with progress_bar(len(candidates), f"round {r}: score", self.progress) as bar:
-                scores = self.pool.score(candidates, self.model_after(r - 1), self.selection_cfg, bar)
+                scores = self.pool.score(candidates, self.model_after(r - 1), self.selection_cfg, bar, self.implicit)
         rows = select_rows(self.cfg.strategy, candidates, scores, budget, self.cfg.seed, r)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_parquet_atomic(table_from_rows(rows, "loop_selection"), path)
@@ -432,7 +446,10 @@ class Loop:
             return
         start = time.perf_counter()
         tcfg = self.cfg.train.model_copy(update={"model": self.model_after(r - 1), "output": str(out),
-                                                 "seed": self.cfg.train.seed + r})
+                                                 "seed": self.cfg.train.seed + r,
+                                                 # the implicit PRM trains with the beta/reference it scores with
+                                                 "beta": self.cfg.train.beta or self.cfg.beta,
+                                                 "reference": self.cfg.train.reference or self.cfg.reference})
         try:
             train_and_save(tcfg, rows, counts, self.device, progress=self.progress)
         except UserError as exc:
@@ -448,14 +465,15 @@ class Loop:
         start = time.perf_counter()
         model = self.model_after(r)
         with progress_bar(len(self.eval_rows), f"round {r}: evaluate", self.progress) as bar:
-            scores = self.pool.score([row for _, row in self.eval_rows], model, self.selection_cfg, bar)
+            scores = self.pool.score([row for _, row in self.eval_rows], model, self.selection_cfg, bar,
+                                     self.implicit)
         preds = []
         for subset, row in self.eval_rows:
             s = scores[row["id"]]
             mean = [] if s.get("error") else s["step_mean"]
             preds.append({"id": row["id"], "subset": subset, "label": row["first_error_step"],
                           "prediction": predict_first_error(mean, self.cfg.threshold), "step_mean": mean,
-                          "step_std": [] if s.get("error") else s["step_std"],
+                          "step_std": [] if s.get("error") else s["step_std"] or [],
                           "n_scored_steps": 0 if s.get("error") else s["n_scored_steps"],
                           "n_steps": len(row["steps"])})
         metrics = compute_metrics(preds, self.eval_names) | {"threshold": self.cfg.threshold, "model": model,
@@ -521,7 +539,9 @@ class Loop:
             return f"{cfg.rounds} rounds done"
         if cfg.label_budget is not None and totals.labels_used >= cfg.label_budget:
             return f"label budget of {cfg.label_budget} reached"
-        if cfg.dollar_budget is not None and totals.judge_usd >= cfg.dollar_budget:
+        budget = getattr(self.annotator, "budget", None)
+        if cfg.dollar_budget is not None and (totals.judge_usd >= cfg.dollar_budget
+                                              or (budget is not None and budget.exhausted)):
             return f"dollar budget of ${cfg.dollar_budget:g} reached"
         return None
 
@@ -581,9 +601,7 @@ class Loop:
     def execute(self) -> tuple[int, str, list[dict]]:
         self.evaluate(0)
         done = int(self.state.get("round", 0))  # rounds finished whole by earlier runs
-        totals = Totals()
-        for k in range(1, done + 1):
-            totals.add(pq.read_table(self.run.annotations(k)).to_pylist())
+        totals = finished_totals(self.run, done)
         with progress_bar(self.cfg.rounds, "loop", self.progress, unit="rounds") as bar:
             bar.update(min(done, self.cfg.rounds or done))
             last, stopped = (self.rounds if self.cfg.mode == "rounds" else self.stream)(totals, done, bar)
@@ -603,11 +621,27 @@ class Loop:
         bar.set_postfix(shown)
 
 
+def finished_totals(run: RunDir, done: int) -> Totals:
+    """The judge accounting of rounds 1..done (finished whole), from their annotation files."""
+    totals = Totals()
+    for k in range(1, done + 1):
+        totals.add(pq.read_table(run.annotations(k)).to_pylist())
+    return totals
+
+
 def make_loop_annotator(cfg: LoopConfig, run: RunDir) -> Annotator:
+    if cfg.labels == "outcome":  # PRIME-style: the final answer against reference_answer, no judge
+        from actprm.outcome import OutcomeAnnotator
+
+        return OutcomeAnnotator()
     judge = cfg.judge_config()
     if judge.cache is None:
         judge = judge.model_copy(update={"cache": str(run.path / "judge_cache.sqlite")})
-    return make_annotator(judge)
+    budget = None
+    if cfg.dollar_budget is not None:  # checked before every request, not only between rounds
+        spent = finished_totals(run, int(run.read_state().get("round", 0))).judge_usd
+        budget = SpendBudget(max_usd=max(0.0, cfg.dollar_budget - spent))
+    return make_annotator(judge, budget=budget)
 
 
 def run(cfg: LoopConfig, address: str | None = None, progress: bool = True, *, annotator: Annotator | None = None,

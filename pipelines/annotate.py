@@ -65,9 +65,12 @@ from actprm.judge import cache_path, make_annotator
 from actprm.judge.budget import SpendBudget
 from actprm.judge.cache import AnswerCache, LayeredCache, segments_dir
 from actprm.judge.openai_judge import JudgeStats, LocalLimits, OpenAIJudge
+from actprm.judge.rollout import RolloutAnnotator
 from actprm.progress import RowCounts, progress_bar
 from actprm.validate import check_paths
 from pipelines.ray_session import init_ray
+
+PAID_BACKENDS = ("openai", "rollout")  # answers cached per actor segment, limits and budget held by the gate
 
 
 @ray.remote(num_cpus=0)
@@ -149,13 +152,13 @@ class AnnotatorActor:
 
     def __init__(self, cfg: AnnotateConfig, name: str, gate: Any):
         self.cache = None
-        if cfg.backend == "openai":
+        if cfg.backend in PAID_BACKENDS:
             main = cache_path(cfg)
             self.cache = LayeredCache(AnswerCache(segments_dir(main) / f"{name}.sqlite"),
                                       AnswerCache(main, read_only=True))
             budget = GateBudget(gate) if cfg.max_spend is not None or cfg.max_calls is not None else None
-            self.annotator = OpenAIJudge(cfg, cache=self.cache, limits=GateSlots(gate, cfg.concurrency),
-                                         budget=budget)
+            cls = RolloutAnnotator if cfg.backend == "rollout" else OpenAIJudge
+            self.annotator = cls(cfg, cache=self.cache, limits=GateSlots(gate, cfg.concurrency), budget=budget)
         else:
             self.annotator = make_annotator(cfg)
 
@@ -265,7 +268,7 @@ def run(cfg: AnnotateConfig, address: str | None = None, progress: bool = True) 
     check_spend_settings(cfg)
     # the settings are checked here, before any actor starts; this one names the judge
     judge = OpenAIJudge(cfg) if cfg.backend == "openai" else make_annotator(cfg)
-    main = cache_path(cfg) if cfg.backend == "openai" else None
+    main = cache_path(cfg) if cfg.backend in PAID_BACKENDS else None
     _merge_segments(main)  # what a killed run left
     init_ray(address)
     cpus = ray.cluster_resources().get("CPU", 0)
@@ -283,7 +286,7 @@ def run(cfg: AnnotateConfig, address: str | None = None, progress: bool = True) 
             _annotate_all(cfg, sources, actors, out, counts, done, progress, judge)
             per_actor = _get([a.stats.remote() for a in actors])
             stats = None
-            if cfg.backend == "openai":
+            if cfg.backend in PAID_BACKENDS:
                 stats = JudgeStats()
                 for s in per_actor:
                     stats.add(s)

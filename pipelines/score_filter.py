@@ -141,7 +141,8 @@ def read_rows(batch: dict[str, np.ndarray], sources: list[SourceFile], plans: li
 
 
 class PRMScorer:
-    """Ray Data actor: the ensemble PRM, loaded once per actor, scoring TRANSPORT batches."""
+    """Ray Data actor: the PRM (ensemble, or implicit with --scorer implicit), loaded once per actor, scoring
+    TRANSPORT batches."""
 
     def __init__(self, cfg: FilterConfig):
         if cfg.device != "cuda" and not cfg.threads:
@@ -316,7 +317,7 @@ def run(cfg: FilterConfig, address: str | None = None, progress: bool = True) ->
     require_input_output(cfg)  # files are pre-flighted one by one below: a bad one is skipped, not fatal
     if cfg.selection != "threshold":
         raise UserError("filter selects with the ActPRM rule (--selection threshold); for a budget use actprm score")
-    load_scoring_model(cfg.model, "cpu")  # a bad --model is one line now, not an actor crash later
+    load_scoring_model(cfg.model, "cpu", cfg.implicit_settings())  # a bad --model: one line now, not in an actor
     out, _ = prepare_output(cfg)
 
     # 1. pre-flight: an unopenable file is an error row, not a crashed job

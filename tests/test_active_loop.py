@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from actprm.cli import main
-from actprm.config import LoopConfig, TrainConfig
+from actprm.config import JudgeConfig, LoopConfig, TrainConfig
 from actprm.judge.verifier import VerifierAnnotator
 from actprm.model import init_model, load_prm
 from actprm.schemas import table_from_rows
@@ -177,6 +177,25 @@ def test_dollar_budget_stops_before_the_next_round(world, tmp_path, scorers):
     assert (last["round"], last["judge_usd"], last["judge_tokens"]) == (2, 40.0, 6000)
 
 
+def test_dollar_budget_holds_for_every_request_of_a_paid_judge(world, tmp_path, scorers, served):
+    """With a judge that bills, the loop's dollar budget is a SpendBudget checked before each request:
+    the round that reaches it stops paying mid-round (its other rows fail `budget exhausted`) and the loop
+    stops after it, never over budget."""
+    _, fake, server, _ = served(n=2)  # the stand-in judge checks unknown (world) problems step by step
+    judge = JudgeConfig(backend="openai", base_url=server.url, judge_model="fake-judge", max_tokens=64,
+                        timeout_s=5.0, max_backoff_s=0.05, concurrency=4, price_in=1000.0, price_out=2000.0)
+    run = tmp_path / "run"
+    result = active_loop.run(loop_cfg(world, run, strategy="random", rounds=None, dollar_budget=2.0, eval_every=9,
+                                      judge=judge), progress=False, pool=scorers)
+    assert result.stopped == "dollar budget of $2 reached"
+    annotations = pq.read_table(run / "labelled" / "round-001" / "annotations.parquet").to_pylist()
+    paid = [a for a in annotations if a["error"] is None]
+    refused = [a for a in annotations if a["error"] is not None and a["error"].startswith("budget exhausted")]
+    assert paid and refused and len(paid) + len(refused) == 20
+    assert sum(a["cost_usd"] for a in annotations) <= 2.0 and fake.total_paid == len(paid)
+    assert lines(run)[-1]["round"] == 1
+
+
 def test_stream_mode_trains_only_on_the_rows_it_selected(world, tmp_path, scorers):
     run = tmp_path / "run"
     result = active_loop.run(loop_cfg(world, run, mode="stream", chunk_rows=40, rounds=None, label_budget=50),
@@ -268,3 +287,22 @@ def test_demo_end_to_end_at_a_small_size(tmp_path, local_ray, capsys):
     assert main(["demo", "--output", str(out), "--rows", "80", "--eval-rows", "30", "--rounds", "2",
                  "--round-labels", "15", "--actors", "1", "--threads", "1", "--no-progress"]) == 0
     assert main(["demo", "--output", str(out), "--rows", "90", "--no-progress"]) == 2
+
+
+def test_round_labels_keep_the_per_step_labels_of_rollout_annotations():
+    rows = {r["id"]: r for r in Generator(seed=9).rows(0, 3)}
+    a, b, c = rows
+    n = len(rows[a]["steps"])
+    annotations = [
+        {"id": a, "first_error_step": 1, "judge": "rollout(k=4)", "agreement": 1.0,
+         "step_labels": [1.0, 0.0] + [0.0] * (n - 2), "step_progress": [0.25, -0.75] + [0.0] * (n - 2)},
+        {"id": b, "first_error_step": -1, "judge": "verifier(wrong_rate=0)", "agreement": 1.0},
+        {"id": c, "first_error_step": None, "judge": "verifier(wrong_rate=0)", "agreement": None},  # failed: no row
+    ]
+    out = {r["id"]: r for r in active_loop.labelled_rows(annotations, rows)}
+    assert set(out) == {a, b}
+    assert out[a]["label_source"] == "rollout" and out[a]["step_labels"] == annotations[0]["step_labels"]
+    assert out[a]["step_progress"] == annotations[0]["step_progress"]
+    assert out[b]["label_source"] == "verifier" and out[b]["step_labels"] is None
+    table = table_from_rows(list(out.values()), "labelled")  # the labelled schema takes both
+    assert table.num_rows == 2

@@ -221,8 +221,8 @@ def test_make_annotator_and_the_config_file():
     assert cfg == AnnotateConfig()  # the shipped file states the defaults
     judge = make_annotator(cfg)
     assert isinstance(judge, VerifierAnnotator) and judge.wrong_rate == 0.18 and judge.refusal_rate == 0.0
-    with pytest.raises(UserError, match="choose one of: verifier, openai"):
-        make_annotator(cfg.model_construct(backend="rollout"))
+    with pytest.raises(UserError, match="choose one of: verifier, openai, rollout"):
+        make_annotator(cfg.model_construct(backend="human"))
     with pytest.raises(UserError, match="wrong_rate"):
         load_config(AnnotateConfig, overrides={"wrong_rate": 1.5})
     with pytest.raises(UserError, match="samples"):

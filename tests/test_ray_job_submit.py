@@ -4,6 +4,7 @@ unchanged as a job. Its own module: no other Ray may be running in this process 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,18 @@ from actprm.world.arith import Generator
 REPO = Path(__file__).resolve().parents[1]
 
 
+def free_ports(n: int) -> list[int]:
+    """n ports free on 127.0.0.1 now (held open together, so they differ)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def test_the_recipe_runs_under_ray_job_submit_on_a_local_cluster(tmp_path):
     """`ray start --head` on 127.0.0.1 (its own temp dir), `ray job submit --working-dir .`, then its processes stopped."""
     rows = list(Generator(seed=5).rows(0, 300))
@@ -28,11 +41,16 @@ def test_the_recipe_runs_under_ray_job_submit_on_a_local_cluster(tmp_path):
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
     temp = Path("/tmp") / f"rjt{os.getpid()}"  # short: Ray's socket paths must fit in 107 bytes
-    dash = 8200 + os.getpid() % 700
+    # every port of its own: another Ray on the machine (a user's, a benchmark's) holds the defaults, e.g.
+    # the dashboard agent's 52365, and a job agent that cannot bind makes every submit fail
+    gcs, dash, agent, agent_grpc, env_agent, metrics = free_ports(6)
     ray_bin = str(bin_dir / "ray")
-    subprocess.run([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(dash + 1000),
+    subprocess.run([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
                     "--num-cpus", "2", "--temp-dir", str(temp), "--include-dashboard", "true",
-                    "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--disable-usage-stats"],
+                    "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+                    "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc),
+                    "--runtime-env-agent-port", str(env_agent), "--metrics-export-port", str(metrics),
+                    "--disable-usage-stats"],
                    env=env, check=True, capture_output=True, timeout=120)
     try:
         out = tmp_path / "f"

@@ -4,6 +4,8 @@
     VerifierAnnotator    `verifier`: ground truth with seeded wrong answers and refusals
     OpenAIJudge          `openai`: a judge model over any OpenAI-compatible endpoint (openai_judge.py),
                          with its prompt and parser (prompt.py) and answer cache (cache.py)
+    RolloutAnnotator     `rollout`: Math-Shepherd / PAV step values from a prover policy's completions
+                         (rollout.py; the prover, in-process or over an endpoint: prover.py)
     make_annotator(cfg)  the backend named by `cfg.backend`
 
 The annotations table is data_schemas/annotations.yaml.
@@ -34,15 +36,27 @@ def cache_path(cfg: Any) -> Path | None:
     return None
 
 
-def _openai(cfg: Any, budget: Any = None) -> Annotator:
+def _answer_cache(cfg: Any) -> Any:
+    """The answer cache at `cache_path(cfg)` (None without one), with what a killed Ray run left merged in."""
     from actprm.judge.cache import AnswerCache, segments_dir
-    from actprm.judge.openai_judge import OpenAIJudge
 
     path = cache_path(cfg)
     cache = AnswerCache(path) if path is not None else None
     if cache is not None:  # what a killed Ray run (pipelines/annotate.py) left in its segments
         cache.merge_segments(segments_dir(path))
-    return OpenAIJudge(cfg, cache=cache, budget=budget)
+    return cache
+
+
+def _openai(cfg: Any, budget: Any = None) -> Annotator:
+    from actprm.judge.openai_judge import OpenAIJudge
+
+    return OpenAIJudge(cfg, cache=_answer_cache(cfg), budget=budget)
+
+
+def _rollout(cfg: Any, budget: Any = None) -> Annotator:
+    from actprm.judge.rollout import RolloutAnnotator
+
+    return RolloutAnnotator(cfg, cache=_answer_cache(cfg), budget=budget)
 
 
 # backend name -> factory taking the job config (actprm.config.JudgeConfig or a subclass) and a
@@ -52,6 +66,7 @@ def _openai(cfg: Any, budget: Any = None) -> Annotator:
 BACKENDS: dict[str, Callable[..., Annotator]] = {
     "verifier": _verifier,
     "openai": _openai,
+    "rollout": _rollout,
 }
 
 

@@ -1,6 +1,6 @@
 """The annotator interface: trajectories in, one annotation row each out.
 
-Every backend (`verifier`, the OpenAI-compatible judge `openai`; rollouts later) is an
+Every backend (`verifier`, the OpenAI-compatible judge `openai`, `rollout`) is an
 `Annotator`. The contract, which the jobs and the Ray recipes rely on:
 
 - in: a batch of canonical trajectory dicts (`id`, `problem`, `steps`, `first_error_step`, ...;
@@ -26,12 +26,18 @@ from typing import Any
 
 def _row(rid: str, label: dict[str, Any], *, judge: str, prompt_version: str, prompt_tokens: int = 0,
          completion_tokens: int = 0, cost_usd: float = 0.0, attempts: int = 1, cached: int = 0,
-         latency_s: float = 0.0, raw_output: str | None = None) -> dict[str, Any]:
-    """An annotations row: `label` (first_error_step, votes, agreement, error) and the accounting columns."""
+         latency_s: float = 0.0, raw_output: str | None = None, step_values: Sequence[float | None] | None = None,
+         step_progress: Sequence[float | None] | None = None,
+         step_labels: Sequence[float | None] | None = None) -> dict[str, Any]:
+    """An annotations row: `label` (first_error_step, votes, agreement, error), the accounting columns and
+    the per-step columns of rollout labels (null for other backends)."""
     return {"id": rid, **label, "judge": judge, "prompt_version": prompt_version,
             "prompt_tokens": int(prompt_tokens), "completion_tokens": int(completion_tokens),
             "cost_usd": float(cost_usd), "attempts": int(attempts), "cached": int(cached),
-            "latency_s": float(latency_s), "raw_output": raw_output}
+            "latency_s": float(latency_s), "raw_output": raw_output,
+            "step_values": None if step_values is None else list(step_values),
+            "step_progress": None if step_progress is None else list(step_progress),
+            "step_labels": None if step_labels is None else list(step_labels)}
 
 
 def labelled_row(rid: str, first_error_step: int, *, votes: Sequence[int] | None = None,
@@ -39,7 +45,7 @@ def labelled_row(rid: str, first_error_step: int, *, votes: Sequence[int] | None
     """An annotation row with a label. Without `votes`, the label is the single vote (agreement 1.0).
 
     `fields`: judge and prompt_version (required), prompt_tokens, completion_tokens, cost_usd,
-    attempts, cached, latency_s, raw_output.
+    attempts, cached, latency_s, raw_output; step_values, step_progress, step_labels (rollouts).
     """
     votes = [int(first_error_step)] if votes is None else [int(v) for v in votes]
     if agreement is None:

@@ -37,6 +37,10 @@ Money and time are spent only here, so the rules are strict:
   answers (ties: the earliest step, see actprm.judge.base.majority).
 - Secrets: the key is read from the environment variable named by `api_key_env` and is never
   written anywhere; error messages that reach a table or the terminal have it redacted.
+
+The same machinery (limits, retries, budget, cache, accounting) serves text completions: a prompt
+given as a string goes to `completions.create` (the rollout annotator's prover, actprm.judge.rollout,
+which subclasses this class with its own model, sampling and prompt version).
 """
 
 from __future__ import annotations
@@ -73,6 +77,14 @@ from actprm.judge.prompt import (
     parse_verdict,
     split_reasoning,
 )
+
+Prompt = str | list[dict[str, str]]  # a text prompt (completions) or chat messages
+
+
+def prompt_text(prompt: Prompt) -> str:
+    """The text of a prompt: what its size and price are estimated from."""
+    return prompt if isinstance(prompt, str) else "".join(m["content"] for m in prompt)
+
 
 # Retry-After values above this are not honoured as such (a day-long ban is a failure, not a wait)
 MAX_RETRY_AFTER_S = 600.0
@@ -233,17 +245,22 @@ class OpenAIJudge(Annotator):
     `max_spend` / `max_calls`, None when neither is set).
     """
 
-    def __init__(self, cfg: Any, cache: AnswerCache | None = None, *, limits: Any = None, budget: Any = None):
-        if not cfg.judge_model:
+    def __init__(self, cfg: Any, cache: AnswerCache | None = None, *, limits: Any = None, budget: Any = None,
+                 model: str | None = None, samples: int | None = None, sampling: dict[str, Any] | None = None,
+                 prompt_version: str = PROMPT_VERSION):
+        # model / samples / sampling / prompt_version: another client of the same machinery (the rollout
+        # annotator's prover, actprm.judge.rollout); default: the judge's settings in `cfg`
+        if model is None and not cfg.judge_model:
             raise UserError("the openai backend needs --judge-model (the model name the endpoint serves)")
         self.cfg = cfg
         self.cache = cache
-        self.model = cfg.judge_model
-        self.judge = cfg.judge_model
-        self.prompt_version = PROMPT_VERSION
-        self.samples = int(cfg.samples)
-        self.sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens,
-                         "extra_body": cfg.extra_body or None}
+        self.model = model or cfg.judge_model
+        self.judge = self.model
+        self.prompt_version = prompt_version
+        self.samples = int(samples or cfg.samples)
+        self.sampling = sampling if sampling is not None else {
+            "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens,
+            "extra_body": cfg.extra_body or None}
         self.stats = JudgeStats()
         self._key_env = cfg.api_key_env
         self._api_key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
@@ -261,11 +278,15 @@ class OpenAIJudge(Annotator):
             return
         self._loop = loop
         self._pending: dict[str, asyncio.Future] = {}  # cache key -> the answer being fetched
-        self._client = openai.AsyncOpenAI(
-            api_key=self._api_key or "EMPTY",  # local servers without auth accept any key
-            base_url=self.cfg.base_url, timeout=self.cfg.timeout_s, max_retries=0)
+        self._client = self._make_client()
         self._limits = self._shared_limits or LocalLimits(
             self.cfg.concurrency, self.cfg.requests_per_minute, self.cfg.tokens_per_minute)
+
+    def _make_client(self) -> Any:
+        """The client of the running loop: the official one, its own retries off (tenacity owns them)."""
+        return openai.AsyncOpenAI(
+            api_key=self._api_key or "EMPTY",  # local servers without auth accept any key
+            base_url=self.cfg.base_url, timeout=self.cfg.timeout_s, max_retries=0)
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -281,26 +302,26 @@ class OpenAIJudge(Annotator):
     def _cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (self.cfg.price_in * prompt_tokens + self.cfg.price_out * completion_tokens) / 1e6
 
-    def _token_estimate(self, messages: list[dict[str, str]], n: int) -> int:
-        prompt = sum(len(m["content"]) for m in messages) // 4
-        out = self.cfg.max_tokens or self.cfg.mean_output_tokens
+    def _token_estimate(self, messages: Prompt, n: int) -> int:
+        prompt = len(prompt_text(messages)) // 4
+        out = self.sampling.get("max_tokens") or self.cfg.mean_output_tokens
         return prompt + n * out
 
-    def _worst_case_usd(self, messages: list[dict[str, str]], n: int) -> float:
-        prompt_bytes = sum(len(m["content"].encode("utf-8")) for m in messages)
-        return worst_case_usd(prompt_bytes, n, self.cfg.max_tokens, self.cfg.mean_output_tokens,
+    def _worst_case_usd(self, messages: Prompt, n: int) -> float:
+        prompt_bytes = len(prompt_text(messages).encode("utf-8"))
+        return worst_case_usd(prompt_bytes, n, self.sampling.get("max_tokens"), self.cfg.mean_output_tokens,
                               self.cfg.price_in, self.cfg.price_out)
 
-    async def _send(self, messages: list[dict[str, str]], n: int) -> Any:
-        """One HTTP request under the limits and the budget; a usable ChatCompletion or an exception."""
+    async def _send(self, messages: Prompt, n: int, extra: dict[str, Any] | None = None) -> Any:
+        """One HTTP request under the limits and the budget; a usable completion or an exception."""
         async with self._limits.slot(self._token_estimate(messages, n)):
             if self.budget is None:
-                return await self._post(messages, n)
+                return await self._post(messages, n, extra)
             reserved = self._worst_case_usd(messages, n)
             if not await self.budget.reserve(reserved):  # checked right before the request is sent
                 raise BudgetExhausted(self.budget.why())
             try:
-                response = await self._post(messages, n)
+                response = await self._post(messages, n, extra)
             except BaseException:
                 await self.budget.settle(reserved, 0.0, False)
                 raise
@@ -309,32 +330,41 @@ class OpenAIJudge(Annotator):
                                                           int(getattr(usage, "completion_tokens", 0) or 0)), True)
             return response
 
-    async def _post(self, messages: list[dict[str, str]], n: int) -> Any:
-        """The HTTP request itself (inside its slot); a usable ChatCompletion or an exception."""
+    async def _post(self, messages: Prompt, n: int, extra: dict[str, Any] | None = None) -> Any:
+        """The HTTP request itself (inside its slot): chat completions for a list of messages,
+        (text) completions for a string prompt; a usable response or an exception."""
         self.stats.requests += 1
         self.stats.in_flight += 1
         self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
+        chat = not isinstance(messages, str)
         try:
-            kwargs: dict[str, Any] = {"model": self.model, "messages": messages}
-            for name in ("temperature", "top_p", "max_tokens"):
-                if self.sampling[name] is not None:
+            kwargs: dict[str, Any] = {"model": self.model, **({"messages": messages} if chat else {"prompt": messages})}
+            for name in ("temperature", "top_p", "max_tokens", "stop"):
+                if self.sampling.get(name) is not None:
                     kwargs[name] = self.sampling[name]
             if n > 1:
                 kwargs["n"] = n
             if self.sampling["extra_body"]:
                 kwargs["extra_body"] = self.sampling["extra_body"]
+            kwargs.update(extra or {})
+            api = self._client.chat.completions if chat else self._client.completions
             try:
-                response = await self._client.chat.completions.create(**kwargs)
+                response = await api.create(**kwargs)
             except json.JSONDecodeError as exc:
                 raise MalformedResponse(f"the body is not JSON ({exc.msg})") from exc
         finally:
             self.stats.in_flight -= 1
         choices = getattr(response, "choices", None)
-        if not choices or any(getattr(c, "message", None) is None for c in choices):
-            raise MalformedResponse("the response has no choices/message")
+        field = "message" if chat else "text"
+        if not choices or any(getattr(c, field, None) is None for c in choices):
+            raise MalformedResponse(f"the response has no choices/{field}")
         return response
 
-    async def _request(self, row: dict[str, Any], messages: list[dict[str, str]],
+    def _request_params(self, samples: list[int], keys: list[str]) -> dict[str, Any]:
+        """Extra request fields for these samples (none for the judge; the rollout backend seeds them)."""
+        return {}
+
+    async def _request(self, row: dict[str, Any], messages: Prompt,
                        samples: list[int], keys: list[str]) -> tuple[dict[int, _Sample], int]:
         """Answers for `samples` of one row (one request with n, or one per sample), cached on arrival."""
         attempts = 0
@@ -346,7 +376,7 @@ class OpenAIJudge(Annotator):
                 with attempt:
                     attempts += 1
                     try:
-                        response = await self._send(messages, len(samples))
+                        response = await self._send(messages, len(samples), self._request_params(samples, keys))
                     except Exception as exc:
                         if is_transient(exc):
                             self.stats.retries[type(exc).__name__] += 1
@@ -368,9 +398,13 @@ class OpenAIJudge(Annotator):
             # usage is per request: the prompt is billed to the first answer, completions split evenly
             pt = prompt_tokens if j == 0 else 0
             ct = completion_tokens // len(choices) + (completion_tokens % len(choices) if j == 0 else 0)
-            message = choices[j].message
-            reasoning = getattr(message, "reasoning_content", None) or getattr(message, "reasoning", None)
-            answer = Answer(content=message.content, reasoning=reasoning if isinstance(reasoning, str) else None,
+            message = getattr(choices[j], "message", None)
+            if message is None:  # a text completion
+                content, reasoning = choices[j].text, None
+            else:
+                content = message.content
+                reasoning = getattr(message, "reasoning_content", None) or getattr(message, "reasoning", None)
+            answer = Answer(content=content, reasoning=reasoning if isinstance(reasoning, str) else None,
                             finish_reason=choices[j].finish_reason, prompt_tokens=pt, completion_tokens=ct,
                             cost_usd=self._cost(pt, ct))
             if self.cache is not None:
@@ -415,21 +449,18 @@ class OpenAIJudge(Annotator):
         except ParseError as exc:
             return None, f"parse: {exc}"
 
-    async def annotate_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        start = time.perf_counter()
-        rid, problem, steps = row.get("id"), row.get("problem"), row.get("steps")
-        if not isinstance(problem, str) or not isinstance(steps, (list, tuple)) or not steps:
-            return self.failed(rid, "bad input: needs a problem and a non-empty list of steps", attempts=0)
-        steps = [str(s) for s in steps]
-        keys = [answer_key(problem, steps, self.model, self.prompt_version, self.sampling, s)
-                for s in range(self.samples)]
+    async def _samples(self, row: dict[str, Any], messages: Prompt, keys: list[str]
+                       ) -> tuple[dict[int, _Sample], int]:
+        """Sample s of `messages` for every s of `keys` (its cache key): from the cache, from a request
+        already on the wire for the same key, or sent now (one request with n, or one per sample).
+        Returns the samples by index and the requests sent for them."""
         found = self.cache.get_many(keys) if self.cache is not None else {}
         got: dict[int, _Sample] = {s: _Sample(answer=found[k], from_cache=True) for s, k in enumerate(keys) if k in found}
         self.stats.cached += len(got)
         if self.budget is not None and got:  # labels from the cache count at what they cost when paid
             await self.budget.charge(sum(x.answer.cost_usd for x in got.values()),
                                      1 if self.cfg.use_n else len(got))
-        missing = [s for s in range(self.samples) if s not in got]
+        missing = [s for s in range(len(keys)) if s not in got]
         # the same trajectory under another id may be on the wire right now: wait for its answer
         theirs = {s: self._pending[keys[s]] for s in missing if keys[s] in self._pending}
         mine = [s for s in missing if s not in theirs]
@@ -438,7 +469,6 @@ class OpenAIJudge(Annotator):
             futures = {s: asyncio.get_running_loop().create_future() for s in mine}
             self._pending.update({keys[s]: futures[s] for s in mine})
             try:
-                messages = build_messages(problem, steps)
                 groups = [mine] if self.cfg.use_n else [[s] for s in mine]
                 for answers, n_attempts in await asyncio.gather(
                         *(self._request(row, messages, g, keys) for g in groups)):
@@ -452,6 +482,18 @@ class OpenAIJudge(Annotator):
             sample = await future
             got[s] = _Sample(answer=sample.answer, from_cache=True, error=sample.error)
             self.stats.cached += sample.answer is not None
+        return got, attempts
+
+    async def annotate_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        start = time.perf_counter()
+        rid, problem, steps = row.get("id"), row.get("problem"), row.get("steps")
+        if not isinstance(problem, str) or not isinstance(steps, (list, tuple)) or not steps:
+            return self.failed(rid, "bad input: needs a problem and a non-empty list of steps", attempts=0)
+        steps = [str(s) for s in steps]
+        keys = [answer_key(problem, steps, self.model, self.prompt_version, self.sampling, s)
+                for s in range(self.samples)]
+        messages = build_messages(problem, steps)
+        got, attempts = await self._samples(row, messages, keys)
         votes, errors, contents = [], [], []
         pt = ct = 0
         cost = 0.0

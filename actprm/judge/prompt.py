@@ -29,6 +29,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from actprm.answers import braced
+
 PROMPT_VERSION = "critic-v1"
 
 _TEMPLATE = """\
@@ -117,15 +119,10 @@ def last_boxed(text: str) -> str | None:
         i += 1
     if i >= len(text) or text[i] != "{":
         raise ParseError("the last \\boxed has no {...}")
-    depth = 0
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1:j]
-    raise ParseError("the last \\boxed{ is never closed")
+    inner = braced(text, i + 1)
+    if inner is None:
+        raise ParseError("the last \\boxed{ is never closed")
+    return inner
 
 
 _INTEGER = re.compile(r"[+-]?\d+")

@@ -21,6 +21,11 @@ Faults, one per request: `faults` (a queue the test fills; consumed first) or `f
 the content, in <think> tags (`reasoning="think"`) or in a `reasoning_content` field
 (`reasoning="field"`); the reasoning holds a decoy \\boxed{} that a parser must not read.
 
+A `/v1/completions` route (text completions, what the rollout annotator's prover endpoint speaks)
+answers when a `prover` is given: a callable `prover(prompt, n, body) -> list[str]` (a hand-made
+prover in tests, or `local_prover(LocalProver(...))`: the world backbone in-process); the faults
+`429` and `500` apply to it too. `--prover DIR|backbone` serves one from the command line.
+
 `paid` counts delivered answers (choices of 200 responses with a completion) per prompt: the
 number a judge would bill. Use in-process (`with JudgeServer(...) as server: server.url`) or
 as a process: `python -m actprm.testing.judge_server --port 8011 --delay 0.2 --world-rows 5000`.
@@ -73,11 +78,12 @@ class FakeJudge:
     def __init__(self, truth: Mapping[str, tuple[int, int]] | None = None, *, delay_s: float = 0.0,
                  faults: Iterable[str] = (), fault_rates: Mapping[str, float] | None = None,
                  wrong_rate: float = 0.0, reasoning: str = "none", retry_after: str = "1",
-                 hang_s: float = 30.0, seed: int = 0):
+                 hang_s: float = 30.0, seed: int = 0, prover: Any = None):
         for fault in list(faults) + list(fault_rates or {}):
             if fault not in FAULTS:
                 raise ValueError(f"unknown fault {fault!r}; choose from {', '.join(FAULTS)}")
         self.truth = dict(truth or {})
+        self.prover = prover
         self.delay_s = delay_s
         self.faults: deque[str] = deque(faults)
         self.fault_rates = dict(fault_rates or {})
@@ -200,6 +206,32 @@ class FakeJudge:
                                   "created": int(time.time()), "model": body.get("model", "judge"),
                                   "choices": choices, "usage": usage})
 
+    async def handle_completion(self, request: web.Request) -> web.StreamResponse:
+        """POST /v1/completions: n completions of the prompt from `self.prover`."""
+        self.requests += 1
+        try:
+            body = await request.json()
+            prompt = body["prompt"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return self._error(400, "invalid request body")
+        fault = self.next_fault()
+        if fault:
+            self.faults_served[fault] += 1
+        if fault == "429":
+            return self._error(429, "rate limit reached, slow down", headers={"Retry-After": self.retry_after})
+        if fault == "500":
+            return self._error(500, "internal error")
+        n = int(body.get("n") or 1)
+        texts = await asyncio.to_thread(self.prover, prompt, n, body)
+        choices = [{"index": i, "text": t, "finish_reason": "stop", "logprobs": None} for i, t in enumerate(texts)]
+        usage = {"prompt_tokens": len(prompt) // 4 + 1, "completion_tokens": sum(len(t) // 4 + 1 for t in texts)}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        self.statuses[200] += 1
+        self.paid[hashlib.sha256(prompt.encode()).hexdigest()] += len(choices)
+        return web.json_response({"id": f"cmpl-{self.requests}", "object": "text_completion",
+                                  "created": int(time.time()), "model": body.get("model", "prover"),
+                                  "choices": choices, "usage": usage})
+
     def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
         self.statuses[status] += 1
         return web.json_response({"error": {"message": message, "type": "fake_judge", "code": status}},
@@ -208,6 +240,8 @@ class FakeJudge:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self.handle)
+        if self.prover is not None:
+            app.router.add_post("/v1/completions", self.handle_completion)
         return app
 
 
@@ -254,6 +288,20 @@ class JudgeServer:
         self.stop()
 
 
+def local_prover(prover: Any, max_tokens: int = 256) -> Any:
+    """A `prover` callable for FakeJudge from an actprm.judge.prover.LocalProver (seeded by the request's seed)."""
+    from actprm.judge.prover import choice_seed
+
+    def complete(prompt: str, n: int, body: dict[str, Any]) -> list[str]:
+        seed = int(body.get("seed") or 0)
+        done = prover.generate([prompt] * n, [choice_seed(seed, j) for j in range(n)],
+                               max_tokens=int(body.get("max_tokens") or max_tokens),
+                               temperature=float(body.get("temperature", 1.0)), top_p=float(body.get("top_p", 1.0)))
+        return [c.text for c in done]
+
+    return complete
+
+
 def _parse_rates(text: str | None) -> dict[str, float]:
     rates: dict[str, float] = {}
     for part in (text or "").split(","):
@@ -274,14 +322,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--world-rows", type=int, default=0, help="know the truth of world rows 0..N-1")
     parser.add_argument("--world-seed", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prover", metavar="DIR", help="serve /v1/completions from this causal LM in-process "
+                        "('backbone': the shipped world backbone)")
     args = parser.parse_args(argv)
     truth = {}
+    prover = None
+    if args.prover:
+        from actprm.judge.prover import LocalProver
+
+        prover = local_prover(LocalProver(None if args.prover == "backbone" else args.prover))
     if args.world_rows:
         from actprm.world.arith import Generator
 
         truth = truth_from_rows(Generator(seed=args.world_seed).rows(0, args.world_rows))
     judge = FakeJudge(truth, delay_s=args.delay, fault_rates=_parse_rates(args.fault_rates),
-                      retry_after=args.retry_after, hang_s=args.hang, seed=args.seed)
+                      retry_after=args.retry_after, hang_s=args.hang, seed=args.seed, prover=prover)
 
     async def serve() -> None:
         runner = web.AppRunner(judge.app(), access_log=None)
