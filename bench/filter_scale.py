@@ -74,6 +74,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000])
     p.add_argument("--in-process", action="store_true", help="also run actprm score on the same rows")
+    p.add_argument("--actors", type=int, help="filter: scoring actors (default: the recipe's)")
+    p.add_argument("--cpus-per-actor", type=float, help="filter: CPUs per scoring actor (default: the recipe's)")
     p.add_argument("--work", default="/tmp/actprm-filter-bench")
     p.add_argument("--output", default="bench/results/filter_scale.jsonl")
     args = p.parse_args()
@@ -81,12 +83,14 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     for rows in args.rows:
         data = corpus(work, rows)
-        jobs = [("filter", ["filter", "--input", str(data), "--output", str(work / f"filter-{rows}")])]
+        sizing = ([f"--actors={args.actors}"] if args.actors else []) + (
+            [f"--cpus-per-actor={args.cpus_per_actor}"] if args.cpus_per_actor else [])
+        jobs = [("filter", ["filter", "--input", str(data), "--output", str(work / f"filter-{rows}"), *sizing])]
         if args.in_process:
             jobs.append(("score", ["score", "--input", str(data), "--output", str(work / f"score-{rows}")]))
         for name, verb in jobs:
             result = measure([sys.executable, "-m", "actprm.cli", *verb, "--overwrite", "--no-progress"])
-            result |= {"job": name, "rows": rows, "rows_per_s": round(rows / result["wall_s"], 1),
+            result |= {"job": name, "rows": rows, "args": sizing if name == "filter" else [], "rows_per_s": round(rows / result["wall_s"], 1),
                        "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
             print(json.dumps(result), flush=True)
             with open(args.output, "a") as f:
