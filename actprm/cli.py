@@ -310,9 +310,10 @@ def _parser_filter(sub: argparse._SubParsersAction) -> None:
     _add_output_flags(p)
     _add_common(p)
     _add_scoring_flags(p)
-    p.add_argument("--actors", type=int, metavar="N", help="scoring actors (default: GPUs, else CPUs - 1)")
+    p.add_argument("--actors", type=int, metavar="N", help="scoring actors (default: GPUs, else CPUs)")
     p.add_argument("--cpus-per-actor", dest="cpus_per_actor", type=float, metavar="N",
-                   help="CPUs per actor, and its torch threads on CPU (default: 1)")
+                   help="CPUs per actor, and its torch threads on CPU (default: 1 with GPUs, "
+                        "else (CPUs - 1) / actors, one thread each)")
     hygiene = p.add_argument_group("hygiene (removed rows go to errors with their reason)")
     hygiene.add_argument("--no-dedup", dest="dedup", action="store_false",
                          help="keep rows whose normalised problem and steps repeat an earlier row's")

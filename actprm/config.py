@@ -102,7 +102,8 @@ class FilterConfig(ScoreConfig):
     """`actprm filter` (pipelines/score_filter.py): `score` over a corpus on Ray, resumable."""
 
     actors: int | None = Field(None, ge=1, description="scoring actors (default: GPUs, else CPUs minus one for reads)")
-    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per actor; its torch threads on CPU")
+    cpus_per_actor: float | None = Field(None, gt=0, description="CPUs reserved per actor; its torch threads on "
+                                         "CPU (default: 1 with GPUs, else (CPUs - 1) / actors)")
     batch_rows: int = Field(1024, gt=0, description="rows per batch sent to an actor")
     # hygiene (actprm.hygiene): removed rows go to errors with their reason
     dedup: bool = Field(True, description="drop rows whose normalised problem and steps repeat an earlier row's")

@@ -19,7 +19,8 @@ Writes the tables `actprm score` writes, streamed with flat memory:
 3. the corpus-wide duplicate rule on the driver: the first occurrence by (file, row) wins;
 4. phase 2, Ray Data, over the files without a marker: read + validate (tasks) → score (an actor
    pool: `map_batches` with a callable class, `ActorPoolStrategy`, one GPU per actor when there are
-   GPUs, else `cpus_per_actor` CPUs and as many torch threads) → the driver writes each file's rows;
+   GPUs, else by default one actor per CPU with one torch thread, their CPU reservations summing to
+   CPUs − 1 so a CPU stays for reads) → the driver writes each file's rows;
    when every row of a file is written (each input row gives exactly one scored or error row),
    its marker is written by atomic rename;
 5. summary.json from the markers; one summary line.
@@ -305,11 +306,16 @@ def default_actors(cfg: FilterConfig) -> tuple[int, float, float]:
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0)) if cfg.device != "cpu" else 0
     if gpus:
-        return cfg.actors or gpus, cfg.cpus_per_actor, 1.0
+        return cfg.actors or gpus, cfg.cpus_per_actor or 1.0, 1.0
     if cfg.device == "cuda":
         raise UserError("--device cuda: the Ray cluster has no GPUs")
     cpus = resources.get("CPU", 1)
-    return cfg.actors or max(1, int((cpus - 1) // cfg.cpus_per_actor)), cfg.cpus_per_actor, 0.0
+    if cfg.cpus_per_actor is not None:
+        return cfg.actors or max(1, int((cpus - 1) // cfg.cpus_per_actor)), cfg.cpus_per_actor, 0.0
+    # one actor per CPU, one torch thread each, their reservations summing to CPUs - 1 so that a CPU
+    # stays for read tasks (BENCHMARKS.md, "Corpus scale": on 2 cores, 2 x 0.5 scores 1.8x faster than 1 x 1)
+    actors = cfg.actors or max(1, int(cpus))
+    return actors, max(cpus - 1, 0.5) / actors, 0.0
 
 
 def run(cfg: FilterConfig, address: str | None = None, progress: bool = True) -> FilterResult:
@@ -362,6 +368,7 @@ def run(cfg: FilterConfig, address: str | None = None, progress: bool = True) ->
     rows_this_run = 0
     if pending:
         actors, cpus, gpus = default_actors(cfg)
+        cfg = cfg.model_copy(update={"actors": actors, "cpus_per_actor": cpus})  # the actors' torch threads
         ray.data.DataContext.get_current().enable_progress_bars = progress
         if not progress:
             logging.getLogger("ray.data").setLevel(logging.WARNING)

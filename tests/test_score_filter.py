@@ -112,3 +112,20 @@ def test_a_killed_filter_resumes_with_every_id_exactly_once(tmp_path):
     ids = [r["id"] for r in read_table(out / "scored")] + [r["id"] for r in read_table(out / "errors")]
     assert sorted(ids) == sorted(r["id"] for r in rows)  # every id exactly once
 
+
+
+def test_default_sizing_gives_every_core_an_actor_and_keeps_a_cpu_for_reads(monkeypatch):
+    from actprm.config import FilterConfig
+    from pipelines import score_filter
+
+    def sizing(resources, **cfg):
+        monkeypatch.setattr(score_filter.ray, "cluster_resources", lambda: resources)
+        return score_filter.default_actors(FilterConfig(**cfg))
+
+    assert sizing({"CPU": 2.0}) == (2, 0.5, 0.0)              # 2 x half a CPU: both cores score
+    assert sizing({"CPU": 16.0}) == (16, 15 / 16, 0.0)
+    assert sizing({"CPU": 1.0}) == (1, 0.5, 0.0)
+    assert sizing({"CPU": 8.0}, actors=2) == (2, 3.5, 0.0)   # fewer actors: more threads each
+    assert sizing({"CPU": 8.0}, cpus_per_actor=2) == (3, 2, 0.0)  # by hand: (CPUs - 1) / C actors
+    assert sizing({"CPU": 16.0, "GPU": 4.0}) == (4, 1.0, 1.0)
+    assert sizing({"CPU": 16.0, "GPU": 4.0}, device="cpu") == (16, 15 / 16, 0.0)
