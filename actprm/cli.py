@@ -554,6 +554,7 @@ def _parser_loop(sub: argparse._SubParsersAction) -> None:
                "  actprm loop --config configs/loop/rounds.yaml --output runs/loop\n"
                "  actprm loop --config configs/loop/rounds.yaml --strategy random --output runs/loop-random\n"
                "  actprm loop --config configs/loop/stream.yaml --pool corpus/ --eval world-eval/ --output runs/s\n"
+               "  actprm loop --config configs/loop/stream.yaml --target-rate 0.1 --output runs/s10\n"
                "  actprm loop --config configs/loop/rounds.yaml --output runs/loop --rounds 10   # continue a run\n"
                "  actprm loop --config configs/loop/rounds.yaml --label-budget 500 --dollar-budget 20 --output r\n")
     p.add_argument("--mode", choices=["rounds", "stream"])
@@ -573,6 +574,10 @@ def _parser_loop(sub: argparse._SubParsersAction) -> None:
                    help="stop after N rows went to the annotator (exactly)")
     p.add_argument("--dollar-budget", dest="dollar_budget", type=float, metavar="USD",
                    help="stop before a round once the labels cost this much")
+    p.add_argument("--target-rate", dest="target_rate", type=float, metavar="R",
+                   help="strategy actprm: choose delta_pred/delta_std on the first round's (chunk's) scores so that "
+                        "about this share (0..1) is uncertain, then hold them (stream: the rate then shows how the "
+                        "model's uncertainty moves)")
     p.add_argument("--train-on", dest="train_on", choices=["all", "new"], help="rounds: every label so far (default) "
                    "or the round's own")
     p.add_argument("--eval-every", dest="eval_every", type=int, metavar="N", help="evaluate every N rounds")

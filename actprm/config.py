@@ -350,6 +350,9 @@ class LoopConfig(ScorerConfig):
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="a step is wrong iff its mean is below it")
     delta_pred: float = Field(0.95, gt=0.5, le=1.0)
     delta_std: float = Field(0.005, ge=0.0)
+    target_rate: float | None = Field(None, ge=0.0, le=1.0, description="strategy actprm: choose delta_pred/delta_std "
+                                      "on the first round's (chunk's) scores so that about this share of it is "
+                                      "uncertain, then hold them for the whole run")
     acquisition: Literal["entropy", "bald", "variance", "margin"] = Field(
         "entropy", description="strategy actprm: ranks the uncertain rows when they are more than the budget")
     reduction: Literal["max", "mean"] = "max"

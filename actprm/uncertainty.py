@@ -248,9 +248,15 @@ def select(strategy: str, *, ids: Sequence[str], uncertain, scores,
 
 # --------------------------------------------------------------------------- calibration
 def trajectory_extremes(probs) -> tuple[float, float]:
-    """(largest σ, smallest confidence max(μ, 1−μ)) over steps 0..E: the trajectory is certain iff
-    largest σ ≤ δ_std and smallest confidence ≥ δ_pred. No steps: (0.0, 1.0), always certain."""
-    mean, std = step_stats(probs)
+    """(largest σ, smallest confidence max(μ, 1−μ)) over steps 0..E of a (n_steps, K) array."""
+    return stats_extremes(*step_stats(probs))
+
+
+def stats_extremes(mean, std) -> tuple[float, float]:
+    """(largest σ, smallest confidence max(μ, 1−μ)) over steps 0..E of per-step means and stds: the
+    trajectory is certain iff largest σ ≤ δ_std and smallest confidence ≥ δ_pred. No steps: (0.0, 1.0),
+    always certain."""
+    mean, std = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
     end = last_relevant_step(mean)
     if end < 0:
         return 0.0, 1.0
@@ -259,7 +265,16 @@ def trajectory_extremes(probs) -> tuple[float, float]:
 
 
 def calibrate_deltas(probs_list: Sequence, target_rate: float, grid: int = 1001) -> dict:
-    """δ_pred and δ_std under which about ``target_rate`` of these trajectories are uncertain.
+    """δ_pred and δ_std under which about ``target_rate`` of these trajectories ((n_steps, K) arrays)
+    are uncertain: :func:`choose_deltas` of their extremes."""
+    if not len(probs_list):
+        raise ValueError("calibration needs at least one trajectory")
+    return choose_deltas([trajectory_extremes(p) for p in probs_list], target_rate, grid)
+
+
+def choose_deltas(extremes: Sequence[tuple[float, float]], target_rate: float, grid: int = 1001) -> dict:
+    """δ_pred and δ_std under which about ``target_rate`` of the trajectories with these
+    (largest σ, smallest confidence) pairs (:func:`stats_extremes`) are uncertain.
 
     One knob moves both thresholds together along matching quantiles of the sample: at level
     q, δ_std is the q-quantile of the trajectories' largest σ and δ_pred the (1−q)-quantile of
@@ -270,9 +285,9 @@ def calibrate_deltas(probs_list: Sequence, target_rate: float, grid: int = 1001)
     """
     if not 0.0 <= target_rate <= 1.0:
         raise ValueError(f"target_rate must be in [0, 1], got {target_rate}")
-    if not len(probs_list):
+    if not len(extremes):
         raise ValueError("calibration needs at least one trajectory")
-    ext = np.array([trajectory_extremes(p) for p in probs_list], dtype=np.float64)
+    ext = np.asarray(extremes, dtype=np.float64).reshape(-1, 2)
     s, c = ext[:, 0], ext[:, 1]
     levels = np.linspace(0.0, 1.0, grid)
     d_std = np.quantile(s, levels)
@@ -281,4 +296,4 @@ def calibrate_deltas(probs_list: Sequence, target_rate: float, grid: int = 1001)
     rates = 1.0 - certain.mean(axis=1)
     best = int(np.argmin(np.abs(rates - target_rate)))
     return {"delta_pred": float(d_pred[best]), "delta_std": float(d_std[best]), "rate": float(rates[best]),
-            "level": float(levels[best]), "n": int(len(probs_list))}
+            "level": float(levels[best]), "n": len(ext)}

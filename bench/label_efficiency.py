@@ -2,7 +2,7 @@
 
     python -m bench.label_efficiency [--pool-rows 5000] [--eval-rows 1000] [--seeds 0 1 2] \\
         [--budgets 5 10 20 30 50 100] [--strategies actprm random entropy] [--config configs/loop/label_efficiency.yaml]
-    python -m bench.label_efficiency stream --rows 100000 [--chunk-rows 2000] [--eval-every 10]
+    python -m bench.label_efficiency stream --rows 100000 [--chunk-rows 2000] [--eval-every 10] [--target-rate 0.1]
 
 Pool mode: a world pool (`--pool-rows`, generate seed 1) and eval set (`--eval-rows`, seed 2, about half
 with an error) under --work; for each strategy and seed, one `rounds` loop (pipelines/active_loop.py)
@@ -18,7 +18,10 @@ whose mean F1 is within 0.01 of the full-pool F1 (the mean at 100% over every st
 100% every strategy has labelled the whole pool); plotted: F1 against budget (--plot).
 
 Stream mode: a world corpus of --rows (generate seed 3) read once in chunks (ActPRM's Algorithm 1,
-`mode: stream`): the share of rows the rule sends to the judge, and the final F1.
+`mode: stream`): the share of rows the rule sends to the judge, per chunk and in all, and the final F1.
+With --target-rate R the rule's deltas are chosen on the first chunk (scored by the starting model) for
+about R of it, then held: the later chunks' rates show how the model's uncertainty moves as it learns.
+--rounds N stops after N chunks.
 """
 
 from __future__ import annotations
@@ -158,14 +161,17 @@ def stream_mode(args: argparse.Namespace) -> None:
     base = base_config(args.config)
     cfg = base.model_copy(update={
         "mode": "stream", "pool": [str(corpus)], "eval": [str(evals)], "strategy": "actprm",
-        "output": str(work / "runs" / f"stream-{args.rows}-c{args.chunk_rows}"), "chunk_rows": args.chunk_rows,
-        "rounds": None, "label_budget": None, "eval_every": args.eval_every})
+        "output": str(work / "runs" / f"stream-{args.rows}-c{args.chunk_rows}-t{args.target_rate}-n{args.rounds}"),
+        "chunk_rows": args.chunk_rows, "rounds": args.rounds, "label_budget": None, "eval_every": args.eval_every,
+        "target_rate": args.target_rate})
     init_ray(args.address)
     start = time.perf_counter()
     result = active_loop.run(cfg, progress=not args.no_progress)
     last = result.lines[-1]
     rows_seen = sum(x["rows_considered"] for x in result.lines)
+    calibration = json.loads((result.output / "state.json").read_text()).get("calibration")
     row = {"kind": "stream", "rows": args.rows, "chunk_rows": args.chunk_rows, "eval_rows": args.eval_rows,
+           "target_rate": args.target_rate, "max_chunks": args.rounds, "calibration": calibration,
            "rows_seen": rows_seen, "labels": last["labels_used"],
            "selection_rate": last["labels_used"] / rows_seen if rows_seen else None,
            "start_f1": result.lines[0]["mean_f1"], "mean_f1": last["mean_f1"], "error_acc": last["error_acc"],
@@ -175,6 +181,7 @@ def stream_mode(args: argparse.Namespace) -> None:
            "train": cfg.train.model_dump(mode="json", include={"backbone", "lr", "head_lr", "batch_size"}),
            "seconds": round(time.perf_counter() - start, 1)}
     if not any(r.get("kind") == "stream" and r["rows"] == args.rows and r["chunk_rows"] == args.chunk_rows
+               and r.get("target_rate") == args.target_rate and r.get("max_chunks") == args.rounds
                for r in read_results(args.results)):
         append(args.results, row)
     print(result.summary_line())
@@ -195,6 +202,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rows", type=int, default=100_000, help="stream: corpus rows")
     p.add_argument("--chunk-rows", type=int, default=2000, help="stream: rows per chunk")
     p.add_argument("--eval-every", type=int, default=10, help="stream: evaluate every N chunks (and the last)")
+    p.add_argument("--target-rate", type=float, default=None,
+                   help="stream: choose the rule's deltas on the first chunk for about this share, then hold them")
+    p.add_argument("--rounds", type=int, default=None, help="stream: stop after N chunks (default: the corpus)")
     p.add_argument("--work", default=str(REPO / "runs" / "label_efficiency"), help="worlds and loop run directories")
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--plot", default=str(REPO / "bench" / "results" / "label_efficiency.png"))

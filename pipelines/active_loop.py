@@ -19,7 +19,8 @@ the id: a fixed random order, nothing scored), `full` (everything left; nothing 
 The run directory holds all state (../shared/ARCHITECTURE.md):
 
     RUN/config.yaml                      the resolved config, as run
-    RUN/state.json                       the last completed round and step (atomic)
+    RUN/state.json                       the last completed round and step; the deltas chosen for
+                                         `target_rate` (atomic)
     RUN/judge_cache.sqlite               every paid judge answer (the openai backend)
     RUN/labelled/round-NNN/selection.parquet    the rows considered, their scores, `selected`
     RUN/labelled/round-NNN/annotations.parquet  one annotation per selected row
@@ -234,6 +235,8 @@ def check_config(cfg: LoopConfig) -> None:
                         "remove it from train:")
     if cfg.train.workers > 1:
         raise UserError("train.workers: the loop trains in-process (workers: 1)")
+    if cfg.target_rate is not None and cfg.strategy != "actprm":
+        raise UserError(f"target_rate: calibrates the ActPRM rule; strategy {cfg.strategy} does not use it")
     implicit_training = cfg.train.objective != "actprm"
     if cfg.labels == "outcome" and not implicit_training:
         raise UserError("labels: outcome gives response-level labels only: set train.objective to implicit-ce "
@@ -369,6 +372,8 @@ class Loop:
                                              else cfg.acquisition, reduction=cfg.reduction, seed=cfg.seed)
         self.implicit = cfg.implicit_settings()  # None: the ensemble scorer
         self.state = run.read_state()
+        if self.state.get("calibration"):  # chosen in round 1 of an earlier run: held for the whole run
+            self.hold_deltas(self.state["calibration"])
         self.state.setdefault("seconds", {})
         self.eval_names, self.eval_rows = read_eval(cfg)
         from actprm.score import resolve_device
@@ -376,6 +381,26 @@ class Loop:
         self.device = torch.device(resolve_device(cfg.device))
 
     # ---- helpers
+    def hold_deltas(self, calibration: dict) -> None:
+        self.selection_cfg = self.selection_cfg.model_copy(
+            update={"delta_pred": calibration["delta_pred"], "delta_std": calibration["delta_std"]})
+
+    def calibrate(self, scores: dict[str, dict]) -> None:
+        """target_rate: δ_pred/δ_std for about that share of these (round 1's) rows uncertain, recorded in
+        state.json (before the selection is written, so a resumed round 1 selects with them) and held for
+        every later round; the rows' `uncertain` is redone under them."""
+        ok = [sc for sc in scores.values() if sc.get("error") is None]
+        if not ok:
+            return
+        stats = [(sc["step_mean"], sc["step_std"] if sc.get("step_std") is not None else [0.0] * len(sc["step_mean"]))
+                 for sc in ok]
+        found = uncertainty.choose_deltas([uncertainty.stats_extremes(m, s) for m, s in stats], self.cfg.target_rate)
+        self.state["calibration"] = {"target_rate": self.cfg.target_rate, **found}
+        self.run.write_state(self.state)
+        self.hold_deltas(found)
+        for sc, (m, s) in zip(ok, stats):
+            sc["uncertain"] = uncertainty.is_uncertain(m, s, found["delta_pred"], found["delta_std"])
+
     def model_after(self, r: int) -> str | None:
         """The checkpoint in use after round r: its own, or the last earlier one (None: the start model)."""
         for k in range(r, 0, -1):
@@ -411,6 +436,8 @@ class Loop:
         if self.cfg.strategy in SCORING_STRATEGIES and candidates:
             with progress_bar(len(candidates), f"round {r}: score", self.progress) as bar:
                 scores = self.pool.score(candidates, self.model_after(r - 1), self.selection_cfg, bar, self.implicit)
+            if self.cfg.target_rate is not None and not self.state.get("calibration"):
+                self.calibrate(scores)
         rows = select_rows(self.cfg.strategy, candidates, scores, budget, self.cfg.seed, r)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_parquet_atomic(table_from_rows(rows, "loop_selection"), path)

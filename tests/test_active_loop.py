@@ -15,8 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from actprm import uncertainty
 from actprm.cli import main
 from actprm.config import JudgeConfig, LoopConfig, TrainConfig
+from actprm.errors import UserError
 from actprm.judge.verifier import VerifierAnnotator
 from actprm.model import init_model, load_prm
 from actprm.schemas import table_from_rows
@@ -215,6 +217,33 @@ def test_stream_mode_trains_only_on_the_rows_it_selected(world, tmp_path, scorer
     sel = pq.read_table(run / "labelled" / "round-002" / "selection.parquet").to_pylist()
     taken = min(r["acquisition"] for r in sel if r["selected"])
     assert all(r["acquisition"] <= taken for r in sel if not r["selected"])
+
+
+def test_target_rate_calibrates_the_rule_on_the_first_chunk_and_holds_it(world, tmp_path, scorers):
+    run = tmp_path / "run"
+    cfg = loop_cfg(world, run, mode="stream", chunk_rows=40, rounds=2, target_rate=0.25)
+    active_loop.run(cfg, progress=False, annotator=CountingAnnotator(), pool=scorers)
+    calibration = json.loads((run / "state.json").read_text())["calibration"]
+    assert calibration["target_rate"] == 0.25 and calibration["n"] == 40
+    deltas = calibration["delta_pred"], calibration["delta_std"]
+    assert deltas != (cfg.delta_pred, cfg.delta_std)
+    got = lines(run)
+    assert abs(got[1]["rows_selected"] / 40 - 0.25) <= 0.05  # about the target on the chunk it was chosen on
+
+    def check(r: int) -> None:  # every row of the chunk: selected iff uncertain under the held deltas
+        for row in pq.read_table(run / "labelled" / f"round-{r:03d}" / "selection.parquet").to_pylist():
+            assert row["selected"] == row["uncertain"] == uncertainty.is_uncertain(
+                row["step_mean"], row["step_std"], *deltas), (r, row["id"])
+
+    check(1)
+    check(2)
+    # continued with another chunk: the deltas are not chosen again
+    active_loop.run(cfg.model_copy(update={"rounds": 3}), progress=False, annotator=CountingAnnotator(), pool=scorers)
+    assert json.loads((run / "state.json").read_text())["calibration"] == calibration
+    check(3)
+    with pytest.raises(UserError, match="target_rate"):
+        active_loop.run(loop_cfg(world, tmp_path / "r2", strategy="random", target_rate=0.2), progress=False,
+                        pool=scorers)
 
 
 def test_loop_user_errors_are_one_line_exit_2(world, tmp_path, capsys):
