@@ -193,6 +193,32 @@ def test_score_job_writes_implicit_columns(tmp_path, two_models):
         assert r["uncertain"] == bool(np.any(margins < cfg.delta_pred - 0.5))
 
 
+def test_filter_with_the_implicit_scorer_on_ray_equals_in_process_score(tmp_path, two_models, local_ray, capsys):
+    from actprm.cli import main
+
+    rows = list(Generator(seed=4).rows(0, 60, "eval"))
+    (tmp_path / "corpus").mkdir()
+    for k in range(0, 60, 20):  # three files, read by separate tasks
+        (tmp_path / "corpus" / f"part-{k // 20}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[k:k + 20]))
+    flags = ["--scorer", "implicit", "--model", two_models["policy"], "--reference", two_models["reference"],
+             "--beta", "0.5", "--device", "cpu", "--no-progress"]
+    assert main(["score", "--input", str(tmp_path / "corpus"), "--output", str(tmp_path / "s"), "--threads", "1",
+                 *flags]) == 0
+    assert main(["filter", "--input", str(tmp_path / "corpus"), "--output", str(tmp_path / "f"), "--actors", "2",
+                 "--batch-rows", "16", *flags]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("filter: 60 rows read, 60 scored")
+    expected = {r["id"]: r for r in pq.read_table(tmp_path / "s" / "scored").to_pylist()}
+    got = pq.read_table(tmp_path / "f" / "scored").to_pylist()
+    assert sorted(r["id"] for r in got) == sorted(expected)
+    for r in got:
+        e = expected[r["id"]]
+        assert r["step_std"] is None and r["uncertain"] == e["uncertain"] and r["selected"] == e["uncertain"]
+        for col in ("step_value", "step_reward", "step_mean"):  # float32 sums of up to ~100: relative too
+            np.testing.assert_allclose(r[col], e[col], rtol=1e-5, atol=1e-5)
+    assert {r["id"] for r in pq.read_table(tmp_path / "f" / "selected").to_pylist()} == {
+        i for i, e in expected.items() if e["uncertain"]}
+
+
 def test_prime_loop_mode_trains_online_from_outcome_labels(tmp_path, local_ray):
     """`labels: outcome` + `scorer: implicit` (configs/loop/prime.yaml): no judge call, labels equal the world's
     exact outcomes, each round's implicit PRM continues from the last, and is evaluated."""
