@@ -8,7 +8,9 @@ For each size: a world corpus (`actprm generate`, 50k-row shards, cached under -
 peak memory, defined as the largest sum, over 0.5 s samples, of the resident set sizes of the
 job's whole process tree (the driver and the local Ray it starts: GCS, raylet, workers and
 actors; pages of the shared-memory object store count in every process that maps them, so this
-over-counts rather than misses). Results are appended to --output (JSON lines).
+over-counts rather than misses), with its split by role at that moment (driver, scoring actors, other
+Ray workers, Ray's core processes) and each role's own largest sum. Results are appended to --output
+(JSON lines).
 """
 
 from __future__ import annotations
@@ -24,8 +26,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tree_rss_bytes(root: int) -> int:
-    """Sum of RSS over `root` and all its descendants (Linux /proc)."""
+def role(pid: int, root: int) -> str:
+    """What a process of the job is: the driver, a scoring actor, another Ray worker (read tasks, idle
+    workers, Ray Data's own actors) or Ray's core processes (GCS, raylet, dashboard, agents)."""
+    if pid == root:
+        return "driver"
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "ray core"
+    if "PRMScorer" in cmd:
+        return "actors"
+    return "workers" if cmd.startswith("ray::") else "ray core"
+
+
+def tree_rss_bytes(root: int) -> dict[str, int]:
+    """RSS of `root` and all its descendants (Linux /proc), summed by role."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     page = os.sysconf("SC_PAGE_SIZE")
@@ -40,25 +56,32 @@ def tree_rss_bytes(root: int) -> int:
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
         children.setdefault(ppid, []).append(int(entry))
         rss[int(entry)] = int(statm[1]) * page
-    total, stack = 0, [root]
+    by_role: dict[str, int] = {}
+    stack = [root]
     while stack:
         pid = stack.pop()
-        total += rss.get(pid, 0)
+        name = role(pid, root)
+        by_role[name] = by_role.get(name, 0) + rss.get(pid, 0)
         stack.extend(children.get(pid, []))
-    return total
+    return by_role
 
 
 def measure(cmd: list[str]) -> dict:
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    peak = 0
+    peak, at_peak, most = 0, {}, {}
     while proc.poll() is None:
-        peak = max(peak, tree_rss_bytes(proc.pid))
+        sample = tree_rss_bytes(proc.pid)
+        if sum(sample.values()) > peak:
+            peak, at_peak = sum(sample.values()), sample
+        most = {k: max(most.get(k, 0), v) for k, v in sample.items()}
         time.sleep(0.5)
     out = proc.stdout.read() if proc.stdout else ""
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode})")
     return {"wall_s": round(time.perf_counter() - start, 1), "peak_rss_mb": round(peak / 2**20),
+            "at_peak_mb": {k: round(v / 2**20) for k, v in sorted(at_peak.items())},
+            "most_by_role_mb": {k: round(v / 2**20) for k, v in sorted(most.items())},
             "summary_line": out.strip().splitlines()[-1]}
 
 

@@ -40,12 +40,10 @@ import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
@@ -56,11 +54,8 @@ from actprm.config import FilterConfig
 from actprm.errors import UserError
 from actprm.io.filesystems import file_size
 from actprm.io.readers import (
-    NoDuplicateCheck,
-    PlannedDuplicates,
     SourceFile,
     inspect_file,
-    iter_file_batches,
     list_files,
 )
 from actprm.io.writers import (
@@ -81,66 +76,13 @@ from actprm.score import (
 )
 from actprm.scoring import score_trajectories
 from actprm.validate import require_input_output
+from pipelines.filter_reads import TRANSPORT, read_ids, read_rows, read_task_cpus
 from pipelines.ray_session import init_ray
 from pipelines.validate import plan_duplicates
 
 TABLES = {"scored": "scored", "selected": "scored", "errors": "errors"}  # output dir -> schema
 HYGIENE_KINDS = ("duplicate content", "near-duplicate problem", "contaminated")
 PROGRESS = "_progress"
-READ_TASK_CPUS = 0.5
-
-# rows between stages: the scored columns (all nullable) + where each row came from and, for
-# rows that go to errors, why
-_ORIGIN = [pa.field("_file", pa.int32()), pa.field("_row_index", pa.int64()), pa.field("_source_file", pa.string()),
-           pa.field("_error", pa.string()), pa.field("_row_json", pa.string())]
-TRANSPORT = pa.schema([f.with_nullable(True) for f in arrow_schema("scored")] + _ORIGIN)
-
-
-# ------------------------------------------------------------------ stage functions
-
-
-@ray.remote
-def read_ids(source: SourceFile, cfg: FilterConfig, eval_paths: list[str]) -> dict | str:
-    """What the driver needs of one file, or why the file failed: `ids` (row_index, id) of the rows that pass
-    the per-row checks, `n_read`, `hygiene` (actprm.hygiene.FileHygiene: keys, contamination) and, for
-    --target-rate, `sample` (its rows' bottom-k by id hash)."""
-    ids: list[tuple[int, str]] = []
-    n_read = 0
-    sample = BottomK(cfg.calibration_sample if cfg.target_rate is not None else 0, cfg.seed)
-
-    def read() -> Iterator:
-        nonlocal n_read
-        for batch in iter_file_batches([source], 0, ids=NoDuplicateCheck(), limits=cfg.limits,
-                                       step_separator=cfg.step_separator, batch_rows=cfg.batch_rows):
-            ids.extend(zip(batch.valid_index, (row["id"] for row in batch.valid)))
-            n_read += batch.n_read
-            sample.add(batch.valid)
-            yield batch
-
-    try:
-        info = hygiene.file_hygiene(read(), cfg, eval_paths)
-    except Exception as exc:  # a file that breaks part-way: reported, skipped
-        return f"unreadable file: {' '.join(str(exc).split())[:300]}"
-    return {"ids": ids, "n_read": n_read, "hygiene": info, "sample": sample}
-
-
-def read_rows(batch: dict[str, np.ndarray], sources: list[SourceFile], plans: list[dict],
-              removals: list[dict[int, str]], cfg: FilterConfig) -> Iterator[pa.Table]:
-    """Ray Data stage: one input file (its index) -> its rows, validated, in TRANSPORT tables; the rows the
-    hygiene rules remove (`removals`) go on as error rows with their reason."""
-    for file_index in batch["file_index"].tolist():
-        removed = removals[file_index]
-        for b in iter_file_batches(sources, file_index, ids=PlannedDuplicates(plans[file_index]), limits=cfg.limits,
-                                   step_separator=cfg.step_separator, batch_rows=cfg.batch_rows):
-            origin = {"_file": file_index, "_source_file": b.source_file}
-            rows = [row | origin | {"_row_index": i} if i not in removed else
-                    origin | {"id": row["id"], "_row_index": i, "_error": removed[i], "_row_json": row_json(row)}
-                    for row, i in zip(b.valid, b.valid_index)]
-            rows += [origin | {"id": e["id"], "_row_index": e["row_index"], "_error": e["reason"],
-                               "_row_json": e["row_json"]} for e in b.errors]
-            yield pa.Table.from_pylist(rows, schema=TRANSPORT)
-
-
 class PRMScorer:
     """Ray Data actor: the PRM (ensemble, or implicit with --scorer implicit), loaded once per actor, scoring
     TRANSPORT batches."""
@@ -373,12 +315,10 @@ def run(cfg: FilterConfig, address: str | None = None, progress: bool = True) ->
         if not progress:
             logging.getLogger("ray.data").setLevel(logging.WARNING)
         ds = (ray.data.from_items([{"file_index": i} for i in pending], override_num_blocks=len(pending))
-              # half a CPU per read task: reads run beside the actors and, with resources unlike the
-              # actors', Ray does not fuse them into the actors (fused, a batch of files would wait
-              # for one actor task, and no file would finish before the others)
+              # about half a CPU per read task (pipelines/filter_reads.py): reads run beside the actors,
+              # two files at a time in the CPU left to them, and are not fused into the actors
               .map_batches(functools.partial(read_rows, sources=sources, plans=plans, removals=removals, cfg=cfg),
-                           batch_size=1,
-                           num_cpus=READ_TASK_CPUS if cpus != READ_TASK_CPUS else READ_TASK_CPUS / 2)
+                           batch_size=1, num_cpus=read_task_cpus(cpus))
               .map_batches(PRMScorer, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.batch_rows,
                            batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
                            num_cpus=cpus, num_gpus=gpus))
