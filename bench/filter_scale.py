@@ -74,7 +74,8 @@ def measure(cmd: list[str]) -> dict:
         sample = tree_rss_bytes(proc.pid)
         if sum(sample.values()) > peak:
             peak, at_peak = sum(sample.values()), sample
-        most = {k: max(most.get(k, 0), v) for k, v in sample.items()}
+        for k, v in sample.items():
+            most[k] = max(most.get(k, 0), v)
         time.sleep(0.5)
     out = proc.stdout.read() if proc.stdout else ""
     if proc.returncode != 0:

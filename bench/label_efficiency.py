@@ -161,7 +161,8 @@ def stream_mode(args: argparse.Namespace) -> None:
     base = base_config(args.config)
     cfg = base.model_copy(update={
         "mode": "stream", "pool": [str(corpus)], "eval": [str(evals)], "strategy": "actprm",
-        "output": str(work / "runs" / f"stream-{args.rows}-c{args.chunk_rows}-t{args.target_rate}-n{args.rounds}"),
+        "output": str(work / "runs" / f"stream-{Path(args.config).stem}-{args.rows}-c{args.chunk_rows}"
+                                      f"-t{args.target_rate}-n{args.rounds}"),
         "chunk_rows": args.chunk_rows, "rounds": args.rounds, "label_budget": None, "eval_every": args.eval_every,
         "target_rate": args.target_rate})
     init_ray(args.address)
@@ -170,7 +171,8 @@ def stream_mode(args: argparse.Namespace) -> None:
     last = result.lines[-1]
     rows_seen = sum(x["rows_considered"] for x in result.lines)
     calibration = json.loads((result.output / "state.json").read_text()).get("calibration")
-    row = {"kind": "stream", "rows": args.rows, "chunk_rows": args.chunk_rows, "eval_rows": args.eval_rows,
+    row = {"kind": "stream", "config": Path(args.config).name, "rows": args.rows, "chunk_rows": args.chunk_rows,
+           "eval_rows": args.eval_rows,
            "target_rate": args.target_rate, "max_chunks": args.rounds, "calibration": calibration,
            "rows_seen": rows_seen, "labels": last["labels_used"],
            "selection_rate": last["labels_used"] / rows_seen if rows_seen else None,
@@ -178,10 +180,12 @@ def stream_mode(args: argparse.Namespace) -> None:
            "correct_acc": last["correct_acc"], "chunks": result.rounds,
            "rate_by_chunk": [x["selection_rate"] for x in result.lines[1:]],
            "f1_by_chunk": [x["mean_f1"] for x in result.lines[1:]],
-           "train": cfg.train.model_dump(mode="json", include={"backbone", "lr", "head_lr", "batch_size"}),
+           "train": cfg.train.model_dump(mode="json", include={"backbone", "lr", "head_lr", "batch_size", "epochs",
+                                                                "anchor_lambda"}),
            "seconds": round(time.perf_counter() - start, 1)}
     if not any(r.get("kind") == "stream" and r["rows"] == args.rows and r["chunk_rows"] == args.chunk_rows
                and r.get("target_rate") == args.target_rate and r.get("max_chunks") == args.rounds
+               and r.get("config") == Path(args.config).name
                for r in read_results(args.results)):
         append(args.results, row)
     print(result.summary_line())
@@ -192,8 +196,8 @@ def stream_mode(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("mode", nargs="?", choices=["pool", "stream", "report"], default="pool")
-    p.add_argument("--config", default=str(REPO / "configs" / "loop" / "label_efficiency.yaml"),
-                   help="the loop settings and the fixed training recipe (train:)")
+    p.add_argument("--config", default=None, help="the loop settings and the fixed training recipe (train:); "
+                   "default: configs/loop/label_efficiency.yaml (pool), configs/loop/stream.yaml (stream)")
     p.add_argument("--pool-rows", type=int, default=5000)
     p.add_argument("--eval-rows", type=int, default=1000)
     p.add_argument("--budgets", type=float, nargs="+", default=[5, 10, 20, 30, 50, 100], help="percent of the pool")
@@ -213,6 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--address", default=None)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    args.config = args.config or str(REPO / "configs" / "loop" / ("stream.yaml" if args.mode == "stream"
+                                                                  else "label_efficiency.yaml"))
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # as the CLI: our bars and lines only
     torch.set_num_threads(args.threads)
     {"pool": pool_mode, "stream": stream_mode, "report": report}[args.mode](args)
