@@ -32,6 +32,7 @@ def read_task_cpus(actor_cpus: float) -> float:
     resources Ray fuses the reads into the actors, and a batch of files would wait on one actor task)."""
     return READ_TASK_CPUS if actor_cpus != READ_TASK_CPUS else READ_TASK_CPUS - 0.01
 
+
 # rows between stages: the scored columns (all nullable) + where each row came from and, for
 # rows that go to errors, why
 _ORIGIN = [pa.field("_file", pa.int32()), pa.field("_row_index", pa.int64()), pa.field("_source_file", pa.string()),

@@ -32,10 +32,7 @@ finished file rescored. Ray does not keep row order; `id` is the key.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import functools
-import gc
 import hashlib
 import json
 import logging
@@ -246,14 +243,6 @@ class FilterResult:
                 f"({rate:,.0f} rows/s) -> {self.output}")
 
 
-def release_memory() -> None:
-    """Collect garbage and hand freed heap back to the OS (glibc's malloc_trim; elsewhere a no-op), so that
-    the driver's phase-1 memory, which grows with the corpus, is not held through phase 2."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def default_actors(cfg: FilterConfig) -> tuple[int, float, float]:
     """(actors, CPUs per actor, GPUs per actor) from the config and the cluster's resources."""
     resources = ray.cluster_resources()
@@ -312,8 +301,9 @@ def run(cfg: FilterConfig, address: str | None = None, progress: bool = True) ->
             sample.merge(r["sample"])
         if sample.rows():
             cfg, calibration = calibrate(cfg, sources, load_for_scoring(cfg), rows=sample.rows())
-    del phase1, good  # every row's ids and keys (~0.5 KB a row): only the plans go on into phase 2
-    release_memory()
+    # every row's ids and keys (~0.5 KB a row, growing with the corpus): only the plans go on into phase 2;
+    # Python hands the freed arenas back to the OS
+    del phase1, good
     done = finished_files(out, sources)
     pending = [i for i in range(len(sources)) if i not in done]
     for i in pending:
