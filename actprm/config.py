@@ -1,70 +1,79 @@
-"""Job configs: defaults here, overridden by a `--config` YAML, overridden by CLI flags.
+"""Job settings: one pydantic model per job, built from shared pieces. The single source of every setting.
 
-Each job has one pydantic model; YAML keys and flag names are the same words
-(`--batch-tokens` ↔ `batch_tokens`). Unknown keys and bad values are user errors
-(one line, exit code 2), never a traceback.
+Defaults are here; a `--config` YAML overrides them; CLI flags override the YAML. YAML keys and flags are
+the same words (`batch_tokens` ↔ `--batch-tokens`): the CLI generates every flag, its help (a field's
+`description`) and its default from these models (README, "The `actprm` command"). A job's docstring is
+its `--help` description, `examples` its examples. Unknown keys and bad values are user errors (one line,
+exit code 2), never a traceback.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from actprm.errors import UserError
 from actprm.io.formats import FORMATS
 from actprm.schemas import Limits
+from actprm.uncertainty import ACQUISITIONS, LOOP_STRATEGIES
 
 FormatName = Literal[("auto", *FORMATS)]  # type: ignore[valid-type]
+Acquisition = Literal[tuple(ACQUISITIONS)]  # type: ignore[valid-type]
+Strategy = Literal[LOOP_STRATEGIES]  # type: ignore[valid-type]
+Device = Literal["auto", "cpu", "cuda"]
+StepFeature = Literal["lm_logprob"]
+
+
+def cli(*aliases: str, const: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A field's extra flags: other names for it (`--timeout`), flags that set a constant (`--no-x: []`)."""
+    return {"cli": {"aliases": list(aliases), "const": const or {}}}
 
 
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    #: example command lines of the job (its --help)
+    examples: ClassVar[tuple[str, ...]] = ()
 
 
-class ReadConfig(Config):
-    """How input is found and checked."""
+# ------------------------------------------------------------------ shared pieces
 
-    input: list[str] = Field(default_factory=list, description="files, directories or globs")
-    format: FormatName = "auto"  # type: ignore[valid-type]
+
+class ReadSettings(Config):
+    """reading: how input is found and checked"""
+
+    format: FormatName = Field("auto", description="input format (auto: from the columns)")  # type: ignore[valid-type]
     step_separator: str = Field("\n\n", description="splits a rollout's response into steps")
-    max_problem_chars: int = Field(50_000, gt=0)
-    max_step_chars: int = Field(20_000, gt=0)
-    max_steps: int = Field(1_000, gt=0)
-    batch_rows: int = Field(2048, gt=0, description="rows read per batch")
+    max_problem_chars: int = Field(50_000, gt=0, description="a longer problem is an error row (too large)")
+    max_step_chars: int = Field(20_000, gt=0, description="a longer step is an error row (too large)")
+    max_steps: int = Field(1_000, gt=0, description="a trajectory with more steps is an error row (too large)")
+    batch_rows: int = Field(2048, gt=0, description="rows read (and scored) per batch")
 
     @property
     def limits(self) -> Limits:
         return Limits(self.max_problem_chars, self.max_step_chars, self.max_steps)
 
 
-class OutputConfig(Config):
-    output: str | None = None
-    overwrite: bool = False
-    rows_per_shard: int = Field(100_000, gt=0)
+class OutputSettings(Config):
+    """output"""
+
+    output: str | None = Field(None, description="output directory")
+    overwrite: bool = Field(False, description="replace the tables an earlier run left in --output")
+    rows_per_shard: int = Field(100_000, gt=0, description="rows per Parquet shard")
 
 
-class ValidateConfig(ReadConfig, OutputConfig):
-    pass
+class RaySettings(Config):
+    """Ray"""
+
+    address: str | None = Field(None, description="Ray cluster: auto (a `ray start` cluster), ray://HOST:PORT "
+                                "(null: RAY_ADDRESS, else a private local Ray)")
 
 
-class SelectionConfig(Config):
-    """The ActPRM rule and the acquisition/selection settings (see actprm.uncertainty)."""
-
-    delta_pred: float = Field(0.95, gt=0.5, le=1.0)
-    delta_std: float = Field(0.005, ge=0.0)
-    acquisition: Literal["entropy", "bald", "variance", "margin", "random"] = "entropy"
-    reduction: Literal["max", "mean"] = "max"
-    selection: Literal["threshold", "budget"] = "threshold"
-    budget: int | None = Field(None, ge=0, description="rows to select with --selection budget")
-    seed: int = 0
-
-
-class ImplicitConfig(Config):
-    """The implicit PRM's beta and reference model (actprm.implicit)."""
+class ImplicitSettings(Config):
+    """the implicit PRM (--scorer implicit, --objective implicit-*)"""
 
     beta: float | None = Field(None, gt=0, description="implicit PRM: beta of the log-ratios (null: the "
                                "checkpoint's, else 0.05 as in PRIME)")
@@ -72,13 +81,19 @@ class ImplicitConfig(Config):
                                   "else the model itself; 'none': no reference, a uniform one)")
 
 
-class ScorerConfig(ImplicitConfig):
-    """Which PRM scores: the ensemble (K heads) or the implicit PRM (actprm.implicit)."""
+class ScorerSettings(ImplicitSettings):
+    """the scoring model"""
 
+    model: str | None = Field(None, description="PRM directory (null: the shipped world PRM)")
     scorer: Literal["ensemble", "implicit"] = Field("ensemble", description="ensemble: the ActPRM heads; implicit: "
-                                                    "log-ratios of a causal LM (model default: the shipped backbone)")
+                                                    "log-ratios of a causal LM (--model default: the shipped backbone)")
     step_prob: Literal["value", "reward"] = Field("value", description="implicit: step_mean is sigmoid(q_k) "
                                                   "(value) or sigmoid(r_k) (reward)")
+    batch_tokens: int | None = Field(None, gt=0, description="padded tokens per micro-batch (null: 2048 on CPU, "
+                                     "32768 on CUDA)")
+    max_length: int | None = Field(None, gt=0, description="tokens per trajectory (null: the model's maximum)")
+    device: Device = Field("auto", description="auto: cuda when available")
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (null: torch's)")
 
     def implicit_settings(self) -> dict[str, Any] | None:
         """The implicit scorer's settings (actprm.implicit.load_implicit keywords); None for the ensemble."""
@@ -87,39 +102,38 @@ class ScorerConfig(ImplicitConfig):
         return {"beta": self.beta, "reference": self.reference, "step_prob": self.step_prob}
 
 
-class ScoreConfig(ValidateConfig, SelectionConfig, ScorerConfig):
-    model: str | None = Field(None, description="PRM directory (default: the shipped PRM, actprm/assets/prm)")
-    batch_tokens: int | None = Field(None, gt=0, description="padded tokens per micro-batch (default: by device)")
-    max_length: int | None = Field(None, gt=0, description="default: the model's maximum")
-    device: Literal["cpu", "cuda", "auto"] = "auto"
-    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's)")
-    target_rate: float | None = Field(None, ge=0.0, le=1.0, description="choose delta_pred/delta_std on a sample "
-                                      "so that about this share of the rows is selected (actprm.uncertainty)")
-    calibration_sample: int = Field(1000, gt=0, description="rows scored to choose the deltas for target_rate")
+class RuleSettings(Config):
+    """the ActPRM rule and acquisition (actprm.uncertainty)"""
+
+    delta_pred: float = Field(0.95, gt=0.5, le=1.0, description="a step is certain iff its mean is >= this or "
+                              "<= 1 - this, and its spread <= delta_std")
+    delta_std: float = Field(0.005, ge=0.0, description="the largest spread (std over heads) of a certain step")
+    target_rate: float | None = Field(None, ge=0.0, le=1.0, description="choose delta_pred/delta_std so that about "
+                                      "this share (0..1) is uncertain: on a sample of the corpus (score, filter), or "
+                                      "on the first round's scores, then held (loop)")
+    acquisition: Acquisition = Field("entropy", description="ranks rows for a budget: top-k, or the uncertain rows "  # type: ignore[valid-type]
+                                     "when they are more than the budget")
+    reduction: Literal["max", "mean"] = Field("max", description="of the per-step acquisition over the steps up "
+                                              "to the predicted error")
+    seed: int = Field(0, description="seeds the random acquisition, random selection and samples")
 
 
-class FilterConfig(ScoreConfig):
-    """`actprm filter` (pipelines/score_filter.py): `score` over a corpus on Ray, resumable."""
+class EvalSettings(Config):
+    """evaluation"""
 
-    actors: int | None = Field(None, ge=1, description="scoring actors (default: GPUs, else CPUs minus one for reads)")
-    cpus_per_actor: float | None = Field(None, gt=0, description="CPUs reserved per actor; its torch threads on "
-                                         "CPU (default: 1 with GPUs, else (CPUs - 1) / actors)")
-    batch_rows: int = Field(1024, gt=0, description="rows per batch sent to an actor")
-    # hygiene (actprm.hygiene): removed rows go to errors with their reason
-    dedup: bool = Field(True, description="drop rows whose normalised problem and steps repeat an earlier row's")
-    near_dedup: bool = Field(False, description="drop rows whose problem nearly repeats an earlier, different "
-                             "problem (MinHash LSH)")
-    near_dedup_threshold: float = Field(0.9, gt=0.0, le=1.0, description="Jaccard of character 5-grams")
-    decontaminate: list[str] | None = Field(None, description="evaluation sets whose problems are dropped "
-                                            "(null: ProcessBench when present; []: none)")
-    decontaminate_threshold: float = Field(0.8, gt=0.0, le=1.0, description="near match (1.0: exact only)")
+    threshold: float = Field(0.5, ge=0.0, le=1.0, description="a step is wrong iff its mean is below it "
+                             "(ProcessBench's 0.5)")
+
+
+# ------------------------------------------------------------------ the judge
 
 
 class JudgeConfig(Config):
-    """Which annotator labels the rows and how (see actprm.judge)."""
+    """the annotator (actprm.judge)"""
 
-    backend: Literal["verifier", "openai", "rollout"] = Field("verifier",
-                                                             description="annotator backend (actprm.judge.BACKENDS)")
+    backend: Literal["verifier", "openai", "rollout"] = Field(
+        "verifier", description="verifier: ground truth with set error rates; openai: a judge model over an "
+        "OpenAI-compatible endpoint; rollout: step values from a prover's completions")
     samples: int = Field(1, ge=1, description="answers per row, aggregated by majority vote")
     # verifier: ground truth with known imperfection
     seed: int = Field(0, description="seeds the verifier's wrong answers and refusals")
@@ -131,32 +145,34 @@ class JudgeConfig(Config):
     judge_model: str | None = Field(None, description="the model name the endpoint serves")
     api_key_env: str | None = Field("OPENAI_API_KEY", description="environment variable holding the API key")
     concurrency: int = Field(64, ge=1, description="requests in flight at most")
-    requests_per_minute: int | None = Field(None, ge=1)
-    tokens_per_minute: int | None = Field(None, ge=1, description="estimated before sending (prompt chars / 4 + output)")
-    timeout_s: float = Field(600.0, gt=0, description="per request; reasoning models answer slowly")
+    requests_per_minute: int | None = Field(None, ge=1, description="request rate limit")
+    tokens_per_minute: int | None = Field(None, ge=1, description="token rate limit, estimated before sending "
+                                          "(prompt chars / 4 + output)")
+    timeout_s: float = Field(600.0, gt=0, description="seconds per request; reasoning models answer slowly",
+                             json_schema_extra=cli("--timeout"))
     max_attempts: int = Field(6, ge=1, description="attempts per request, the first included")
     max_backoff_s: float = Field(60.0, gt=0, description="cap of the random exponential back-off")
     temperature: float | None = Field(0.6, ge=0.0, description="null: the server's default")
-    top_p: float | None = Field(0.95, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(None, ge=1, description="null: the server's limit")
+    top_p: float | None = Field(0.95, gt=0.0, le=1.0, description="null: the server's default")
+    max_tokens: int | None = Field(None, ge=1, description="completion limit (null: the server's)")
     extra_body: dict[str, Any] | None = Field(None, description="extra request fields, e.g. chat_template_kwargs")
     use_n: bool = Field(True, description="samples > 1: one request with n (else one request per sample)")
     mean_output_tokens: int = Field(4000, ge=1, description="expected completion length (token budgets, estimates)")
     price_in: float = Field(0.0, ge=0.0, description="USD per million prompt tokens")
     price_out: float = Field(0.0, ge=0.0, description="USD per million completion tokens")
-    cache: str | None = Field(None, description="answer cache (default: OUTPUT/judge_cache.sqlite)")
+    cache: str | None = Field(None, description="answer cache (null: OUTPUT/judge_cache.sqlite)")
     raw_output: bool = Field(True, description="keep the judge's answer text in the annotations")
     # rollout: Math-Shepherd / PAV step values from a prover policy's completions (actprm.judge.rollout);
     # it shares the endpoint, limits, retries, temperature/top_p/max_tokens (null: 512), prices and cache above
     rollouts: int = Field(8, ge=1, description="rollout: completions per step prefix (k)")
     prover: Literal["local", "endpoint"] = Field("local", description="rollout: the prover in-process (transformers) "
                                                  "or behind an OpenAI-compatible completions endpoint (base_url)")
-    prover_model: str | None = Field(None, description="rollout: local: a causal LM directory (default: the shipped "
+    prover_model: str | None = Field(None, description="rollout: local: a causal LM directory (null: the shipped "
                                      "world backbone); endpoint: the model name it serves")
     prover_prompt: str | None = Field(None, description="rollout: prompt template with {problem} and {prefix} "
-                                      "(default: ChatML, the backbone's and Qwen's chat template)")
+                                      "(null: ChatML, the backbone's and Qwen's chat template)")
     prover_step_separator: str | None = Field(None, description="rollout: text after each step of the prefix "
-                                              "(default: <extra_0> for the local prover, a blank line for an endpoint)")
+                                              "(null: <extra_0> for the local prover, a blank line for an endpoint)")
     prover_stop: list[str] = Field(default_factory=list, description="rollout: stop strings of the completions")
     prover_batch: int = Field(256, ge=1, description="rollout, local: sequences generated together")
     prover_threads: int | None = Field(None, ge=1, description="rollout, local: torch threads")
@@ -166,96 +182,360 @@ class JudgeConfig(Config):
                                                     "or on the values Q (soft, step_labels)")
     stop_at_error: bool = Field(True, description="rollout: no rollouts after the earliest error (their values null)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _endpoint_means_openai(cls, data: Any) -> Any:
+        """--judge-model or --base-url without --backend: the openai judge, not a verifier that ignores them."""
+        if isinstance(data, dict) and "backend" not in data and (data.get("judge_model") or data.get("base_url")):
+            return {**data, "backend": "openai"}
+        return data
 
-class SpendConfig(Config):
-    """Hard limits on what a paid judge costs (actprm.judge.budget)."""
 
-    max_spend: float | None = Field(None, ge=0, description="openai: stop before the labels cost more than this "
-                                    "(USD, at price_in/price_out; answers from the cache count)")
-    max_calls: int | None = Field(None, ge=0, description="openai: stop before more than this many judge requests")
+class SpendSettings(Config):
+    """spend limits of a paid judge (actprm.judge.budget)"""
+
+    max_spend: float | None = Field(None, ge=0, description="hard stop: no request is sent once its worst case "
+                                    "(prompt + max_tokens, else mean_output_tokens, at the prices) would take the "
+                                    "labels' cost past this many USD; the rest fail `budget exhausted`")
+    max_calls: int | None = Field(None, ge=0, description="hard stop after this many paid judge requests")
+
+
+def judge_settings(judge: str | JudgeConfig) -> JudgeConfig:
+    """A JudgeConfig as is, or the judge settings of an annotate YAML (configs/judge/*.yaml)."""
+    if isinstance(judge, JudgeConfig):
+        return judge
+    annotate = load_config(AnnotateConfig, judge)  # an unknown key there is a user error
+    return JudgeConfig(**{k: getattr(annotate, k) for k in JudgeConfig.model_fields})
+
+
+# ------------------------------------------------------------------ jobs
+
+
+class GenerateConfig(Config):
+    """Write N trajectories of a verifiable world as Parquet shards (trajectories schema) with the true
+    first_error_step, final_answer_correct and reference_answer. World arith: word problems solved one
+    `a op b = c` step at a time, with mistakes of three kinds (wrong result, wrong carried value, wrong
+    operation); parameters in configs/worlds/arith.yaml. Row i depends only on (seed, split, i)."""
+
+    examples = ("actprm generate --world arith --n 100000 --output out/world",
+                "actprm generate --world arith --n 2000 --eval-set --output out/world-eval",
+                "actprm generate --n 1000000 --seed 1 --shard-rows 250000 --output out/pool",
+                "actprm generate --world-config my_arith.yaml --n 1000 --output out/custom")
+    world: Literal["arith"] = Field("arith", description="which world")
+    world_config: str | None = Field(None, description="YAML of world parameters (null: the built-in ones = "
+                                     "configs/worlds/arith.yaml)")
+    n: int | None = Field(None, gt=0, description="trajectories to write")
+    seed: int = Field(0, description="the world's seed")
+    eval_set: bool = Field(False, description="a held-out set, about half with an error (like ProcessBench)")
+    output: str | None = Field(None, description="output directory (must be empty, or --overwrite)")
+    overwrite: bool = Field(False, description="replace what the output directory holds")
+    shard_rows: int = Field(100_000, gt=0, description="rows per shard")
+
+
+class ValidateConfig(ReadSettings, OutputSettings, RaySettings):
+    """Read a corpus in any supported format (Parquet, JSONL, ProcessBench JSON, ActivePRM, TRL stepwise, raw
+    rollouts), write the valid rows as canonical Parquet under OUTPUT/valid/ and every bad row with its reason
+    under OUTPUT/errors/."""
+
+    examples = ("actprm validate --input ../shared/data/processbench/ --output out/checked",
+                "actprm validate --input 'rollouts/*.jsonl' --format rollout --output out/checked",
+                "actprm validate --config configs/validate.yaml --output out/checked --overwrite",
+                "actprm validate --ray --input corpus/ --output out/checked      # on Ray, one task per file")
+    input: list[str] = Field(default_factory=list, description="files, directories (recursive) or globs")
+    ray: bool = Field(False, description="run on Ray, one task per input file")
+
+
+class InitModelConfig(Config):
+    """A Qwen2-shaped backbone (random init, seeded) with K heads and the committed tokenizer, saved as
+    safetensors + config + tokenizer. Presets: tiny (seconds on a CPU), world (the shipped backbone's shape),
+    small (hidden 512, for throughput measurements), qwen2-0.5b (Qwen2-0.5B shape, for GPUs). --backbone puts K
+    seeded heads on a pretrained LM instead (a directory or a hub name; the step separator is added to its
+    tokenizer). --step-features lm_logprob: the heads also read the min and mean log-prob the LM gives each
+    step's tokens (needs tied embeddings; the shipped PRM has it)."""
+
+    examples = ("actprm init-model --preset tiny --output models/tiny",
+                "actprm init-model --preset small --n-heads 32 --seed 1 --output models/small-k32",
+                "actprm init-model --backbone Qwen/Qwen2.5-Math-7B-Instruct --output models/qwen-prm",
+                "actprm init-model --backbone PATH/TO/LM --step-features lm_logprob --output models/prm")
+    preset: Literal["tiny", "world", "small", "qwen2-0.5b"] = Field("tiny", description="model shape")
+    backbone: str | None = Field(None, description="a pretrained backbone (directory or hub name) instead of a preset")
+    step_features: list[StepFeature] = Field(default_factory=list, description="per-step features the heads read "
+                                             "besides the separator's hidden state")
+    n_heads: int = Field(8, gt=0, description="ensemble heads (K)")
+    seed: int = Field(0, description="initialisation seed")
+    output: str | None = Field(None, description="where to save the model")
+    overwrite: bool = Field(False, description="write into a non-empty directory")
+
+
+class ScoreConfig(ReadSettings, OutputSettings, ScorerSettings, RuleSettings):
+    """Validate and score a corpus in-process (no Ray): per step the ensemble mean and spread, the predicted
+    earliest error, the acquisition score, and whether ActPRM sends the trajectory to the judge. Writes
+    OUTPUT/scored/, OUTPUT/errors/, OUTPUT/summary.json and OUTPUT/selection.png."""
+
+    examples = ("actprm score --input out/checked/valid --output out/scored --model models/tiny",
+                "actprm score --input corpus/ --output out/scored --model models/tiny --batch-tokens 32768",
+                "actprm score --input corpus/ --output out/top100 --selection budget --budget 100 --acquisition bald",
+                "actprm score --config configs/score.yaml --input corpus/ --output out/scored",
+                "actprm score --scorer implicit --model runs/implicit --input corpus/ --output out/implicit")
+    input: list[str] = Field(default_factory=list, description="files, directories (recursive) or globs")
+    selection: Literal["threshold", "budget"] = Field("threshold", description="threshold: the ActPRM rule; "
+                                                      "budget: the top --budget rows by acquisition")
+    budget: int | None = Field(None, ge=0, description="rows to select with --selection budget")
+    calibration_sample: int = Field(1000, gt=0, description="rows scored to choose the deltas for --target-rate")
+
+
+class FilterConfig(ScoreConfig, RaySettings):
+    """The corpus-scale score job on Ray: read and validate in tasks, score every step in a pool of PRM actors
+    (one GPU each when there are GPUs), apply the ActPRM rule. Writes OUTPUT/scored/, OUTPUT/selected/ (the rows
+    to send to the judge), OUTPUT/errors/ (bad rows, duplicates, unreadable files), OUTPUT/summary.json. Rerun
+    with the same OUTPUT to resume a killed job: finished input files are skipped, none is scored twice. Drops
+    duplicates and benchmark problems first (README, "Data hygiene")."""
+
+    examples = ("actprm filter --input corpus/ --output out/filtered",
+                "actprm filter --input '/shared/rollouts/*.parquet' --output /shared/filtered --address auto",
+                "actprm filter --config configs/filter.yaml --input corpus/ --output out/f --actors 4",
+                "ray job submit --working-dir . -- python -m pipelines.filter --input /data/c --output /data/f")
+    actors: int | None = Field(None, ge=1, description="scoring actors (null: one per GPU, else one per CPU)")
+    cpus_per_actor: float | None = Field(None, gt=0, description="CPUs reserved per actor, and its torch threads "
+                                         "on CPU (null: 1 with GPUs, else (CPUs - 1) / actors, one thread each)")
+    batch_rows: int = Field(1024, gt=0, description="rows per batch sent to an actor")
+    dedup: bool = Field(True, description="drop rows whose normalised problem and steps repeat an earlier row's")
+    near_dedup: bool = Field(False, description="drop rows whose problem nearly repeats an earlier, different "
+                             "problem (MinHash LSH)")
+    near_dedup_threshold: float = Field(0.9, gt=0.0, le=1.0, description="Jaccard of character 5-grams")
+    decontaminate: list[str] | None = Field(None, description="evaluation sets whose problems are dropped (null: "
+                                            "ProcessBench when present)",
+                                            json_schema_extra=cli(const={"--no-decontaminate": []}))
+    decontaminate_threshold: float = Field(0.8, gt=0.0, le=1.0, description="near match to an evaluation "
+                                           "problem (1.0: exact only)")
+
+
+class AnnotateConfig(ReadSettings, OutputSettings, RaySettings, JudgeConfig, SpendSettings):
+    """Validate a corpus (any trajectories table, e.g. score's OUTPUT/scored/) and label every valid row: the
+    earliest wrong step, -1 if none, or a failed row with its reason. Writes OUTPUT/annotations/,
+    OUTPUT/errors/, OUTPUT/summary.json. --backend openai: a judge model behind any OpenAI-compatible endpoint;
+    every answer is cached (OUTPUT/judge_cache.sqlite or --cache) as it arrives, so a rerun resumes and never
+    pays twice; the API key is read from --api-key-env and written nowhere. --backend verifier (the default):
+    answers from each row's first_error_step with set error rates. --backend rollout: step values from a
+    prover's completions. --ray: --actors annotators sharing one set of limits and one cache."""
+
+    examples = ("actprm annotate --backend openai --base-url http://localhost:8000/v1 --judge-model Qwen/QwQ-32B "
+                "--input out/scored/scored --output out/ann --concurrency 64",
+                "OPENAI_API_KEY=... actprm annotate --config configs/judge/openai.yaml --input out/scored/scored "
+                "--output out/ann --samples 3 --price-in 0.4 --price-out 1.6",
+                "actprm annotate --backend verifier --input out/scored/scored --output out/annotated",
+                "actprm annotate --input corpus/ --output out/ann --wrong-rate 0.3 --samples 5 --seed 1",
+                "actprm annotate --ray --actors 4 --config configs/judge/vllm.yaml --input corpus/ --output out/ann",
+                "actprm annotate --config configs/judge/openai.yaml --input sel/ --output out/ann --max-spend 50",
+                "actprm annotate --config configs/judge/rollout.yaml --input out/world --output out/ro --rollouts 4")
+    input: list[str] = Field(default_factory=list, description="files, directories (recursive) or globs")
+    ray: bool = Field(False, description="run on Ray: --actors annotators, one set of limits for the whole job")
+    actors: int = Field(2, ge=1, description="--ray: annotator actors, one CPU each")
+
+
+class TrainConfig(ImplicitSettings, RaySettings):
+    """Join trajectories with their annotations by id (failed annotations are skipped and counted; ground-truth
+    columns of the corpus are never used), then train one round from a checkpoint (default: the shipped PRM)
+    with the ActPRM loss: BCE per head at each labelled step, steps after the earliest error untrained, a
+    Bernoulli mask per (head, trajectory), an anchor on the heads. Writes a new checkpoint with its optimizer
+    state, so the next round continues. --workers N > 1 runs under Ray Train."""
+
+    examples = ("actprm train --trajectories out/world --annotations out/ann/annotations --output runs/r1",
+                "actprm train --labelled labelled/ --model runs/r1 --output runs/r2",
+                "actprm train --config configs/train.yaml --backbone frozen --lr 1e-3 --output runs/heads",
+                "actprm train --workers 2 --trajectories D --annotations A --output runs/ddp   # Ray Train DDP",
+                "actprm train --objective implicit-ce --trajectories out/world --output runs/implicit  # outcomes")
+    objective: Literal["actprm", "implicit-ce", "implicit-dpo"] = Field(
+        "actprm", description="actprm: BCE of the heads at labelled steps; implicit-ce / implicit-dpo: an implicit "
+        "PRM (causal LM) from response-level labels only (--trajectories alone: the outcome checker)")
+    trajectories: list[str] = Field(default_factory=list, description="trajectories (any format), joined by id")
+    annotations: list[str] = Field(default_factory=list, description="annotations tables (actprm annotate)")
+    labelled: list[str] = Field(default_factory=list, description="a labelled table instead of the two above")
+    model: str | None = Field(None, description="checkpoint to start from (null: the shipped PRM)")
+    output: str | None = Field(None, description="the new checkpoint")
+    overwrite: bool = Field(False, description="replace the output directory")
+    backbone: Literal["full", "frozen", "top"] = Field("full", description="what of the backbone trains")
+    top_layers: int = Field(2, gt=0, description="with backbone: top, the decoder layers trained")
+    lr: float = Field(2e-4, gt=0, description="backbone learning rate")
+    head_lr: float | None = Field(1e-3, gt=0, description="head learning rate (null: lr)")
+    epochs: int = Field(1, gt=0, description="passes over the labelled rows")
+    batch_size: int = Field(16, gt=0, description="trajectories per micro-batch")
+    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
+    warmup_steps: int = Field(20, ge=0, description="linear warm-up steps")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay of the backbone")
+    grad_clip: float = Field(1.0, gt=0, description="gradient norm clip")
+    learning_probability: float = Field(1.0, gt=0, le=1, description="keep each (head, trajectory) pair")
+    anchor_lambda: float = Field(0.5, ge=0, description="weight of mean((phi - phi_init)^2) over head params")
+    label_weight: float | Literal["agreement"] = Field(
+        1.0, description="weight of annotation labels: a number (e.g. from judge-check) or 'agreement' (vote share)")
+    max_length: int | None = Field(None, gt=0, description="tokens per trajectory (null: the model's maximum)")
+    bf16: bool = Field(True, description="bf16 autocast on CUDA (CPU trains in fp32)")
+    seed: int = Field(0, description="data order and the heads' masks")
+    device: Device = Field("auto", description="auto: cuda when available")
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (null: torch's)")
+    batch_rows: int = Field(2048, gt=0, description="rows read per batch")
+    workers: int = Field(1, gt=0, description="Ray Train workers (1: in-process)")
+    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="Ray Train: DDP, or FSDP when full fine-tuning "
+                                             "does not fit a device")
+    use_gpu: bool = Field(False, description="Ray Train: one GPU per worker")
+
+
+class EvaluateConfig(ReadSettings, ScorerSettings, EvalSettings):
+    """Score labelled subsets with a PRM and compute ProcessBench's metric exactly as the official script does:
+    per subset error_acc, correct_acc and their harmonic mean F1; mean_f1 is the unweighted mean over subsets.
+    The prediction is the first step whose ensemble mean is below --threshold, else -1; --sweep-subset picks the
+    threshold (0.01..0.99) that maximises one subset's F1 and applies it to all, as ActivePRM does. Also step
+    AUROC and ECE. Each --data path is one subset, named by its file stem or directory name. Writes
+    OUTPUT/metrics.json and OUTPUT/predictions.parquet (every figure can be recomputed from it)."""
+
+    examples = ("actprm evaluate --data ../shared/data/processbench/*.json --output out/eval",
+                "actprm evaluate --data out/world-eval --model runs/round1/model --output out/eval",
+                "actprm evaluate --data ../shared/data/processbench/*.json --sweep-subset gsm8k --output out/eval",
+                "actprm evaluate --config configs/evaluate.yaml --output out/eval --overwrite")
+    data: list[str] = Field(default_factory=list, description="one file or directory per subset (a glob: one per "
+                            "match)")
+    output: str | None = Field(None, description="output directory")
+    overwrite: bool = Field(False, description="replace metrics.json and predictions.parquet in --output")
+    sweep_subset: str | None = Field(None, description="pick the threshold maximising this subset's F1")
+
+
+class LoopConfig(ReadSettings, ScorerSettings, RuleSettings, EvalSettings, RaySettings):
+    """The active-learning loop on Ray. --mode rounds (pool-based): each round scores the unlabelled pool with
+    the current model, selects up to the round's budget with --strategy, annotates (settings under `judge:`,
+    or a configs/judge/*.yaml path), trains one round from the last checkpoint (settings under `train:`) and
+    evaluates on --eval. --mode stream (ActPRM's Algorithm 1): one pass over the corpus in chunks; each chunk
+    is scored, its uncertain rows annotated and trained on. Everything lives in the run directory (--output);
+    a killed loop rerun into it resumes from the last completed step and pays no label twice; a rerun with
+    more --rounds or a bigger budget continues it."""
+
+    examples = ("actprm loop --config configs/loop/rounds.yaml --output runs/loop",
+                "actprm loop --config configs/loop/rounds.yaml --strategy random --output runs/loop-random",
+                "actprm loop --config configs/loop/stream.yaml --pool corpus/ --eval world-eval/ --output runs/s",
+                "actprm loop --config configs/loop/stream.yaml --target-rate 0.1 --output runs/s10",
+                "actprm loop --config configs/loop/rounds.yaml --output runs/loop --rounds 10   # continue a run",
+                "actprm loop --config configs/loop/rounds.yaml --label-budget 500 --dollar-budget 20 --output r")
+    labels: Literal["annotator", "outcome"] = Field(
+        "annotator", description="annotator: the judge's step labels; outcome: the outcome checker's response-level "
+        "labels (PRIME-style, no judge call; train.objective implicit-*)")
+    mode: Literal["rounds", "stream"] = Field("rounds", description="rounds: pool-based; stream: one pass in chunks")
+    pool: list[str] = Field(default_factory=list, description="the corpus to select from (files, dirs, globs)")
+    eval: list[str] = Field(default_factory=list, description="eval subsets, one path each (ProcessBench F1)")
+    output: str | None = Field(None, description="the run directory; a rerun into it resumes")
+    overwrite: bool = Field(False, description="start the run directory over")
+    strategy: Strategy = Field("actprm", description="actprm: the rule (ranked by --acquisition past the "  # type: ignore[valid-type]
+                               "budget); an acquisition name: its top-k; random: a seeded random order; full: all")
+    round_labels: list[int] = Field(default_factory=lambda: [200],
+                                    description="rounds: labels bought per round; the last value repeats")
+    score_sample: int | None = Field(None, gt=0, description="rounds: score this many unlabelled rows per round")
+    chunk_rows: int = Field(1000, gt=0, description="stream: corpus rows per chunk")
+    rounds: int | None = Field(None, gt=0, description="stop after this many rounds (stream: chunks)")
+    label_budget: int | None = Field(None, ge=0, description="stop when this many rows went to the annotator")
+    dollar_budget: float | None = Field(None, ge=0, description="US dollars the judge may be paid in all: checked "
+                                        "before every request")
+    train_on: Literal["all", "new"] = Field("all", description="rounds: every label so far, or the round's own")
+    eval_every: int = Field(1, gt=0, description="evaluate every N rounds (and after the last)")
+    judge: str | JudgeConfig = Field(default_factory=JudgeConfig,
+                                     description="annotator settings, or a judge YAML (configs/judge/*.yaml)")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="the round's training recipe")
+    actors: int | None = Field(None, ge=1, description="scoring actors (null: the GPUs, else the CPUs Ray has, at "
+                               "most 4)")
+    batch_rows: int = Field(512, gt=0, description="rows per scoring task")
+    threads: int | None = Field(None, gt=0, description="torch threads of the driver (training)")
+
+    def judge_config(self) -> JudgeConfig:
+        """The annotator's settings; a path is read as a judge YAML (keys other than the judge's are ignored)."""
+        return judge_settings(self.judge)
+
+
+class DemoConfig(RaySettings):
+    """Generate a world pool and eval set, run a few rounds of ActPRM selection and of random selection with
+    the verifier annotator on a local Ray, and write OUTPUT/report.md, the plots (f1_vs_labels.png,
+    step_stats.png, selection_rate.png), OUTPUT/metrics.jsonl (both strategies) and OUTPUT/model/ (the final
+    ActPRM model). The runs are in OUTPUT/runs/; a rerun resumes them. Settings: configs/demo.yaml."""
+
+    examples = ("actprm demo",
+                "actprm demo --output runs/demo --rows 3000 --rounds 4",
+                "actprm demo --config configs/demo.yaml --output /tmp/demo --overwrite")
+    output: str = Field("runs/demo", description="where the report, plots, model and runs go")
+    overwrite: bool = Field(False, description="start over")
+    rows: int = Field(3000, gt=0, description="pool trajectories")
+    eval_rows: int = Field(500, gt=0, description="eval trajectories (about half with an error)")
+    rounds: int = Field(4, gt=0, description="rounds per strategy")
+    round_labels: int = Field(150, gt=0, description="labels bought per round")
+    strategies: list[Strategy] = Field(default_factory=lambda: ["actprm", "random"],  # type: ignore[valid-type]
+                                       description="the strategies compared")
+    seed: int = Field(0, description="the world's and the loops' seed")
+    model: str | None = Field(None, description="the PRM to start from (null: the shipped PRM)")
+    judge: str | JudgeConfig = Field(default_factory=JudgeConfig, description="annotator settings")
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(  # = configs/demo.yaml
+        backbone="frozen", head_lr=1e-2, epochs=6, batch_size=16, warmup_steps=5, anchor_lambda=0.0),
+        description="the rounds' training recipe")
+    actors: int | None = Field(None, ge=1, description="scoring actors")
+    threads: int | None = Field(1, gt=0, description="torch threads of the driver (training)")
+    device: Device = Field("auto", description="auto: cuda when available")
 
 
 class EstimateConfig(ScoreConfig, JudgeConfig):
-    """`actprm estimate`: score a sample, project the judge calls, tokens and dollars for the corpus."""
+    """Read and validate the corpus, score a uniform sample (--sample rows, by id hash) with the PRM, measure
+    the share the ActPRM rule selects and project for the whole corpus: rows sent to the judge, requests,
+    prompt tokens (the judge prompt's length / 4) and completion tokens (samples x mean_output_tokens), and
+    dollars at price_in/price_out, each with a Wilson interval from the sample size. --config takes a judge
+    YAML (configs/judge/*.yaml) for the judge's settings; nothing is sent to the judge. Printed; with
+    --output DIR also DIR/estimate.json."""
 
+    examples = ("actprm estimate --input corpus/ --config configs/judge/openai.yaml",
+                "actprm estimate --input corpus/ --model runs/r3 --sample 5000 --output out/estimate",
+                "actprm estimate --input corpus/ --price-in 0.4 --price-out 1.6 --mean-output-tokens 2000",
+                "actprm estimate --input corpus/ --config configs/judge/vllm.yaml --target-rate 0.3")
     sample: int = Field(1000, gt=0, description="rows scored (a uniform sample by id hash)")
     confidence: float = Field(0.95, gt=0.0, lt=1.0, description="of the intervals")
 
 
-class JudgeCheckConfig(JudgeConfig, SpendConfig):
-    """`actprm judge-check`: the configured judge on labelled subsets (ProcessBench), scored as evaluate does."""
+class JudgeCheckConfig(ReadSettings, JudgeConfig, SpendSettings):
+    """Label labelled subsets (ProcessBench's files, or any set with first_error_step) with the configured judge
+    (any backend, with its cache, limits and --max-spend) and score its labels with ProcessBench's metric
+    exactly as evaluate scores a PRM. A row the judge fails to label counts as wrong. Also the share of exact
+    labels, the label_weight to give this judge's labels. With --output DIR: DIR/judge_check.json,
+    DIR/annotations.parquet, DIR/judge_cache.sqlite (a rerun pays nothing again)."""
 
-    data: list[str] = Field(default_factory=list, description="one path per subset, named by its stem")
+    examples = ("actprm judge-check --config configs/judge/vllm.yaml --data ../shared/data/processbench/*.json "
+                "--limit 100",
+                "OPENAI_API_KEY=... actprm judge-check --config configs/judge/openai.yaml --data pb/gsm8k.json "
+                "--output out/jc --max-spend 5",
+                "actprm judge-check --backend verifier --wrong-rate 0.2 --data ../shared/data/processbench/*.json")
+    data: list[str] = Field(default_factory=list, description="one file or directory per subset (a glob: one per "
+                            "match)")
     limit: int | None = Field(None, gt=0, description="items per subset (a uniform sample by id hash)")
-    output: str | None = Field(None, description="DIR for judge_check.json, annotations.parquet and the cache")
-    overwrite: bool = False
-    format: FormatName = "auto"  # type: ignore[valid-type]
-    step_separator: str = "\n\n"
-    max_problem_chars: int = Field(50_000, gt=0)
-    max_step_chars: int = Field(20_000, gt=0)
-    max_steps: int = Field(1_000, gt=0)
-    batch_rows: int = Field(2048, gt=0)
-
-    @property
-    def limits(self) -> Limits:
-        return Limits(self.max_problem_chars, self.max_step_chars, self.max_steps)
+    output: str | None = Field(None, description="directory for judge_check.json, annotations.parquet and the cache")
+    overwrite: bool = Field(False, description="replace an earlier check in the output directory")
 
 
-class AnnotateConfig(ValidateConfig, JudgeConfig, SpendConfig):
-    actors: int = Field(2, ge=1, description="--ray: annotator actors (the limits hold for all of them together)")
+class ExportConfig(Config):
+    """Read any table with a first_error_step (the world's, ProcessBench's) or a label_first_error (a labelled
+    table) and write it for a PRM trainer: trl (TRL's stepwise format: prompt, completions, labels as bool,
+    soft labels in label_probs) or activeprm (question, steps, hard_labels). Steps after the earliest error
+    are dropped. OUTPUT is one Parquet file, or JSONL when it ends in .jsonl."""
+
+    examples = ("actprm export --format trl --input out/labelled --output out/train_trl.parquet",
+                "actprm export --format activeprm --input out/world --output out/world_activeprm.jsonl",
+                "actprm export --format trl --input ../shared/data/processbench/gsm8k.json --output gsm8k_trl.jsonl")
+    format: Literal["trl", "activeprm"] = Field("trl", description="output format")
+    input: list[str] = Field(default_factory=list, description="files, directories (recursive) or globs")
+    input_format: FormatName = Field("auto", description="input format (auto: from the columns)")  # type: ignore[valid-type]
+    output: str | None = Field(None, description="output file (.parquet, or .jsonl)")
+    overwrite: bool = Field(False, description="replace an existing output file")
 
 
-class EvaluateConfig(ScorerConfig):
-    """`actprm evaluate`: ProcessBench F1, step AUROC and ECE of a PRM on labelled subsets."""
+class InspectConfig(Config):
+    """Print what made a Parquet table: every file actprm writes records the actprm version, the git commit,
+    the job, the SHA-256 of its resolved config, the model directory and the SHA-256 of its safetensors, and
+    the judge, in its schema metadata. PATH is a file or a directory of shards; also the schema and the row
+    count (from the footers)."""
 
-    data: list[str] = Field(default_factory=list, description="one path per subset, named by its stem")
-    model: str | None = Field(None, description="PRM directory (default: the shipped PRM, actprm/assets/prm)")
-    output: str | None = None
-    overwrite: bool = False
-    threshold: float = Field(0.5, ge=0.0, le=1.0, description="a step is wrong iff its ensemble mean < threshold")
-    sweep_subset: str | None = Field(None, description="pick the threshold maximising this subset's F1")
-    format: FormatName = "auto"  # type: ignore[valid-type]
-    step_separator: str = "\n\n"
-    max_problem_chars: int = Field(50_000, gt=0)
-    max_step_chars: int = Field(20_000, gt=0)
-    max_steps: int = Field(1_000, gt=0)
-    batch_rows: int = Field(2048, gt=0, description="rows read and scored per batch")
-    batch_tokens: int | None = Field(None, gt=0, description="padded tokens per micro-batch (default: by device)")
-    max_length: int | None = Field(None, gt=0, description="default: the model's maximum")
-    device: Literal["cpu", "cuda", "auto"] = "auto"
-    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's)")
-
-    @property
-    def limits(self) -> Limits:
-        return Limits(self.max_problem_chars, self.max_step_chars, self.max_steps)
-
-
-StepFeature = Literal["lm_logprob"]
-
-
-class InitModelConfig(Config):
-    preset: Literal["tiny", "world", "small", "qwen2-0.5b"] = "tiny"
-    backbone: str | None = Field(None, description="a pretrained backbone (directory or hub name) instead of a preset")
-    step_features: list[StepFeature] = Field(default_factory=list,
-                                             description="per-step features the heads read (actprm.model)")
-    n_heads: int = Field(8, gt=0)
-    seed: int = 0
-    output: str | None = None
-    overwrite: bool = False
-
-
-class GenerateConfig(Config):
-    """`actprm generate`: synthetic trajectories of a verifiable world."""
-
-    world: Literal["arith"] = "arith"
-    world_config: str | None = Field(None, description="YAML of world parameters (default: the built-in world)")
-    n: int | None = Field(None, gt=0, description="trajectories to write")
-    seed: int = 0
-    eval_set: bool = Field(False, description="a held-out set balanced like ProcessBench")
-    output: str | None = None
-    overwrite: bool = False
-    shard_rows: int = Field(100_000, gt=0)
-
+    examples = ("actprm inspect out/scored/scored",
+                "actprm inspect out/ann/annotations --json")
+    path: str = Field(description="a Parquet file or a directory of them", json_schema_extra={"positional": True})
+    as_json: bool = Field(False, description="print JSON", json_schema_extra=cli("--json"))
 
 
 class PretrainConfig(Config):
@@ -283,141 +563,7 @@ class PretrainConfig(Config):
     overwrite: bool = False
 
 
-class TrainConfig(ImplicitConfig):
-    """One training round (actprm.train); `workers > 1` runs it under Ray Train (pipelines/train.py)."""
-
-    objective: Literal["actprm", "implicit-ce", "implicit-dpo"] = Field(
-        "actprm", description="actprm: BCE of the heads at labelled steps; implicit-ce / implicit-dpo: an implicit "
-        "PRM (causal LM) from response-level labels only (actprm.implicit)")
-
-    trajectories: list[str] = Field(default_factory=list, description="trajectories (any format), joined by id")
-    annotations: list[str] = Field(default_factory=list, description="annotations tables (actprm annotate)")
-    labelled: list[str] = Field(default_factory=list, description="a labelled table instead of the two above")
-    model: str | None = Field(None, description="checkpoint to start from (default: the shipped PRM)")
-    output: str | None = None
-    overwrite: bool = False
-    backbone: Literal["full", "frozen", "top"] = "full"
-    top_layers: int = Field(2, gt=0, description="with backbone: top, the decoder layers trained")
-    lr: float = Field(2e-4, gt=0, description="backbone learning rate")
-    head_lr: float | None = Field(1e-3, gt=0, description="head learning rate (null: lr)")
-    epochs: int = Field(1, gt=0)
-    batch_size: int = Field(16, gt=0, description="trajectories per micro-batch")
-    grad_accum: int = Field(1, gt=0)
-    warmup_steps: int = Field(20, ge=0)
-    weight_decay: float = Field(0.01, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
-    learning_probability: float = Field(1.0, gt=0, le=1, description="keep each (head, trajectory) pair")
-    anchor_lambda: float = Field(0.5, ge=0, description="weight of mean((phi - phi_init)^2) over head params")
-    label_weight: float | Literal["agreement"] = Field(
-        1.0, description="weight of annotation labels: a number (e.g. from judge-check) or 'agreement' (vote share)")
-    max_length: int | None = Field(None, gt=0)
-    bf16: bool = Field(True, description="bf16 autocast on CUDA (CPU trains in fp32)")
-    seed: int = 0
-    device: Literal["cpu", "cuda", "auto"] = "auto"
-    threads: int | None = Field(None, gt=0)
-    batch_rows: int = Field(2048, gt=0)
-    workers: int = Field(1, gt=0, description="Ray Train workers (1: in-process)")
-    strategy: Literal["ddp", "fsdp"] = "ddp"
-    use_gpu: bool = False
-
-
-LOOP_STRATEGIES = ("actprm", "random", "entropy", "bald", "full")
-
-
-class LoopConfig(ScorerConfig):
-    """`actprm loop` (pipelines/active_loop.py): rounds of score -> select -> annotate -> train -> evaluate."""
-
-    labels: Literal["annotator", "outcome"] = Field(
-        "annotator", description="annotator: the judge's step labels; outcome: the outcome checker's response-level "
-        "labels (PRIME-style, no judge call; train.objective implicit-*)")
-
-    mode: Literal["rounds", "stream"] = Field("rounds", description="rounds: pool-based; stream: one pass in chunks")
-    pool: list[str] = Field(default_factory=list, description="the corpus to select from (files, dirs, globs)")
-    eval: list[str] = Field(default_factory=list, description="eval subsets, one path each (ProcessBench F1)")
-    output: str | None = Field(None, description="the run directory; a rerun into it resumes")
-    overwrite: bool = Field(False, description="start the run directory over")
-    model: str | None = Field(None, description="checkpoint the first round starts from (default: the shipped PRM)")
-    strategy: Literal[LOOP_STRATEGIES] = "actprm"  # type: ignore[valid-type]
-    round_labels: list[int] = Field(default_factory=lambda: [200],
-                                    description="rounds: labels bought per round; the last value repeats")
-    score_sample: int | None = Field(None, gt=0, description="rounds: score this many unlabelled rows per round")
-    chunk_rows: int = Field(1000, gt=0, description="stream: corpus rows per chunk")
-    rounds: int | None = Field(None, gt=0, description="stop after this many rounds (stream: chunks)")
-    label_budget: int | None = Field(None, ge=0, description="stop when this many rows went to the annotator")
-    dollar_budget: float | None = Field(None, ge=0, description="US dollars the judge may be paid in all: checked before every request")
-    train_on: Literal["all", "new"] = Field("all", description="rounds: every label so far, or the round's own")
-    eval_every: int = Field(1, gt=0, description="evaluate every N rounds (and after the last)")
-    threshold: float = Field(0.5, ge=0.0, le=1.0, description="a step is wrong iff its mean is below it")
-    delta_pred: float = Field(0.95, gt=0.5, le=1.0)
-    delta_std: float = Field(0.005, ge=0.0)
-    target_rate: float | None = Field(None, ge=0.0, le=1.0, description="strategy actprm: choose delta_pred/delta_std "
-                                      "on the first round's (chunk's) scores so that about this share of it is "
-                                      "uncertain, then hold them for the whole run")
-    acquisition: Literal["entropy", "bald", "variance", "margin"] = Field(
-        "entropy", description="strategy actprm: ranks the uncertain rows when they are more than the budget")
-    reduction: Literal["max", "mean"] = "max"
-    seed: int = Field(0, description="random selection and score_sample draws")
-    judge: str | JudgeConfig = Field(default_factory=JudgeConfig,
-                                     description="annotator settings, or a judge YAML (configs/judge/*.yaml)")
-    train: TrainConfig = Field(default_factory=TrainConfig, description="the round's training recipe")
-    actors: int | None = Field(None, ge=1, description="scoring actors (default: the CPUs Ray has, at most 4)")
-    batch_rows: int = Field(512, gt=0, description="rows per scoring task")
-    batch_tokens: int | None = Field(None, gt=0)
-    max_length: int | None = Field(None, gt=0)
-    device: Literal["cpu", "cuda", "auto"] = "auto"
-    threads: int | None = Field(None, gt=0, description="torch threads of the driver (training)")
-    format: FormatName = "auto"  # type: ignore[valid-type]
-    step_separator: str = "\n\n"
-    max_problem_chars: int = Field(50_000, gt=0)
-    max_step_chars: int = Field(20_000, gt=0)
-    max_steps: int = Field(1_000, gt=0)
-
-    @property
-    def limits(self) -> Limits:
-        return Limits(self.max_problem_chars, self.max_step_chars, self.max_steps)
-
-    def judge_config(self) -> JudgeConfig:
-        """The annotator's settings; a path is read as a judge YAML (keys other than the judge's are ignored)."""
-        return judge_settings(self.judge)
-
-
-def judge_settings(judge: str | JudgeConfig) -> JudgeConfig:
-    """A JudgeConfig as is, or the judge settings of an annotate YAML (configs/judge/*.yaml)."""
-    if isinstance(judge, JudgeConfig):
-        return judge
-    annotate = load_config(AnnotateConfig, judge)  # an unknown key there is a user error
-    return JudgeConfig(**{k: getattr(annotate, k) for k in JudgeConfig.model_fields})
-
-
-class DemoConfig(Config):
-    """`actprm demo`: a world pool, a few rounds of ActPRM and of random selection, a report."""
-
-    output: str = Field("runs/demo", description="where the report, plots, model and runs go")
-    overwrite: bool = False
-    rows: int = Field(3000, gt=0, description="pool trajectories")
-    eval_rows: int = Field(500, gt=0, description="eval trajectories (about half with an error)")
-    rounds: int = Field(4, gt=0)
-    round_labels: int = Field(150, gt=0, description="labels bought per round")
-    strategies: list[Literal[LOOP_STRATEGIES]] = Field(  # type: ignore[valid-type]
-        default_factory=lambda: ["actprm", "random"])
-    seed: int = 0
-    model: str | None = None
-    judge: str | JudgeConfig = Field(default_factory=JudgeConfig)
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(  # = configs/demo.yaml
-        backbone="frozen", head_lr=1e-2, epochs=6, batch_size=16, warmup_steps=5, anchor_lambda=0.0))
-    actors: int | None = Field(None, ge=1)
-    threads: int | None = Field(1, gt=0, description="torch threads of the driver (training)")
-    device: Literal["cpu", "cuda", "auto"] = "auto"
-
-
-class ExportConfig(Config):
-    """`actprm export`: labelled trajectories in a trainer's format (actprm.export)."""
-
-    format: Literal["trl", "activeprm"] = "trl"
-    input: list[str] = Field(default_factory=list, description="files, directories or globs")
-    input_format: FormatName = "auto"  # type: ignore[valid-type]
-    output: str | None = Field(None, description="output file (.parquet, or .jsonl)")
-    overwrite: bool = False
+# ------------------------------------------------------------------ loading
 
 
 C = TypeVar("C", bound=Config)
@@ -444,10 +590,9 @@ def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: 
     """defaults < YAML file < overrides (flags that were given: None means not given)."""
     data: dict[str, Any] = read_yaml(path) if path else {}
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    if isinstance(data.get("input"), str):
-        data["input"] = [data["input"]]
-    if isinstance(data.get("data"), str):  # evaluate: a single subset
-        data["data"] = [data["data"]]
+    for key in ("input", "data"):  # a single path
+        if isinstance(data.get(key), str):
+            data[key] = [data[key]]
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
@@ -461,4 +606,3 @@ def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: 
 
 def dump_config(config: Config) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
-

@@ -66,20 +66,9 @@ from actprm.model import (
     ensure_separator,
     step_token_logprobs,
 )
+from actprm.outcome import outcome_label
 from actprm.scoring import ScoreResult
 from actprm.tokens import STEP_SEPARATOR
-from actprm.train import (
-    OPTIMIZER_NAME,
-    STATE_NAME,
-    Example,
-    RoundResult,
-    TrainResult,
-    autocast,
-    collate,
-    load_optimizer_state,
-    run_epochs,
-    save_checkpoint,
-)
 
 __all__ = [
     "DEFAULT_BETA",
@@ -90,7 +79,6 @@ __all__ = [
     "implicit_ce_loss",
     "implicit_dpo_loss",
     "load_implicit",
-    "train_and_save_implicit",
 ]
 
 #: PRIME's beta.
@@ -310,105 +298,4 @@ def outcome_of(row: dict[str, Any]) -> bool | None:
     some step wrong), else the outcome checker (actprm.outcome)."""
     if row.get("label_first_error") is not None:
         return int(row["label_first_error"]) == -1
-    from actprm.outcome import outcome_label
-
     return outcome_label(row)
-
-
-def build_units(rows: list[dict[str, Any]], encoder, counts, objective: str, seed: int = 0):
-    """(examples, units): examples as `actprm.train.Example` with `targets == [outcome]`; a unit is the
-    examples one loss term reads (one for CE, a (right, wrong) pair for DPO)."""
-    kept, outcomes = [], []
-    for row in rows:
-        ok = outcome_of(row)
-        if ok is None:
-            counts.invalid_label += 1
-            continue
-        kept.append(row)
-        outcomes.append(ok)
-    encoded = encoder.encode([r["problem"] for r in kept], [r["steps"] for r in kept])
-    examples, problems, correct = [], [], []
-    for row, ok, enc in zip(kept, outcomes, encoded):
-        if enc.error is not None:
-            counts.too_long += 1
-            continue
-        counts.truncated += int(enc.truncated)
-        examples.append(Example(enc.input_ids, enc.sep_positions, [1.0 if ok else 0.0],
-                                float(row.get("label_weight") or 1.0), enc.answer_start))
-        problems.append(row["problem"])
-        correct.append(ok)
-    if objective == "implicit-dpo":
-        units = [list(p) for p in dpo_pairs(problems, correct, seed)]
-    else:
-        units = [[i] for i in range(len(examples))]
-    return examples, units
-
-
-def train_implicit_round(model: ImplicitPRM, tokenizer, examples: list, units: list[list[int]], cfg, *,
-                         device: torch.device, optimizer_state: dict[str, torch.Tensor] | None = None,
-                         bar=None):
-    """Train pi_theta in place for one round on outcome labels; returns (RoundResult, optimizer)."""
-    result = RoundResult(examples=len(examples))
-    model.to(device)
-    model.train()
-    params = [p for p in model.backbone.parameters()]
-    for p in params:
-        p.requires_grad_(True)
-    optimizer = torch.optim.AdamW([{"params": params, "lr": cfg.lr, "weight_decay": cfg.weight_decay}],
-                                  betas=(0.9, 0.999))
-    for g in optimizer.param_groups:
-        g["base_lr"] = g["lr"]
-    if optimizer_state:
-        result.resumed_optimizer = load_optimizer_state(model, optimizer, optimizer_state) > 0
-    per_unit = max(1, cfg.batch_size // max(1, len(units[0]) if units else 1))
-    lengths = np.array([max(len(examples[i].input_ids) for i in u) for u in units])
-    amp = autocast(device, cfg)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-    def loss_of(batch: list[int]) -> torch.Tensor:
-        ids, sep, answer, targets, _trained, _rows, weights = collate(
-            [examples[i] for u in batch for i in units[u]], pad, device)
-        with amp:
-            rewards = model.outcome_rewards(ids, sep, answer)
-        if cfg.objective == "implicit-dpo":
-            return implicit_dpo_loss(rewards, weights)
-        return implicit_ce_loss(rewards, targets, weights)
-
-    run_epochs(model, optimizer, cfg, lengths, per_unit, np.random.default_rng(cfg.seed), loss_of, result, bar=bar)
-    return result, optimizer
-
-
-def implicit_steps(n_units: int, unit_size: int, cfg) -> int:
-    per_unit = max(1, cfg.batch_size // unit_size)
-    return max(1, math.ceil(n_units / per_unit) // cfg.grad_accum) * cfg.epochs
-
-
-def train_and_save_implicit(cfg, rows: list[dict[str, Any]], counts, device: torch.device, *,
-                            progress: bool = False):
-    """`actprm.train.train_and_save` for the implicit objectives: load, train one round, save."""
-    from safetensors.torch import load_file
-
-    from actprm.progress import progress_bar
-    from actprm.scoring import TrajectoryEncoder
-
-    model, tokenizer = load_implicit(cfg.model, "cpu", beta=cfg.beta, reference=cfg.reference)
-    model.to(torch.float32)
-    src = Path(cfg.model) if cfg.model else None
-    opt_state = load_file(str(src / OPTIMIZER_NAME)) if src is not None and (src / OPTIMIZER_NAME).is_file() else None
-    prev = json.loads((src / STATE_NAME).read_text()) if src is not None and (src / STATE_NAME).is_file() else {}
-    encoder = TrajectoryEncoder(tokenizer, max_length=cfg.max_length or model.max_length)
-    examples, units = build_units(rows, encoder, counts, cfg.objective, cfg.seed)
-    if not units:
-        what = "no (right, wrong) pair" if cfg.objective == "implicit-dpo" else "no row with an outcome label"
-        raise UserError(f"nothing to train on: {what} survived ({counts.labelled} labelled rows, "
-                        f"{counts.too_long} too long, {counts.invalid_label} without an outcome)")
-    torch.manual_seed(cfg.seed)
-    with progress_bar(implicit_steps(len(units), len(units[0]), cfg), "train", progress) as bar:
-        result, optimizer = train_implicit_round(model, tokenizer, examples, units, cfg, device=device,
-                                                 optimizer_state=opt_state, bar=bar)
-    state = result.state(cfg, counts, prev, cfg.model or SHIPPED_BACKBONE, workers=1, objective=cfg.objective,
-                         beta=model.beta, reference=model.implicit_config()["reference"], units=len(units))
-    model.to("cpu")
-    out = Path(cfg.output)
-    save_checkpoint(out, model, tokenizer, optimizer, {}, state)
-    return TrainResult(counts, result, out, state["round"])

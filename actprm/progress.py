@@ -53,3 +53,14 @@ class RowCounts:
     def as_dict(self) -> dict:
         return {"rows_read": self.read, "rows_valid": self.valid, "rows_error": self.n_errors,
                 "errors_by_kind": dict(self.errors.most_common())}
+
+
+class JobResult:
+    """What a job returns. The CLI prints `render()`: the one summary line, after a job's details
+    (a table, a report's path) where it has some."""
+
+    def summary_line(self) -> str:
+        raise NotImplementedError
+
+    def render(self) -> str:
+        return self.summary_line()

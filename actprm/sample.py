@@ -3,7 +3,7 @@
 The sample is the bottom-k by a hash of the row id (`uncertainty.random_score(id, seed)`): uniform
 without replacement, the same on every run and machine, and mergeable — the bottom-k of per-file
 bottom-k samples is the corpus' bottom-k — so Ray tasks can each sample a file and the driver
-merge them (pipelines/score_filter.py).
+merge them (`actprm filter`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import heapq
 from collections.abc import Iterable
 from typing import Any
 
+from actprm.io.readers import iter_batches
 from actprm.uncertainty import random_score
 
 
@@ -47,8 +48,6 @@ class BottomK:
 
 def sample_corpus(sources: list, cfg: Any, k: int, seed: int = 0) -> BottomK:
     """A bottom-k sample of the valid rows of `sources` (read and validated as every job does)."""
-    from actprm.io.readers import iter_batches
-
     sample = BottomK(k, seed)
     sample.read = 0  # rows read, valid or not
     for batch in iter_batches(sources, limits=cfg.limits, step_separator=cfg.step_separator,
@@ -56,19 +55,3 @@ def sample_corpus(sources: list, cfg: Any, k: int, seed: int = 0) -> BottomK:
         sample.add(batch.valid)
         sample.read += batch.n_read
     return sample
-
-
-def score_rows(cfg: Any, rows: list[dict[str, Any]], loaded: tuple | None = None) -> tuple[list, list[str]]:
-    """Per-step head probabilities of `rows` with the config's PRM: (probs of the scorable rows, their ids).
-
-    Rows whose first step does not fit the model are left out (the score job sends them to errors).
-    `loaded`: actprm.score.load_for_scoring(cfg), when the caller has it already.
-    """
-    from actprm.score import load_for_scoring
-    from actprm.scoring import score_trajectories
-
-    device, model, tokenizer, _, batch_tokens = loaded or load_for_scoring(cfg)
-    results = score_trajectories(model, tokenizer, [r["problem"] for r in rows], [r["steps"] for r in rows],
-                                 batch_tokens=batch_tokens, max_length=cfg.max_length, device=device)
-    ok = [(r, res) for r, res in zip(rows, results) if res.error is None]
-    return [res.probs for _, res in ok], [r["id"] for r, _ in ok]

@@ -32,7 +32,6 @@ DEFAULT_DELTA_PRED = 0.95  # the paper's highlighted setting (code default: 0.9)
 DEFAULT_DELTA_STD = 0.005  # the paper's highlighted setting (code default: 0.01)
 _EPS = 1e-12
 REDUCTIONS = ("max", "mean")
-STRATEGIES = ("threshold", "budget")
 
 
 def _as_probs(probs) -> np.ndarray:
@@ -145,6 +144,9 @@ ACQUISITIONS: dict[str, Callable[[np.ndarray, str | None, int], np.ndarray]] = {
     "margin": lambda probs, traj_id, seed: margin_per_step(probs),
     "random": _random_per_step,
 }
+#: The active loop's strategies: the ActPRM rule, the top-k of an acquisition (random: a seeded order of the
+#: ids, nothing scored), or everything.
+LOOP_STRATEGIES = ("actprm", *ACQUISITIONS, "full")
 
 
 def _check_acquisition(name: str, reduction: str = "max") -> None:
@@ -152,13 +154,6 @@ def _check_acquisition(name: str, reduction: str = "max") -> None:
         raise ValueError(f"unknown acquisition {name!r}; valid: {sorted(ACQUISITIONS)}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; valid: {list(REDUCTIONS)}")
-
-
-def per_step_acquisition(name: str, probs, *, traj_id: str | None = None,
-                         seed: int = 0) -> np.ndarray:
-    """Per-step scores (float64, shape (n_steps,)) of acquisition ``name``."""
-    _check_acquisition(name)
-    return ACQUISITIONS[name](probs, traj_id, seed)
 
 
 def _reduce(per_step: np.ndarray, end: int, reduction: str) -> float:
@@ -209,11 +204,6 @@ def summarize(probs_list: Sequence, ids: Sequence[str], *,
 
 
 # --------------------------------------------------------------------------- selection
-def select_threshold(uncertain) -> np.ndarray:
-    """ActPRM default: select exactly the uncertain trajectories."""
-    return np.asarray(uncertain, dtype=bool).copy()
-
-
 def select_budget(ids: Sequence[str], scores, k: int) -> np.ndarray:
     """Mask of the top-k by score (descending), ties by id ascending; NaN scores rank last.
 
@@ -230,20 +220,6 @@ def select_budget(ids: Sequence[str], scores, k: int) -> np.ndarray:
     order = sorted(range(len(ids)), key=lambda i: (bool(nan[i]), float(key[i]), ids[i]))
     mask[order[:k]] = True
     return mask
-
-
-def select(strategy: str, *, ids: Sequence[str], uncertain, scores,
-           budget: int | None = None) -> np.ndarray:
-    """Dispatch to :func:`select_threshold` or :func:`select_budget` (needs ``budget``)."""
-    if strategy == "threshold":
-        if budget is not None:
-            raise ValueError("budget is only used with strategy='budget'")
-        return select_threshold(uncertain)
-    if strategy == "budget":
-        if budget is None:
-            raise ValueError("strategy 'budget' requires budget")
-        return select_budget(ids, scores, budget)
-    raise ValueError(f"unknown strategy {strategy!r}; valid: {list(STRATEGIES)}")
 
 
 # --------------------------------------------------------------------------- calibration

@@ -9,13 +9,13 @@ from --work (default runs/label_efficiency, generated there when missing; read-o
 - (a) ensemble PRM + verifier labels: read from bench/results/label_efficiency.jsonl (not rerun);
 - (b) the implicit PRM (actprm.implicit, the shipped backbone as pi_theta and as frozen pi_ref) trained one
   round with `implicit-ce` on the outcome labels (the final answer against reference_answer, actprm.outcome)
-  of the first N% of the pool; ProcessBench F1 (actprm.evaluate) and step AUROC on the eval set, with
+  of the first N% of the pool; ProcessBench F1 (actprm.metrics) and step AUROC on the eval set, with
   step_mean = sigmoid(q_k) (the default) and sigmoid(r_k); cost: 0 judge calls;
 - (c) PRIME-style online rounds: each round scores --prime-sample unlabelled pool rows with the current
   implicit PRM, takes the --prime-labels rows the margin rule is least sure of (ActPRM's rule with one
   model: uncertain first, by margin acquisition), labels them with the outcome checker and trains one
   round from the last checkpoint on the round's labels only (an online update), then evaluates. The
-  same steps as `actprm loop --config configs/loop/prime.yaml` (pipelines/active_loop.py, which needs
+  same steps as `actprm loop --config configs/loop/prime.yaml` (pipelines/loop.py, which needs
   Ray), run in-process here.
 
 Every result is appended to --results (JSON lines) when measured; a rerun skips the finished ones.
@@ -33,12 +33,13 @@ import torch
 
 from actprm import uncertainty
 from actprm.config import TrainConfig
-from actprm.evaluate import compute_metrics, predict_first_error
-from actprm.implicit import load_implicit, train_and_save_implicit
+from actprm.implicit import load_implicit
 from actprm.io.readers import iter_batches, open_corpus
+from actprm.labels import LabelCounts
+from actprm.metrics import compute_metrics, predict_first_error
 from actprm.outcome import OutcomeAnnotator
 from actprm.scoring import score_trajectories
-from actprm.train import LabelCounts
+from actprm.trainer import train_and_save_implicit
 from bench.label_efficiency import append, read_results, world
 
 REPO = Path(__file__).resolve().parents[1]

@@ -31,9 +31,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from actprm.annotate import run_annotate
 from actprm.config import AnnotateConfig
 from actprm.world.arith import Generator
+from pipelines.annotate import run as run_annotate
 
 
 def start_server(rows: int, delay: float, fault_rates: str | None, hang: float) -> tuple[subprocess.Popen, str]:

@@ -5,7 +5,7 @@
     python -m bench.label_efficiency stream --rows 100000 [--chunk-rows 2000] [--eval-every 10] [--target-rate 0.1]
 
 Pool mode: a world pool (`--pool-rows`, generate seed 1) and eval set (`--eval-rows`, seed 2, about half
-with an error) under --work; for each strategy and seed, one `rounds` loop (pipelines/active_loop.py)
+with an error) under --work; for each strategy and seed, one `rounds` loop (pipelines/loop.py)
 whose round budgets step through the budgets (percent of the pool, cumulative: 5, 10, 20, ... -> rounds
 of 5%, 5%, 10%, ...), each round training from the last checkpoint with the fixed recipe of --config
 (its `train:` block; `train_on: all`) and evaluating ProcessBench F1 on the eval set. The seed sets the
@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from actprm.config import GenerateConfig, LoopConfig, load_config
-from actprm.generate import run_generate
-from pipelines import active_loop
+from pipelines import generate
+from pipelines import loop as active_loop
 from pipelines.ray_session import init_ray
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ RESULTS = REPO / "bench" / "results" / "label_efficiency.jsonl"
 def world(work: Path, name: str, n: int, seed: int, eval_set: bool = False) -> Path:
     path = work / "world" / f"{name}-{n}"
     if not path.is_dir():
-        run_generate(GenerateConfig(n=n, seed=seed, eval_set=eval_set, output=str(path)), progress=False)
+        generate.run(GenerateConfig(n=n, seed=seed, eval_set=eval_set, output=str(path)), progress=False)
     return path
 
 

@@ -12,7 +12,7 @@ same budget (every pool row labelled once):
 
 Each label set trains the shipped PRM one round with the heads-only recipe of
 configs/loop/label_efficiency.yaml (`train:` block) and is evaluated on an eval set of --eval-rows
-(seed 2, about half with an error) with actprm.evaluate (ProcessBench F1 at 0.5; also, as an oracle
+(seed 2, about half with an error) with actprm evaluate (ProcessBench F1 at 0.5; also, as an oracle
 figure of label quality apart from calibration, F1 at the eval set's own best threshold, and step AUROC).
 Reported per method besides: the labels' exact-match rate against the world's truth, prover requests (prefixes rolled out), completions,
 prompt and completion tokens, and seconds. Rollout answers go to one answer cache under --work, so
@@ -32,14 +32,14 @@ import torch
 import yaml
 
 from actprm.config import EvaluateConfig, JudgeConfig, TrainConfig
-from actprm.evaluate import run_evaluate
 from actprm.io.writers import write_parquet_atomic
 from actprm.judge import make_annotator
 from actprm.judge.cache import AnswerCache
 from actprm.judge.rollout import RolloutAnnotator
 from actprm.schemas import table_from_rows
-from actprm.train import run_train
 from actprm.world.arith import Generator
+from pipelines.evaluate import run as run_evaluate
+from pipelines.train import run as run_train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 def eval_extras(eval_dir: Path) -> tuple[float, float]:
     """(F1 at the eval set's own best threshold: an oracle figure for label quality apart from calibration,
     step AUROC) from an evaluate output."""
-    from actprm.evaluate import best_threshold
+    from actprm.metrics import best_threshold
 
     rows = pq.read_table(eval_dir / "predictions.parquet").to_pylist()
     _, f1 = best_threshold([r["step_mean"] for r in rows], [r["label"] for r in rows])

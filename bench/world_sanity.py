@@ -34,9 +34,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from actprm.checkpoint import load_checkpoint
 from actprm.config import TrainConfig
+from actprm.labels import LabelCounts
 from actprm.scoring import TrajectoryEncoder, score_trajectories
-from actprm.train import LabelCounts, build_examples, load_checkpoint, train_round
+from actprm.trainer import build_examples, train_round
 from actprm.world.arith import Generator
 
 torch.set_num_threads(int(os.environ.get("THREADS", "1")))
@@ -56,8 +58,8 @@ def _prf(rows, scores, thr):
 def diagnose(n_probe: int, checkpoint: str | None) -> None:
     from transformers import Qwen2ForCausalLM
 
+    from actprm.labels import step_targets
     from actprm.model import default_backbone_path, load_prm
-    from actprm.train import step_targets
     from pipelines.pretrain_backbone import Masks
 
     _, tok, _, _, _ = load_checkpoint(None, torch.device("cpu"))
@@ -206,7 +208,7 @@ lm_lambda = float(os.environ.get("LM_LAMBDA", "0"))
 if lm_lambda:
     # auxiliary next-token loss on the assistant tokens of the steps labelled correct (keeps the
     # backbone's arithmetic while the heads learn); tied embeddings are the LM head
-    import actprm.train as T
+    import actprm.trainer as T
     stash = {}
     orig_forward = model.forward
     im_start = tok.convert_tokens_to_ids("<|im_start|>")

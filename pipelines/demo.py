@@ -5,7 +5,7 @@
 1. generate a world pool (`rows`) and an eval set (`eval_rows`, about half with an error) under
    OUTPUT/world/ (actprm.generate);
 2. one local Ray and one pool of scoring actors for everything below;
-3. for each strategy (actprm, random): `rounds` rounds of the active loop (pipelines/active_loop.py)
+3. for each strategy (actprm, random): `rounds` rounds of the active loop (pipelines/loop.py)
    buying `round_labels` labels a round from the verifier annotator, each round training from the
    last checkpoint (the heads only by default: `train.backbone: frozen`) and evaluating on the eval set;
    the runs are OUTPUT/runs/<strategy>/ (a rerun resumes them);
@@ -27,21 +27,25 @@ import pyarrow.parquet as pq
 
 from actprm.config import DemoConfig, GenerateConfig, LoopConfig, dump_config
 from actprm.errors import UserError
-from actprm.generate import run_generate
 from actprm.io.writers import replaced_dir, write_text_atomic
 from actprm.plots import plot_f1_vs_labels, plot_selection_rate, plot_step_stats
-from pipelines import active_loop
+from actprm.progress import JobResult
+from pipelines import generate as generate_job
+from pipelines import loop
 from pipelines.ray_session import init_ray
 
 PLOTS = {"f1": "f1_vs_labels.png", "steps": "step_stats.png", "rate": "selection_rate.png"}
 
 
 @dataclass
-class DemoResult:
+class DemoResult(JobResult):
     output: Path
     report: Path
     lines: dict[str, list[dict]]
     seconds: float
+
+    def render(self) -> str:
+        return f"demo: report in {self.report}\n" + self.summary_line()
 
     def summary_line(self) -> str:
         parts = []
@@ -74,9 +78,9 @@ def prepare(cfg: DemoConfig) -> Path:
 def generate(cfg: DemoConfig, out: Path, progress: bool) -> tuple[Path, Path]:
     pool, evals = out / "world" / "pool", out / "world" / "eval"
     if not pool.is_dir():
-        run_generate(GenerateConfig(n=cfg.rows, seed=cfg.seed + 1, output=str(pool)), progress)
+        generate_job.run(GenerateConfig(n=cfg.rows, seed=cfg.seed + 1, output=str(pool)), progress)
     if not evals.is_dir():
-        run_generate(GenerateConfig(n=cfg.eval_rows, seed=cfg.seed + 2, eval_set=True, output=str(evals)), progress)
+        generate_job.run(GenerateConfig(n=cfg.eval_rows, seed=cfg.seed + 2, eval_set=True, output=str(evals)), progress)
     return pool, evals
 
 
@@ -87,7 +91,7 @@ def loop_config(cfg: DemoConfig, strategy: str, pool: Path, evals: Path, out: Pa
 
 
 def step_stats(run: Path, r: int) -> tuple[np.ndarray, np.ndarray]:
-    table = pq.read_table(run / "labelled" / active_loop.round_name(r) / "selection.parquet",
+    table = pq.read_table(run / "labelled" / loop.round_name(r) / "selection.parquet",
                           columns=["step_mean", "step_std"])
     means = [m for m in table.column("step_mean").to_pylist() if m is not None]
     stds = [s for s in table.column("step_std").to_pylist() if s is not None]
@@ -165,17 +169,17 @@ def write_report(cfg: DemoConfig, out: Path, lines: dict[str, list[dict]], secon
     return path
 
 
-def run(cfg: DemoConfig, address: str | None = None, progress: bool = True) -> DemoResult:
+def run(cfg: DemoConfig, progress: bool = True) -> DemoResult:
     start = time.perf_counter()
     out = prepare(cfg)
     pool_path, eval_path = generate(cfg, out, progress)
-    init_ray(address)
+    init_ray(cfg.address)
     lc = loop_config(cfg, cfg.strategies[0], pool_path, eval_path, out)
-    pool = active_loop.ScoringPool(cfg.actors, cfg.device, lc.batch_tokens, lc.max_length, lc.batch_rows)
+    pool = loop.ScoringPool(cfg.actors, cfg.device, lc.batch_tokens, lc.max_length, lc.batch_rows)
     lines: dict[str, list[dict]] = {}
     try:
         for strategy in cfg.strategies:
-            result = active_loop.run(loop_config(cfg, strategy, pool_path, eval_path, out), progress=progress, pool=pool)
+            result = loop.run(loop_config(cfg, strategy, pool_path, eval_path, out), progress=progress, pool=pool)
             lines[strategy] = result.lines
     finally:
         pool.close()

@@ -37,13 +37,12 @@ import torch.nn.functional as F
 
 from actprm.config import PretrainConfig, dump_config, load_config
 from actprm.errors import UserError
-from actprm.generate import load_world
 from actprm.io.writers import check_output_dir, replaced_dir
 from actprm.model import from_backbone, preset_config
 from actprm.progress import progress_bar
 from actprm.scoring import TrajectoryEncoder
 from actprm.tokens import IM_START, load_tokenizer
-from actprm.world.arith import Generator
+from actprm.world.arith import Generator, load_world
 
 TEST_OFFSET = 1_000_000_000  # held-out rows of the lm split start here
 

@@ -1,20 +1,16 @@
-"""Recipe: one PRM training round on a Ray cluster (Ray Train, DDP or FSDP workers).
+"""`actprm train`: one PRM training round from labelled rows, in-process or on Ray Train.
 
-    python -m pipelines.train --config configs/train.yaml --workers 4 --use-gpu --address auto
-    actprm train --workers 2 ...                       # the same recipe from the CLI
+    actprm train --trajectories X --annotations ann --output runs/r1 [--model DIR]
+    actprm train --workers 4 --use-gpu --address auto ...      # Ray Train, DDP or FSDP workers
 
-1. Driver: join trajectories with annotations by id (actprm.train.load_rows) and put the
-   labelled rows in the object store once.
-2. Workers (`workers` of them, TorchTrainer): each loads the start checkpoint, takes its
-   equal share of the examples (rank::world_size), and runs actprm.train.train_round with
-   the model wrapped by ray.train.torch.prepare_model: DDP for models that fit a device,
-   FSDP (`strategy: fsdp`) when full fine-tuning does not (a 7B backbone with AdamW needs
-   ~16 bytes per parameter, over 100 GB: more than one GPU under DDP); or keep DDP and
-   set `backbone: frozen`.
-3. Rank 0 writes the new checkpoint to `output` (a filesystem every worker can reach on a
-   cluster), exactly as `actprm train` does in-process.
-
-With `workers: 1` the CLI runs the in-process path instead (no Ray).
+1. Labels: trajectories joined with annotations by id, or a labelled table (actprm.labels).
+2. One round of `objective` from `model` (actprm.trainer.train_and_save; the checkpoint files are
+   actprm.checkpoint's).
+3. With `workers > 1`: the labelled rows go into the object store once; each TorchTrainer worker
+   loads the start checkpoint, takes its equal share of the examples (rank::world_size) and trains
+   with the model wrapped by ray.train.torch.prepare_model: DDP for models that fit a device, FSDP
+   (`strategy: fsdp`) when full fine-tuning does not (a 7B backbone with AdamW needs ~16 bytes per
+   parameter); rank 0 writes the checkpoint to `output` (a filesystem every worker can reach).
 """
 
 from __future__ import annotations
@@ -22,30 +18,63 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import ray
+import ray.train
+import ray.train.torch
+import torch
+from ray.train import RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from actprm.checkpoint import resolve_device
 from actprm.config import TrainConfig
 from actprm.errors import UserError
-from actprm.train import (
-    LabelCounts,
-    check_train_paths,
-    load_rows,
-    result_from_checkpoint,
-    train_and_save,
-)
+from actprm.labels import LabelCounts, load_rows
+from actprm.trainer import TrainResult, result_from_checkpoint, train_and_save
+from pipelines.ray_session import init_ray
+
+
+def check_train_paths(cfg: TrainConfig) -> Path:
+    if not cfg.output:
+        raise UserError("no output: pass --output DIR")
+    if cfg.objective != "actprm" and cfg.workers > 1:
+        raise UserError(f"--objective {cfg.objective} trains in-process: use --workers 1")
+    if cfg.labelled:
+        if cfg.trajectories or cfg.annotations:
+            raise UserError("pass either --labelled, or --trajectories with --annotations, not both")
+    elif cfg.objective != "actprm" and cfg.trajectories:
+        pass  # the implicit objectives: outcome labels from the trajectories alone (actprm.outcome)
+    elif not (cfg.trajectories and cfg.annotations):
+        raise UserError("no labels: pass --trajectories PATH and --annotations PATH (or --labelled PATH)")
+    out = Path(cfg.output)
+    if out.exists() and not cfg.overwrite:
+        raise UserError(f"{out}: exists; choose another --output or pass --overwrite")
+    return out
+
+
+def run(cfg: TrainConfig, progress: bool = True) -> TrainResult:
+    check_train_paths(cfg)
+    if cfg.workers > 1:
+        return run_on_ray(cfg)
+    device = torch.device(resolve_device(cfg.device))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    counts = LabelCounts()
+    rows = load_rows(cfg, counts)
+    result = train_and_save(cfg, rows, counts, device, progress=progress)
+    assert result is not None  # rank 0
+    return result
+
+
+# ------------------------------------------------------------------ on Ray Train
 
 
 def worker_loop(config: dict) -> None:
     """Runs on every Ray Train worker."""
-    import ray
-    import ray.train
-    import ray.train.torch
-
     cfg = TrainConfig.model_validate(config["cfg"])
     rows = ray.get(config["rows"])
     counts = LabelCounts(**config["counts"])
     ctx = ray.train.get_context()
     if cfg.threads:
-        import torch
-
         torch.set_num_threads(cfg.threads)
 
     def wrap(model):
@@ -55,22 +84,16 @@ def worker_loop(config: dict) -> None:
                    world_size=ctx.get_world_size(), wrap=wrap)
 
 
-def run(cfg: TrainConfig, address: str | None = None, progress: bool = True):
-    import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from pipelines.ray_session import init_ray
-
+def run_on_ray(cfg: TrainConfig) -> TrainResult:
     out = check_train_paths(cfg)
     cfg = cfg.model_copy(update={"output": str(out.resolve()),
                                  "model": str(Path(cfg.model).resolve()) if cfg.model else None})
     counts = LabelCounts()
-    rows = load_rows(cfg, counts)  # 1. driver: the join
+    rows = load_rows(cfg, counts)
     if not rows:
         raise UserError("nothing to train on: no labelled trajectory survived the join")
-    init_ray(address)
-    trainer = TorchTrainer(  # 2-3. workers train; rank 0 writes the checkpoint
+    init_ray(cfg.address)
+    trainer = TorchTrainer(
         worker_loop,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "rows": ray.put(rows), "counts": counts.as_dict()},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu),

@@ -1,34 +1,104 @@
-"""Recipe: validate a corpus on Ray.
+"""`actprm validate`: read a corpus in any format, write valid rows and error rows.
 
-Same inputs, outputs and rules as `actprm validate` (actprm/validate.py), spread over a
-cluster, one task per input file:
+    DIR/valid/*.parquet    trajectories schema
+    DIR/errors/*.parquet   errors schema (reason + the original row)
+    DIR/summary.json       counts
 
-1. pre-flight every file on the driver (a bad file: one line, exit code 2, nothing written)
-2. phase 1, in parallel: each file's valid row ids, in row order
-3. on the driver: the corpus-wide duplicate rule (the first occurrence by file, then row, wins)
-4. phase 2, in parallel: each file's rows written as shards, planned duplicates to errors
-5. the staged output is committed; one summary line
+Every input row lands in exactly one of valid/ or errors/. A bad file stops the job before
+anything is written (pre-flight), or, if it breaks mid-way, the staged output is discarded.
 
-Run:  python -m pipelines.validate --input corpus/ --output out/checked [--address ADDR]
- or:  actprm validate --ray ...      or:  ray job submit --working-dir . -- python -m pipelines.validate ...
+In-process by default; `--ray` spreads it over a cluster, one task per input file:
+1. pre-flight every file on the driver;
+2. phase 1, in parallel: each file's valid row ids, in row order;
+3. on the driver: the corpus-wide duplicate rule (the first occurrence by file, then row, wins);
+4. phase 2, in parallel: each file's rows written as shards, planned duplicates to errors;
+5. the staged output is committed; one summary line.
 On a cluster, --output must be a path every node can write (a shared filesystem).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
 
 from actprm import provenance
 from actprm.config import ValidateConfig
-from actprm.io.readers import IdRegistry, NoDuplicateCheck, PlannedDuplicates, SourceFile, iter_file_batches
-from actprm.io.writers import StagedOutput
-from actprm.progress import RowCounts, progress_bar
-from actprm.validate import PARTS, ValidateResult, check_paths, write_batches, write_summary
+from actprm.io.readers import (
+    Batch,
+    NoDuplicateCheck,
+    PlannedDuplicates,
+    SourceFile,
+    check_paths,
+    iter_batches,
+    iter_file_batches,
+    known_rows,
+    plan_duplicates,
+)
+from actprm.io.writers import ShardWriter, StagedOutput
+from actprm.progress import JobResult, RowCounts, progress_bar
 from pipelines.ray_session import init_ray
+
+PARTS = ["valid", "errors", "summary.json"]
+
+
+@dataclass
+class ValidateResult(JobResult):
+    counts: RowCounts
+    n_files: int
+    seconds: float
+    output: Path
+
+    def summary_line(self) -> str:
+        c = self.counts
+        rate = c.read / self.seconds if self.seconds > 0 else 0.0
+        return (f"validate: {c.read} rows read from {self.n_files} files, {c.valid} valid, "
+                f"{c.errors_text()} in {self.seconds:.1f}s ({rate:,.0f} rows/s) -> {self.output}")
+
+
+def write_batches(batches: Iterable[Batch], staging: Path, cfg: ValidateConfig, prefix: str = "part",
+                  bar=None) -> RowCounts:
+    """Write a stream of batches into STAGING/valid and STAGING/errors; count them."""
+    counts = RowCounts()
+    with ShardWriter(staging / "valid", "trajectories", cfg.rows_per_shard, prefix) as valid, \
+         ShardWriter(staging / "errors", "errors", cfg.rows_per_shard, prefix) as errors:
+        for batch in batches:
+            valid.add_rows(batch.valid)
+            errors.add_rows(batch.errors)
+            counts.read += batch.n_read
+            counts.valid += len(batch.valid)
+            counts.add_errors(batch.errors)
+            if bar is not None:
+                bar.update(batch.n_read)
+    return counts
+
+
+def write_summary(path: Path, sources: list[SourceFile], counts: RowCounts, seconds: float) -> None:
+    summary = {"files": [str(s.path) for s in sources], **counts.as_dict(), "seconds": round(seconds, 3)}
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def run(cfg: ValidateConfig, progress: bool = True) -> ValidateResult:
+    if cfg.ray:
+        return run_on_ray(cfg, progress)
+    start = time.perf_counter()
+    sources = check_paths(cfg)
+    total = known_rows(sources)
+    with StagedOutput(cfg.output, PARTS, cfg.overwrite) as out, progress_bar(total, "validate", progress) as bar:
+        batches = iter_batches(sources, limits=cfg.limits, step_separator=cfg.step_separator,
+                               batch_rows=cfg.batch_rows)
+        counts = write_batches(batches, out.staging, cfg, bar=bar)
+        seconds = time.perf_counter() - start
+        write_summary(out.path("summary.json"), sources, counts, seconds)
+    return ValidateResult(counts, len(sources), seconds, Path(cfg.output))
+
+
+# ------------------------------------------------------------------ on Ray
 
 
 @ray.remote
@@ -50,22 +120,10 @@ def write_file(sources: list[SourceFile], file_index: int, duplicates: dict, cfg
     return write_batches(batches, Path(staging), cfg, prefix=f"file-{file_index:05d}")
 
 
-def plan_duplicates(ids_per_file: list[list[tuple[int, str]]]) -> list[dict]:
-    """For each file, {(file, row): (first_file, first_row)} of the rows whose id was seen before."""
-    registry = IdRegistry()
-    plans: list[dict] = [{} for _ in ids_per_file]
-    for file_index, ids in enumerate(ids_per_file):
-        for row_index, rid in ids:
-            first = registry.claim(rid, file_index, row_index)
-            if first is not None:
-                plans[file_index][(file_index, row_index)] = first
-    return plans
-
-
-def run(cfg: ValidateConfig, address: str | None = None, progress: bool = True) -> ValidateResult:
+def run_on_ray(cfg: ValidateConfig, progress: bool = True) -> ValidateResult:
     start = time.perf_counter()
     sources = check_paths(cfg)
-    init_ray(address)
+    init_ray(cfg.address)
     ids_per_file = ray.get([file_ids.remote(sources, i, cfg) for i in range(len(sources))])
     plans = plan_duplicates(ids_per_file)
     counts = RowCounts()

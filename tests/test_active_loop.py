@@ -1,4 +1,4 @@
-"""The active-learning loop (pipelines/active_loop.py) and `actprm demo` on a local Ray: resume after a kill
+"""The active-learning loop (pipelines/loop.py) and `actprm demo` on a local Ray: resume after a kill
 without paying a label twice, budgets that stop exactly, stream mode training only on what it selected."""
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from actprm.world.arith import Generator
 
 ray = pytest.importorskip("ray")
 
-from pipelines import active_loop
+from actprm.labels import labelled_rows_of
+from actprm.selection import select_rows
+from pipelines import loop as active_loop
 
 REPO = Path(__file__).resolve().parents[1]
 FAST_TRAIN = TrainConfig(backbone="frozen", head_lr=3e-3, batch_size=8, warmup_steps=1, device="cpu", threads=1)
@@ -89,7 +91,7 @@ def test_actprm_selection_takes_the_most_uncertain_and_never_a_certain_row():
               "e": {"error": "too long: x"}}
     rows = [{"id": i} for i in ids]
     chosen = lambda strategy, budget: sorted(
-        r["id"] for r in active_loop.select_rows(strategy, rows, scores, budget, 0, 1) if r["selected"])
+        r["id"] for r in select_rows(strategy, rows, scores, budget, 0, 1) if r["selected"])
     assert chosen("actprm", 2) == ["c", "d"]          # the top uncertain by acquisition, not b (certain)
     assert chosen("actprm", None) == ["a", "c", "d"]  # stream: every uncertain row
     assert chosen("entropy", 2) == ["b", "c"]         # plain top-k by score; the unscorable e never
@@ -267,13 +269,13 @@ def test_a_changed_setting_on_rerun_is_a_user_error(world, tmp_path, scorers, ca
 
 
 def test_a_killed_loop_process_resumes_without_paying_a_label_twice(world, tmp_path):
-    """The real thing: `python -m pipelines.active_loop` killed after round 1's annotations are written and before
+    """The real thing: `python -m pipelines.loop` killed after round 1's annotations are written and before
     its checkpoint; the rerun reads them back (the file is untouched) and finishes."""
     run = tmp_path / "run"
     cfg = loop_cfg(world, run, rounds=2, train=FAST_TRAIN.model_copy(update={"epochs": 40}), actors=1)
     config = tmp_path / "loop.yaml"
     config.write_text(json.dumps(cfg.model_dump(mode="json")))  # JSON is YAML
-    cmd = [sys.executable, "-m", "pipelines.active_loop", "--config", str(config), "--no-progress"]
+    cmd = [sys.executable, "-m", "pipelines.loop", "--config", str(config), "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("RAY_ADDRESS", None)
     job = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -328,7 +330,7 @@ def test_round_labels_keep_the_per_step_labels_of_rollout_annotations():
         {"id": b, "first_error_step": -1, "judge": "verifier(wrong_rate=0)", "agreement": 1.0},
         {"id": c, "first_error_step": None, "judge": "verifier(wrong_rate=0)", "agreement": None},  # failed: no row
     ]
-    out = {r["id"]: r for r in active_loop.labelled_rows(annotations, rows)}
+    out = {r["id"]: r for r in labelled_rows_of(annotations, rows)}
     assert set(out) == {a, b}
     assert out[a]["label_source"] == "rollout" and out[a]["step_labels"] == annotations[0]["step_labels"]
     assert out[a]["step_progress"] == annotations[0]["step_progress"]

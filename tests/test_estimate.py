@@ -14,11 +14,11 @@ from safetensors.numpy import load_file, save_file
 
 from actprm import uncertainty
 from actprm.cli import main
-from actprm.estimate import wilson_interval
 from actprm.judge.prompt import render_prompt
 from actprm.model import default_prm_path
 from actprm.sample import BottomK
 from actprm.world.arith import Generator
+from pipelines.estimate import wilson_interval
 
 N_ROWS = 1500
 

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from actprm.cli import main
-from actprm.evaluate import (
+from actprm.metrics import (
     THRESHOLD_GRID,
     auroc,
     best_threshold,

@@ -1,4 +1,4 @@
-"""`actprm export` (actprm.export): TRL's stepwise format and ActivePRM's, from trajectories and labelled tables."""
+"""`actprm export` (pipelines/export.py): TRL's stepwise format and ActivePRM's, from trajectories and labelled tables."""
 
 import json
 
@@ -7,8 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from actprm.cli import main
-from actprm.export import convert, run_export
 from actprm.world.arith import Generator
+from pipelines.export import convert
+from pipelines.export import export as run_export
 
 
 @pytest.fixture

@@ -9,17 +9,17 @@ import pytest
 import torch
 
 from actprm.config import TrainConfig
-from actprm.evaluate import auroc, step_labels
 from actprm.implicit import (
     dpo_pairs,
     implicit_ce_loss,
     load_implicit,
-    train_and_save_implicit,
 )
+from actprm.labels import LabelCounts
+from actprm.metrics import auroc, step_labels
 from actprm.outcome import OutcomeAnnotator, final_answer, outcome_label
 from actprm.scoring import TrajectoryEncoder, score_trajectories
 from actprm.tokens import load_tokenizer
-from actprm.train import LabelCounts
+from actprm.trainer import train_and_save_implicit
 from actprm.world.arith import Generator
 
 torch.set_num_threads(1)
@@ -169,7 +169,7 @@ def test_training_on_outcome_labels_improves_step_auroc(tmp_path):
 
 def test_score_job_writes_implicit_columns(tmp_path, two_models):
     from actprm.config import ScoreConfig
-    from actprm.score import run_score
+    from pipelines.score import run as run_score
 
     rows = list(Generator(seed=0).rows(0, 12, "eval"))
     data = tmp_path / "in.jsonl"
@@ -224,7 +224,7 @@ def test_prime_loop_mode_trains_online_from_outcome_labels(tmp_path, local_ray):
     exact outcomes, each round's implicit PRM continues from the last, and is evaluated."""
     from actprm.config import LoopConfig, load_config
     from actprm.schemas import table_from_rows
-    from pipelines import active_loop
+    from pipelines import loop as active_loop
 
     for name, n, split, seed in (("pool", 48, "train", 5), ("eval", 16, "eval", 6)):
         (tmp_path / name).mkdir()
@@ -254,7 +254,7 @@ def test_prime_loop_mode_trains_online_from_outcome_labels(tmp_path, local_ray):
 def test_loop_refuses_outcome_labels_for_the_ensemble(tmp_path):
     from actprm.config import LoopConfig
     from actprm.errors import UserError
-    from pipelines import active_loop
+    from pipelines import loop as active_loop
 
     cfg = LoopConfig(pool=["p"], eval=["e"], output=str(tmp_path / "r"), labels="outcome")
     with pytest.raises(UserError, match="implicit-ce"):

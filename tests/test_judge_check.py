@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import PROCESSBENCH
 
 from actprm.cli import main
-from actprm.evaluate import processbench_scores
+from actprm.metrics import processbench_scores
 from actprm.testing.judge_server import FakeJudge, JudgeServer
-from conftest import PROCESSBENCH
 
 pytestmark = pytest.mark.skipif(not PROCESSBENCH.is_dir(), reason="ProcessBench data not present")
 PER_SUBSET = 50

@@ -11,12 +11,12 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from actprm.annotate import run_annotate
 from actprm.cli import main
 from actprm.config import AnnotateConfig
 from actprm.judge.cache import Answer, AnswerCache, answer_key, segments_dir
 from actprm.judge.openai_judge import OpenAIJudge
 from actprm.judge.prompt import build_messages
+from pipelines.annotate import run as run_annotate
 
 
 def config(url, data, out, **kw) -> AnnotateConfig:
@@ -42,7 +42,7 @@ def test_the_in_flight_limit_holds_for_the_job_not_per_actor(served, tmp_path, l
     from pipelines import annotate as recipe
 
     rows, fake, server, data = served(delay_s=0.1)
-    result = recipe.run(config(server.url, data, tmp_path / "ann", concurrency=4), progress=False)
+    result = recipe.run_on_ray(config(server.url, data, tmp_path / "ann", concurrency=4), progress=False)
     got = read(tmp_path / "ann" / "annotations")
     assert [r["first_error_step"] for r in got] == truth(rows) and all(r["error"] is None for r in got)
     assert fake.max_in_flight == 4  # three actors, one gate: not 3 x 4
@@ -85,7 +85,7 @@ def test_a_rerun_pays_nothing_and_a_killed_runs_segment_is_merged(served, tmp_pa
     segment.put(key, Answer(f"\\boxed{{{first['first_error_step']}}}", None, "stop", 7, 3, 0.5),
                 row_id=first["id"], sample=0, model=judge.model, prompt_version=judge.prompt_version)
     segment.close()
-    result = recipe.run(cfg, progress=False)
+    result = recipe.run_on_ray(cfg, progress=False)
     prompt = build_messages(first["problem"], first["steps"])[0]["content"]
     assert fake.total_paid == 29 and fake.requests == 29
     assert hashlib.sha256(prompt.encode()).hexdigest() not in fake.paid
@@ -95,7 +95,7 @@ def test_a_rerun_pays_nothing_and_a_killed_runs_segment_is_merged(served, tmp_pa
     assert [r["cost_usd"] for r in got if r["id"] == first["id"]] == [0.5]
     assert not segments_dir(out / "judge_cache.sqlite").exists()
 
-    again = recipe.run(cfg, progress=False)  # the same output again: all from the cache
+    again = recipe.run_on_ray(cfg, progress=False)  # the same output again: all from the cache
     assert fake.total_paid == 29 and again.judge_stats.answers == 0 and again.judge_stats.cached == 30
     assert stable(read(out / "annotations")) == stable(got)
 

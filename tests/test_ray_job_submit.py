@@ -59,7 +59,7 @@ def test_the_recipe_runs_under_ray_job_submit_on_a_local_cluster(tmp_path):
                stop=stop_after_attempt(30), wait=wait_fixed(2), retry_error_callback=lambda s: s.outcome.result())
         def submit():
             return subprocess.run([ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir",
-                                   str(REPO), "--", "python", "-m", "pipelines.score_filter", "--input",
+                                   str(REPO), "--", "python", "-m", "pipelines.filter", "--input",
                                    str(corpus), "--output", str(out), "--no-progress"],
                                   check=False, env=env, capture_output=True, text=True, timeout=300)
 

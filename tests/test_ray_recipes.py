@@ -6,10 +6,10 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from actprm.config import ValidateConfig  # noqa: E402
-from actprm.validate import run_validate  # noqa: E402
 from conftest import good_row  # noqa: E402
 
+from actprm.config import ValidateConfig  # noqa: E402
+from pipelines.validate import run as run_validate  # noqa: E402
 
 
 def rows(directory, key):
@@ -25,7 +25,7 @@ def test_validate_recipe_matches_in_process(tmp_path, write_jsonl, local_ray):
     write_jsonl("c.jsonl", [good_row(5), good_row(6)], raw_lines=["{oops"])
     inputs = [str(p) for p in sorted(tmp_path.glob("*.*"))]
     local = run_validate(ValidateConfig(input=inputs, output=str(tmp_path / "local")), progress=False)
-    remote = recipe.run(ValidateConfig(input=inputs, output=str(tmp_path / "ray")), progress=False)
+    remote = recipe.run_on_ray(ValidateConfig(input=inputs, output=str(tmp_path / "ray")), progress=False)
     assert local.counts == remote.counts
     key = lambda r: r["id"]  # noqa: E731
     assert rows(tmp_path / "local" / "valid", key) == rows(tmp_path / "ray" / "valid", key)

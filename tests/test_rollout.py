@@ -130,8 +130,8 @@ def _yaml(tmp_path):
 
 
 def test_soft_labels_reach_training(tmp_path):
-    from actprm.annotate import run_annotate
-    from actprm.train import LabelCounts, join_annotations, step_targets
+    from actprm.labels import LabelCounts, join_annotations, step_targets
+    from pipelines.annotate import run as run_annotate
 
     data = tmp_path / "rows.parquet"
     pq.write_table(pa.Table.from_pylist([TRAJ]), data)

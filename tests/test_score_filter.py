@@ -1,4 +1,4 @@
-"""The corpus-scale filter (pipelines/score_filter.py) on a local Ray: same scores as in-process
+"""The corpus-scale filter (pipelines/filter.py) on a local Ray: same scores as in-process
 `actprm score`, corpus-wide rules, resume after a kill."""
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def test_a_killed_filter_resumes_with_every_id_exactly_once(tmp_path):
     corpus = tmp_path / "corpus"
     write_shards(corpus, rows, 125)
     out = tmp_path / "f"
-    cmd = [sys.executable, "-m", "pipelines.score_filter", "--input", str(corpus), "--output", str(out),
+    cmd = [sys.executable, "-m", "pipelines.filter", "--input", str(corpus), "--output", str(out),
            "--no-progress", "--batch-rows", "64"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     job = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -116,7 +116,7 @@ def test_a_killed_filter_resumes_with_every_id_exactly_once(tmp_path):
 
 def test_default_sizing_gives_every_core_an_actor_and_keeps_a_cpu_for_reads(monkeypatch):
     from actprm.config import FilterConfig
-    from pipelines import score_filter
+    from pipelines import filter as score_filter
 
     def sizing(resources, **cfg):
         monkeypatch.setattr(score_filter.ray, "cluster_resources", lambda: resources)

@@ -10,13 +10,13 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from actprm.annotate import run_annotate
 from actprm.cli import main
 from actprm.config import AnnotateConfig
 from actprm.judge.budget import SpendBudget
 from actprm.judge.openai_judge import OpenAIJudge
 from actprm.judge.prompt import build_messages
 from actprm.testing.judge_server import FakeJudge
+from pipelines.annotate import run as run_annotate
 
 # prices that make one answer cost ~$0.25 (the stand-in's answers are short)
 PRICES = {"price_in": 1000.0, "price_out": 2000.0}
@@ -123,7 +123,7 @@ def test_the_budget_holds_for_a_whole_ray_job(served, tmp_path, local_ray):
     out = tmp_path / "ann"
     cfg = config(server.url, data, out, max_spend=3.0, actors=3)
     worst = worst_request_usd(cfg, rows)
-    result = recipe.run(cfg, progress=False)
+    result = recipe.run_on_ray(cfg, progress=False)
     got = read(out / "annotations")
     spent = paid_usd(fake, got)
     assert len(got) == 40 and spent <= 3.0 and 3.0 - spent < worst  # three actors, one budget

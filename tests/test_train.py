@@ -11,22 +11,18 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from actprm.checkpoint import ANCHOR_NAME, OPTIMIZER_NAME
 from actprm.cli import main
 from actprm.config import TrainConfig
 from actprm.judge import labelled_row
 from actprm.judge.verifier import VerifierAnnotator
+from actprm.labels import step_targets
 from actprm.model import load_prm
 from actprm.schemas import table_from_rows
 from actprm.scoring import score_trajectories
-from actprm.train import (
-    ANCHOR_NAME,
-    OPTIMIZER_NAME,
-    actprm_loss,
-    anchor_penalty,
-    run_train,
-    step_targets,
-)
+from actprm.trainer import actprm_loss, anchor_penalty
 from actprm.world.arith import Generator
+from pipelines.train import run as run_train
 
 # small and fast: heads plus the top decoder layer, high learning rates, few rows
 FAST = dict(backbone="top", top_layers=1, lr=1e-3, head_lr=1e-2, batch_size=16, warmup_steps=2, threads=2,
@@ -143,7 +139,7 @@ def test_failed_annotations_are_skipped_and_counted(world, tmp_path):
 
 
 def test_label_weight_fixed_or_from_agreement(world, tmp_path):
-    from actprm.train import LabelCounts, join_annotations
+    from actprm.labels import LabelCounts, join_annotations
 
     d, rows = world
     ann = VerifierAnnotator(wrong_rate=0.0).annotate(rows[:4])

@@ -190,7 +190,7 @@ def test_random_is_deterministic_and_id_dependent():
     assert U.acquisition("random", rows([0.9, 0.9]), traj_id="traj-b") != a
     assert U.acquisition("random", rows([0.9, 0.9]), traj_id="traj-a", seed=1) != a
     np.testing.assert_array_equal(
-        U.per_step_acquisition("random", rows([0.9], [0.8]), traj_id="traj-a"), [a, a])
+        U.ACQUISITIONS["random"](rows([0.9], [0.8]), "traj-a", 0), [a, a])
     with pytest.raises(ValueError, match="traj_id"):
         U.acquisition("random", rows([0.9, 0.9]))
 
@@ -202,7 +202,7 @@ def test_acquisition_registry_and_errors():
     with pytest.raises(ValueError, match="max"):
         U.acquisition("entropy", rows([0.5]), reduction="sum")
     with pytest.raises(ValueError):
-        U.per_step_acquisition("nope", rows([0.5]))
+        U.summarize([rows([0.5])], ["a"], acquisition="nope")
 
 
 # ----------------------------------------------------------------------------- summarize
@@ -248,10 +248,6 @@ def test_summarize_empty_and_errors():
 
 
 # ----------------------------------------------------------------------------- selection
-def test_select_threshold_is_the_uncertain_mask():
-    assert U.select_threshold([True, False, True]).tolist() == [True, False, True]
-
-
 def test_select_budget_top_k_ties_by_id():
     ids = ["c", "b", "a", "d", "e"]
     scores = [0.5, 0.9, 0.5, 0.1, 0.5]
@@ -284,13 +280,6 @@ def test_select_budget_nan_ranks_last():
     assert U.select_budget(ids[::-1], scores[::-1], 3).tolist() == [True, False, True, True]
 
 
-def test_select_dispatcher():
-    kw = dict(ids=["a", "b", "c"], uncertain=[False, True, False], scores=[0.3, 0.1, 0.2])
-    assert U.select("threshold", **kw).tolist() == [False, True, False]
-    assert U.select("budget", budget=2, **kw).tolist() == [True, False, True]
-    with pytest.raises(ValueError, match="budget"):
-        U.select("budget", **kw)
-    with pytest.raises(ValueError, match="threshold"):
-        U.select("topk", **kw)
+def test_select_budget_checks_lengths():
     with pytest.raises(ValueError):
         U.select_budget(["a"], [0.1, 0.2], 1)

@@ -22,8 +22,23 @@ import ijson
 import pyarrow.parquet as pq
 
 from actprm.errors import UserError
-from actprm.io.filesystems import Location, file_name, is_uri, list_uri, open_binary, open_random_access, open_text
-from actprm.io.formats import FORMATS, MapContext, content_id, detect_format, missing_columns, to_trajectory
+from actprm.io.filesystems import (
+    Location,
+    file_name,
+    is_uri,
+    list_uri,
+    open_binary,
+    open_random_access,
+    open_text,
+)
+from actprm.io.formats import (
+    FORMATS,
+    MapContext,
+    content_id,
+    detect_format,
+    missing_columns,
+    to_trajectory,
+)
 from actprm.schemas import Limits, RowError, check_trajectory, error_row
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -335,3 +350,29 @@ def iter_batches(
     for file_index in range(len(sources)):
         yield from iter_file_batches(sources, file_index, ids=ids, limits=limits,
                                      step_separator=step_separator, batch_rows=batch_rows)
+
+
+def require_input_output(cfg) -> None:
+    """A job config's `input` and `output` are set (a user error otherwise)."""
+    if not cfg.input:
+        raise UserError("no input: pass --input PATH (a file, a directory or a glob)")
+    if not cfg.output:
+        raise UserError("no output: pass --output DIR")
+
+
+def check_paths(cfg) -> list[SourceFile]:
+    """A job config's `input` and `output` are set, and every input file passes pre-flight."""
+    require_input_output(cfg)
+    return open_corpus(cfg.input, cfg.format)
+
+
+def plan_duplicates(ids_per_file: list[list[tuple[int, str]]]) -> list[dict]:
+    """For each file, {(file, row): (first_file, first_row)} of the rows whose id was seen before."""
+    registry = IdRegistry()
+    plans: list[dict] = [{} for _ in ids_per_file]
+    for file_index, ids in enumerate(ids_per_file):
+        for row_index, rid in ids:
+            first = registry.claim(rid, file_index, row_index)
+            if first is not None:
+                plans[file_index][(file_index, row_index)] = first
+    return plans

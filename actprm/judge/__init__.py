@@ -91,3 +91,13 @@ __all__ = [
     "majority",
     "make_annotator",
 ]
+
+
+def check_spend_settings(cfg) -> None:
+    """--max-spend / --max-calls limit what the openai judge is paid; a user error where they cannot."""
+    if cfg.max_spend is None and cfg.max_calls is None:
+        return
+    if cfg.backend == "verifier":
+        raise UserError(f"--max-spend/--max-calls limit what a paid judge costs; the {cfg.backend} backend is free")
+    if cfg.max_spend is not None and cfg.price_in == 0 and cfg.price_out == 0:
+        raise UserError("--max-spend needs the judge's prices: --price-in and --price-out (USD per million tokens)")

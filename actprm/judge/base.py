@@ -138,3 +138,10 @@ class Annotator(abc.ABC):
     def failed(self, rid: str, error: str, **fields: Any) -> dict[str, Any]:
         """`failed_row` with this annotator's judge and prompt_version."""
         return failed_row(rid, error, judge=self.judge, prompt_version=self.prompt_version, **fields)
+
+
+def check_contract(rows: list[dict[str, Any]], out: list[dict[str, Any]], annotator: Annotator) -> None:
+    """One annotation per input row with the same ids: a backend that breaks this is a bug."""
+    if [r["id"] for r in rows] != [r["id"] for r in out]:
+        raise RuntimeError(f"annotator {annotator.judge!r} returned {len(out)} rows for {len(rows)} "
+                           "or changed their ids/order")

@@ -31,7 +31,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from actprm.config import read_yaml
+from actprm.errors import UserError
 
 WORLD_VERSION = "v1"
 OpKind = Literal["add1", "add2", "sub1", "sub2", "mul"]
@@ -324,3 +327,15 @@ class Generator:
     def rows(self, start: int, stop: int, split: str = "train") -> Iterator[dict[str, Any]]:
         for i in range(start, stop):
             yield self.row(i, split)
+
+
+def load_world(path: str | None) -> ArithWorld:
+    """The world's parameters: built-in defaults, or a YAML (configs/worlds/arith.yaml)."""
+    if not path:
+        return ArithWorld()
+    try:
+        return ArithWorld.model_validate(read_yaml(path))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "world"
+        raise UserError(f"{path}: {where}: {first['msg']}") from None

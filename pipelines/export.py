@@ -31,8 +31,10 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from actprm.config import ExportConfig
 from actprm.errors import UserError
 from actprm.io.readers import iter_batches, open_corpus
+from actprm.progress import JobResult
 
 FORMATS = ("trl", "activeprm")
 
@@ -45,7 +47,7 @@ SCHEMAS = {
 
 
 @dataclass
-class ExportResult:
+class ExportResult(JobResult):
     format: str
     rows: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
@@ -115,8 +117,12 @@ def _read_rows(paths: list[str], result: ExportResult, fmt: str = "auto") -> lis
     return rows
 
 
-def run_export(input: list[str] | str, output: str, fmt: Literal["trl", "activeprm"], overwrite: bool = False,
-               input_format: str = "auto") -> ExportResult:
+def run(cfg: ExportConfig, progress: bool = True) -> ExportResult:
+    return export(cfg.input, cfg.output, cfg.format, cfg.overwrite, cfg.input_format)
+
+
+def export(input: list[str] | str, output: str, fmt: Literal["trl", "activeprm"], overwrite: bool = False,
+           input_format: str = "auto") -> ExportResult:
     """Export every labelled row of `input` to `output` in `fmt` (see the module docstring)."""
     start = time.perf_counter()
     if not input:

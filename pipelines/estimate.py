@@ -27,13 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from actprm import uncertainty
+from actprm.checkpoint import load_for_scoring
 from actprm.config import EstimateConfig
 from actprm.errors import UserError
 from actprm.io.readers import open_corpus
 from actprm.io.writers import StagedOutput
 from actprm.judge.prompt import render_prompt
-from actprm.sample import sample_corpus, score_rows
-from actprm.score import load_for_scoring
+from actprm.progress import JobResult
+from actprm.sample import sample_corpus
+from actprm.selection import score_rows
 
 
 def normal_quantile(confidence: float) -> float:
@@ -57,7 +59,7 @@ def wilson_interval(k: int, n: int, confidence: float = 0.95, population: int | 
 
 
 @dataclass
-class EstimateResult:
+class EstimateResult(JobResult):
     report: dict[str, Any]
     seconds: float
     output: Path | None
@@ -82,6 +84,9 @@ class EstimateResult:
         ]
         return "\n".join(lines)
 
+    def render(self) -> str:
+        return self.text() + "\n" + self.summary_line()
+
     def summary_line(self) -> str:
         p = self.report["projection"]
         where = f" -> {self.output / 'estimate.json'}" if self.output else ""
@@ -89,7 +94,7 @@ class EstimateResult:
                 f"${p['usd']:,.2f} (${p['usd_low']:,.2f} to ${p['usd_high']:,.2f}) in {self.seconds:.1f}s{where}")
 
 
-def run_estimate(cfg: EstimateConfig, progress: bool = True) -> EstimateResult:
+def run(cfg: EstimateConfig, progress: bool = True) -> EstimateResult:
     start = time.perf_counter()
     if not cfg.input:
         raise UserError("no input: pass --input PATH (a file, a directory or a glob)")

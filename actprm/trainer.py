@@ -1,36 +1,21 @@
-"""One PRM training round with the ActPRM objective (plain torch; no Ray).
+"""One PRM training round (plain torch; no Ray): examples, batches, the objectives, the optimizer loop.
 
-    labelled rows + checkpoint  ->  new checkpoint (+ optimizer state, anchor heads, summary)
+    labelled rows + checkpoint  ->  new checkpoint (+ optimizer state, anchor heads, trainer_state.json)
 
-The objective (../shared/REFERENCE.md, ActPRM): binary cross-entropy with logits for
-every head at every labelled separator - steps before the earliest error are 1, the
-earliest error is 0, later steps are not trained, every step of a correct trajectory is 1;
-soft `step_labels` replace these targets where a row has them. Each (head, trajectory)
-pair is kept with probability `learning_probability`; each row counts `label_weight`
-times; plus ``anchor_lambda * mean((phi - phi_init)^2)`` over the head parameters against
-the heads the first round started from (stored in the checkpoint as heads_init.safetensors,
-so every later round anchors to the same point).
-
-Labels come only from the labelled rows (annotations joined by id, see `join_annotations`):
-a ground-truth column the corpus may carry (`first_error_step`) is never read here.
-
-Checkpoint layout (DIR): the PRM as `EnsemblePRM.save_pretrained` writes it, plus
-`optimizer.safetensors` (AdamW moments by parameter name), `heads_init.safetensors` and
-`trainer_state.json` (round, steps, losses, counts, config). A round started from a
-checkpoint that has optimizer state continues those moments; the learning-rate schedule
-(linear warm-up, linear decay) runs over each round's own steps.
-
-`pipelines/train.py` runs the same `train_round` under Ray Train (DDP/FSDP workers).
-
-`objective: implicit-ce | implicit-dpo` trains an implicit PRM (a causal LM) from response-level
-labels instead (`actprm.implicit`; `train_and_save` hands over to it): the outcome of a labelled
-row (label -1 = right), or, from `--trajectories` alone, the outcome checker (actprm.outcome).
+The ActPRM objective: binary cross-entropy with logits for every head at every labelled separator
+(targets from `actprm.labels.step_targets`); each (head, trajectory) pair is kept with probability
+`learning_probability`; each row counts `label_weight` times; plus
+``anchor_lambda * mean((phi - phi_init)^2)`` over the head parameters against the heads the first
+round started from, so every later round anchors to the same point. The implicit objectives
+(`implicit-ce`, `implicit-dpo`) train a causal LM from response-level labels (`actprm.implicit`).
+`OBJECTIVES` maps each objective to its round; README, "Training rounds", has the recipe.
+A round started from a checkpoint with optimizer state continues those moments; the learning-rate
+schedule (linear warm-up, linear decay) runs over each round's own steps.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -39,131 +24,35 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
+from actprm.checkpoint import (
+    DEFAULT_MODEL_NAME,
+    load_checkpoint,
+    load_optimizer_state,
+    read_optimizer_state,
+    read_trainer_state,
+    save_checkpoint,
+)
 from actprm.config import TrainConfig
 from actprm.errors import UserError
-from actprm.io.readers import iter_batches, list_files, open_corpus
-from actprm.io.writers import replaced_dir
-from actprm.progress import progress_bar
+from actprm.implicit import (
+    SHIPPED_BACKBONE,
+    ImplicitPRM,
+    dpo_pairs,
+    implicit_ce_loss,
+    implicit_dpo_loss,
+    load_implicit,
+    outcome_of,
+)
+from actprm.labels import LabelCounts, step_targets
+from actprm.progress import JobResult, progress_bar
 from actprm.scoring import EncodedTrajectory, TrajectoryEncoder
 
-OPTIMIZER_NAME = "optimizer.safetensors"
-ANCHOR_NAME = "heads_init.safetensors"
-STATE_NAME = "trainer_state.json"
 
-
-# --------------------------------------------------------------------------- labels
-
-
-@dataclass
-class LabelCounts:
-    annotations: int = 0
-    labelled: int = 0
-    failed_annotations: int = 0
-    without_trajectory: int = 0
-    without_annotation: int = 0
-    duplicate_annotations: int = 0
-    invalid_label: int = 0
-    too_long: int = 0
-    truncated: int = 0
-    error_cut_off: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
-
-
-def label_source(judge: str | None) -> str:
-    for source in ("verifier", "outcome", "rollout"):  # outcome: actprm.outcome's checker; rollout: prover values
-        if (judge or "").startswith(source):
-            return source
-    return "judge"
-
-
-def read_annotations(paths: Sequence[str], counts: LabelCounts) -> dict[str, dict[str, Any]]:
-    """id -> annotation row, failed ones dropped (and counted); the first of duplicate ids wins."""
-    out: dict[str, dict[str, Any]] = {}
-    for path in list_files(list(paths)):
-        try:
-            names = pq.read_schema(path).names  # per-step columns: rollout annotations (older tables lack them)
-            table = pq.read_table(path, columns=["id", "first_error_step", "judge", "agreement"]
-                                  + [c for c in ("step_labels", "step_progress") if c in names])
-        except Exception as exc:  # noqa: BLE001 - a bad file is a user error, one line
-            raise UserError(f"{path}: not an annotations table ({' '.join(str(exc).split())[:160]})") from None
-        for row in table.to_pylist():
-            counts.annotations += 1
-            if row["first_error_step"] is None:
-                counts.failed_annotations += 1
-            elif row["id"] in out:
-                counts.duplicate_annotations += 1
-            else:
-                out[row["id"]] = row
-    return out
-
-
-def labelled_row(traj: dict[str, Any], ann: dict[str, Any], label_weight: float | str = 1.0) -> dict[str, Any]:
-    """A labelled-table row from a trajectory and its (successful) annotation: the earliest-error label,
-    the per-step labels and progress of rollout annotations, the weight (a number, or "agreement")."""
-    weight = (float(ann.get("agreement") if ann.get("agreement") is not None else 1.0)
-              if label_weight == "agreement" else float(label_weight))
-    return {"id": traj["id"], "problem": traj["problem"], "steps": traj["steps"],
-            "label_first_error": int(ann["first_error_step"]), "label_source": label_source(ann.get("judge")),
-            "step_labels": ann.get("step_labels"), "step_progress": ann.get("step_progress"), "label_weight": weight}
-
-
-def join_annotations(trajectory_paths: Sequence[str], annotation_paths: Sequence[str], counts: LabelCounts,
-                     batch_rows: int = 2048, label_weight: float | str = 1.0) -> list[dict[str, Any]]:
-    """Labelled rows (data_schemas/labelled.yaml) from trajectories x annotations, joined by id.
-
-    Only `problem` and `steps` are taken from the trajectories: their `first_error_step`
-    (ground truth some corpora carry) never becomes a label.  `label_weight`: every row's
-    weight, or "agreement" for the share of the judge's votes that agree with the label
-    (1.0 for one sample; `actprm judge-check` suggests a fixed weight from a judge's F1).
-    """
-    annotations = read_annotations(annotation_paths, counts)
-    seen: set[str] = set()
-    rows = []
-    for batch in iter_batches(open_corpus(list(trajectory_paths)), batch_rows=batch_rows):
-        for traj in batch.valid:
-            ann = annotations.get(traj["id"])
-            if ann is None:
-                counts.without_annotation += 1
-                continue
-            seen.add(traj["id"])
-            label = int(ann["first_error_step"])
-            if not -1 <= label < len(traj["steps"]):
-                counts.invalid_label += 1
-                continue
-            rows.append(labelled_row(traj, ann, label_weight))
-    counts.without_trajectory = len(set(annotations) - seen)
-    counts.labelled = len(rows)
-    return rows
-
-
-def read_labelled(paths: Sequence[str], counts: LabelCounts) -> list[dict[str, Any]]:
-    rows = []
-    for path in list_files(list(paths)):
-        try:
-            rows.extend(pq.read_table(path).to_pylist())
-        except Exception as exc:  # noqa: BLE001
-            raise UserError(f"{path}: not a labelled table ({' '.join(str(exc).split())[:160]})") from None
-    for row in rows:
-        missing = {"id", "problem", "steps", "label_first_error"} - set(row)
-        if missing:
-            raise UserError(f"labelled table lacks column(s) {sorted(missing)}")
-    counts.labelled = len(rows)
-    return rows
-
-
-def step_targets(label: int, n_steps: int, soft: Sequence[float | None] | None = None) -> list[float | None]:
-    """Per-step training targets; None = not trained. Soft labels win where given."""
-    if soft is not None:
-        return [None if s is None else float(s) for s in soft[:n_steps]] + [None] * max(0, n_steps - len(soft))
-    if label == -1:
-        return [1.0] * n_steps
-    return [1.0] * label + [0.0] + [None] * (n_steps - label - 1)
+class NothingToTrain(UserError):
+    """No labelled row survived the join and the encoder: the model stays as it is."""
 
 
 # --------------------------------------------------------------------------- batches
@@ -254,41 +143,6 @@ def anchor_penalty(heads: torch.nn.Module, anchor: dict[str, torch.Tensor]) -> t
         total = total + ((p.float() - anchor[name]) ** 2).sum()
         n += p.numel()
     return total / n
-
-
-# --------------------------------------------------------------------------- optimizer state
-
-
-def optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    """AdamW moments keyed by parameter name (safetensors-friendly: tensors only)."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    out = {}
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            st = optimizer.state.get(p)
-            if not st:
-                continue
-            n = names[id(p)]
-            out[f"{n}::exp_avg"] = st["exp_avg"].detach().cpu().contiguous()
-            out[f"{n}::exp_avg_sq"] = st["exp_avg_sq"].detach().cpu().contiguous()
-            out[f"{n}::step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1).cpu()
-    return out
-
-
-def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                         state: dict[str, torch.Tensor]) -> int:
-    """Put saved moments back; returns how many parameters got state."""
-    loaded = 0
-    for n, p in model.named_parameters():
-        if f"{n}::exp_avg" not in state or not p.requires_grad:
-            continue
-        optimizer.state[p] = {
-            "step": torch.tensor(float(state[f"{n}::step"].item())),
-            "exp_avg": state[f"{n}::exp_avg"].to(p.device, p.dtype),
-            "exp_avg_sq": state[f"{n}::exp_avg_sq"].to(p.device, p.dtype),
-        }
-        loaded += 1
-    return loaded
 
 
 # --------------------------------------------------------------------------- the round
@@ -458,48 +312,107 @@ def steps_per_round(n_examples: int, cfg: TrainConfig, world_size: int = 1) -> i
     return max(1, micro // cfg.grad_accum) * cfg.epochs
 
 
-# --------------------------------------------------------------------------- checkpoints
+# --------------------------------------------------------------------------- the implicit PRM's round
 
 
-def load_checkpoint(path: str | None, device: torch.device):
-    """(model, tokenizer, anchor heads, optimizer state or None, trainer state or {})."""
-    from safetensors.torch import load_file
+def build_units(rows: list[dict[str, Any]], encoder, counts, objective: str, seed: int = 0):
+    """(examples, units): examples as `Example` with `targets == [outcome]`; a unit is the
+    examples one loss term reads (one for CE, a (right, wrong) pair for DPO)."""
+    kept, outcomes = [], []
+    for row in rows:
+        ok = outcome_of(row)
+        if ok is None:
+            counts.invalid_label += 1
+            continue
+        kept.append(row)
+        outcomes.append(ok)
+    encoded = encoder.encode([r["problem"] for r in kept], [r["steps"] for r in kept])
+    examples, problems, correct = [], [], []
+    for row, ok, enc in zip(kept, outcomes, encoded):
+        if enc.error is not None:
+            counts.too_long += 1
+            continue
+        counts.truncated += int(enc.truncated)
+        examples.append(Example(enc.input_ids, enc.sep_positions, [1.0 if ok else 0.0],
+                                float(row.get("label_weight") or 1.0), enc.answer_start))
+        problems.append(row["problem"])
+        correct.append(ok)
+    if objective == "implicit-dpo":
+        units = [list(p) for p in dpo_pairs(problems, correct, seed)]
+    else:
+        units = [[i] for i in range(len(examples))]
+    return examples, units
 
-    from actprm.score import load_scoring_model
 
-    model, tokenizer = load_scoring_model(path, "cpu")
+def train_implicit_round(model: ImplicitPRM, tokenizer, examples: list, units: list[list[int]], cfg, *,
+                         device: torch.device, optimizer_state: dict[str, torch.Tensor] | None = None,
+                         bar=None):
+    """Train pi_theta in place for one round on outcome labels; returns (RoundResult, optimizer)."""
+    result = RoundResult(examples=len(examples))
+    model.to(device)
+    model.train()
+    params = [p for p in model.backbone.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW([{"params": params, "lr": cfg.lr, "weight_decay": cfg.weight_decay}],
+                                  betas=(0.9, 0.999))
+    for g in optimizer.param_groups:
+        g["base_lr"] = g["lr"]
+    if optimizer_state:
+        result.resumed_optimizer = load_optimizer_state(model, optimizer, optimizer_state) > 0
+    per_unit = max(1, cfg.batch_size // max(1, len(units[0]) if units else 1))
+    lengths = np.array([max(len(examples[i].input_ids) for i in u) for u in units])
+    amp = autocast(device, cfg)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def loss_of(batch: list[int]) -> torch.Tensor:
+        ids, sep, answer, targets, _trained, _rows, weights = collate(
+            [examples[i] for u in batch for i in units[u]], pad, device)
+        with amp:
+            rewards = model.outcome_rewards(ids, sep, answer)
+        if cfg.objective == "implicit-dpo":
+            return implicit_dpo_loss(rewards, weights)
+        return implicit_ce_loss(rewards, targets, weights)
+
+    run_epochs(model, optimizer, cfg, lengths, per_unit, np.random.default_rng(cfg.seed), loss_of, result, bar=bar)
+    return result, optimizer
+
+
+def implicit_steps(n_units: int, unit_size: int, cfg) -> int:
+    per_unit = max(1, cfg.batch_size // unit_size)
+    return max(1, math.ceil(n_units / per_unit) // cfg.grad_accum) * cfg.epochs
+
+
+def train_and_save_implicit(cfg: TrainConfig, rows: list[dict[str, Any]], counts: LabelCounts,
+                            device: torch.device, *, rank: int = 0, world_size: int = 1, wrap: Callable | None = None,
+                            progress: bool = False) -> TrainResult:
+    """`train_and_save` for the implicit objectives: load, train one round, save."""
+    model, tokenizer = load_implicit(cfg.model, "cpu", beta=cfg.beta, reference=cfg.reference)
     model.to(torch.float32)
-    src = Path(path) if path else None
-    anchor = None
-    if src is not None and (src / ANCHOR_NAME).is_file():
-        anchor = load_file(str(src / ANCHOR_NAME))
-    if anchor is None:
-        anchor = {k: v.detach().float().clone() for k, v in model.heads.state_dict().items()}
-    opt = load_file(str(src / OPTIMIZER_NAME)) if src is not None and (src / OPTIMIZER_NAME).is_file() else None
-    state = json.loads((src / STATE_NAME).read_text()) if src is not None and (src / STATE_NAME).is_file() else {}
-    return model, tokenizer, anchor, opt, state
+    opt_state, prev = read_optimizer_state(cfg.model), read_trainer_state(cfg.model)
+    encoder = TrajectoryEncoder(tokenizer, max_length=cfg.max_length or model.max_length)
+    examples, units = build_units(rows, encoder, counts, cfg.objective, cfg.seed)
+    if not units:
+        what = "no (right, wrong) pair" if cfg.objective == "implicit-dpo" else "no row with an outcome label"
+        raise NothingToTrain(f"nothing to train on: {what} survived ({counts.labelled} labelled rows, "
+                        f"{counts.too_long} too long, {counts.invalid_label} without an outcome)")
+    torch.manual_seed(cfg.seed)
+    with progress_bar(implicit_steps(len(units), len(units[0]), cfg), "train", progress) as bar:
+        result, optimizer = train_implicit_round(model, tokenizer, examples, units, cfg, device=device,
+                                                 optimizer_state=opt_state, bar=bar)
+    state = result.state(cfg, counts, prev, cfg.model or SHIPPED_BACKBONE, workers=1, objective=cfg.objective,
+                         beta=model.beta, reference=model.implicit_config()["reference"], units=len(units))
+    model.to("cpu")
+    out = Path(cfg.output)
+    save_checkpoint(out, model, tokenizer, optimizer, {}, state)
+    return TrainResult(counts, result, out, state["round"])
 
 
-def save_checkpoint(out: Path, model, tokenizer, optimizer, anchor: dict[str, torch.Tensor],
-                    state: dict[str, Any]) -> None:
-    """Write the checkpoint beside `out`, then move it into place (a killed run leaves no half checkpoint).
-
-    Whether `out` may be replaced is decided before training (check_train_paths).
-    """
-    from safetensors.torch import save_file
-
-    with replaced_dir(out) as staging:
-        model.save_pretrained(staging, tokenizer=tokenizer)
-        save_file(optimizer_state_dict(model, optimizer), str(staging / OPTIMIZER_NAME))
-        save_file({k: v.detach().cpu().contiguous() for k, v in anchor.items()}, str(staging / ANCHOR_NAME))
-        (staging / STATE_NAME).write_text(json.dumps(state, indent=2) + "\n")
-
-
-# --------------------------------------------------------------------------- the job
+# --------------------------------------------------------------------------- one round, saved
 
 
 @dataclass
-class TrainResult:
+class TrainResult(JobResult):
     counts: LabelCounts
     round: RoundResult
     output: Path
@@ -517,50 +430,16 @@ class TrainResult:
                 f"loss {r.first_loss:.3f} -> {r.last_loss:.3f} -> {self.output}")
 
 
-def check_train_paths(cfg: TrainConfig) -> Path:
-    if not cfg.output:
-        raise UserError("no output: pass --output DIR")
-    if cfg.objective != "actprm" and cfg.workers > 1:
-        raise UserError(f"--objective {cfg.objective} trains in-process: use --workers 1")
-    if cfg.labelled:
-        if cfg.trajectories or cfg.annotations:
-            raise UserError("pass either --labelled, or --trajectories with --annotations, not both")
-    elif cfg.objective != "actprm" and cfg.trajectories:
-        pass  # the implicit objectives: outcome labels from the trajectories alone (actprm.outcome)
-    elif not (cfg.trajectories and cfg.annotations):
-        raise UserError("no labels: pass --trajectories PATH and --annotations PATH (or --labelled PATH)")
-    out = Path(cfg.output)
-    if out.exists() and not cfg.overwrite:
-        raise UserError(f"{out}: exists; choose another --output or pass --overwrite")
-    return out
-
-
-def load_rows(cfg: TrainConfig, counts: LabelCounts) -> list[dict[str, Any]]:
-    if cfg.labelled:
-        return read_labelled(cfg.labelled, counts)
-    if cfg.objective != "actprm" and not cfg.annotations:  # outcome labels: the trajectories themselves
-        rows = [r for b in iter_batches(open_corpus(list(cfg.trajectories)), batch_rows=cfg.batch_rows)
-                for r in b.valid]
-        counts.labelled = len(rows)
-        return rows
-    return join_annotations(cfg.trajectories, cfg.annotations, counts, batch_rows=cfg.batch_rows,
-                            label_weight=cfg.label_weight)
-
-
-def train_and_save(cfg: TrainConfig, rows: list[dict[str, Any]], counts: LabelCounts, device: torch.device, *,
-                   rank: int = 0, world_size: int = 1, wrap: Callable | None = None,
-                   progress: bool = False) -> TrainResult | None:
-    """Load the start checkpoint, train one round, save (rank 0). Shared by run_train and pipelines/train.py."""
-    if cfg.objective != "actprm":  # the implicit PRM's objectives (outcome labels only; in-process)
-        from actprm.implicit import train_and_save_implicit
-
-        return train_and_save_implicit(cfg, rows, counts, device, progress=progress)
+def train_ensemble_and_save(cfg: TrainConfig, rows: list[dict[str, Any]], counts: LabelCounts,
+                            device: torch.device, *, rank: int = 0, world_size: int = 1,
+                            wrap: Callable | None = None, progress: bool = False) -> TrainResult | None:
+    """The ActPRM objective: load the start checkpoint, train the ensemble one round, save (rank 0)."""
     model, tokenizer, anchor, opt_state, prev = load_checkpoint(cfg.model, device)
     encoder = TrajectoryEncoder(tokenizer, max_length=cfg.max_length or model.max_length)
     examples = build_examples(rows, encoder, counts)
     if len(examples) < world_size:
-        raise UserError("nothing to train on: no labelled trajectory survived the join "
-                        f"({counts.labelled} labelled rows, {counts.too_long} too long)")
+        raise NothingToTrain("nothing to train on: no labelled trajectory survived the join "
+                             f"({counts.labelled} labelled rows, {counts.too_long} too long)")
     torch.manual_seed(cfg.seed)
     with progress_bar(steps_per_round(len(examples), cfg, world_size), "train", progress and rank == 0) as bar:
         result, optimizer = train_round(model, tokenizer, examples, cfg, device=device, anchor=anchor,
@@ -568,32 +447,34 @@ def train_and_save(cfg: TrainConfig, rows: list[dict[str, Any]], counts: LabelCo
                                         wrap=wrap, bar=bar)
     if rank != 0:
         return None
-    state = result.state(cfg, counts, prev, cfg.model or "actprm/assets/prm", workers=world_size)
+    state = result.state(cfg, counts, prev, cfg.model or DEFAULT_MODEL_NAME, workers=world_size)
     model.to("cpu")
     out = Path(cfg.output)
     save_checkpoint(out, model, tokenizer, optimizer, anchor, state)
     return TrainResult(counts, result, out, state["round"])
 
 
+#: objective -> its round (load, train, save). The implicit ones run in-process (one worker).
+OBJECTIVES: dict[str, Callable[..., TrainResult | None]] = {
+    "actprm": train_ensemble_and_save,
+    "implicit-ce": train_and_save_implicit,
+    "implicit-dpo": train_and_save_implicit,
+}
+
+
+def train_and_save(cfg: TrainConfig, rows: list[dict[str, Any]], counts: LabelCounts, device: torch.device, *,
+                   rank: int = 0, world_size: int = 1, wrap: Callable | None = None,
+                   progress: bool = False) -> TrainResult | None:
+    """One round of `cfg.objective` from `cfg.model` to `cfg.output` (rank 0 saves and returns the result).
+    The train job, its Ray Train workers and the loop all call this. Raises NothingToTrain."""
+    return OBJECTIVES[cfg.objective](cfg, rows, counts, device, rank=rank, world_size=world_size, wrap=wrap,
+                                     progress=progress)
+
+
 def result_from_checkpoint(out: Path) -> TrainResult:
     """The TrainResult of a round from the trainer_state.json it wrote (for recipes whose workers trained)."""
-    state = json.loads((out / STATE_NAME).read_text())
+    state = read_trainer_state(str(out))
     r = RoundResult(steps=state["steps"], examples=state["examples"], epochs=state["epochs"],
                     seconds=state["seconds"], first_loss=state["first_loss"], last_loss=state["last_loss"],
                     losses=state["losses"], resumed_optimizer=state["resumed_optimizer"])
     return TrainResult(LabelCounts(**state["counts"]), r, out, state["round"])
-
-
-def run_train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
-    """`actprm train` in-process: join labels, train one round, write the new checkpoint."""
-    check_train_paths(cfg)
-    from actprm.score import resolve_device
-
-    device = torch.device(resolve_device(cfg.device))
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    counts = LabelCounts()
-    rows = load_rows(cfg, counts)
-    result = train_and_save(cfg, rows, counts, device, progress=progress)
-    assert result is not None
-    return result

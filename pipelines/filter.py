@@ -1,8 +1,7 @@
-"""Recipe: filter a corpus on Ray — validate, score every step in a PRM actor pool, select the uncertain.
+"""`actprm filter`: score a corpus on Ray — validate, score every step in a PRM actor pool, select the uncertain.
 
-    python -m pipelines.score_filter --input corpus/ --output out/filtered [--model DIR] [--address ADDR]
-    actprm filter --input corpus/ --output out/filtered                       (the same flags)
-    ray job submit --working-dir . -- python -m pipelines.score_filter --input ... --output ...
+    actprm filter --input corpus/ --output out/filtered [--model DIR] [--address ADDR]
+    ray job submit --working-dir . -- python -m pipelines.filter --input ... --output ...
 
 Writes the tables `actprm score` writes, streamed with flat memory:
 
@@ -50,6 +49,7 @@ import ray
 import torch
 
 from actprm import hygiene
+from actprm.checkpoint import DEFAULT_MODEL_NAME, load_for_scoring, load_scoring_model
 from actprm.config import FilterConfig
 from actprm.errors import UserError
 from actprm.io.filesystems import file_size
@@ -57,6 +57,8 @@ from actprm.io.readers import (
     SourceFile,
     inspect_file,
     list_files,
+    plan_duplicates,
+    require_input_output,
 )
 from actprm.io.writers import (
     ShardWriter,
@@ -64,21 +66,13 @@ from actprm.io.writers import (
     write_parquet_atomic,
     write_text_atomic,
 )
+from actprm.progress import JobResult
 from actprm.sample import BottomK
 from actprm.schemas import arrow_schema, error_row, row_json, table_from_rows
-from actprm.score import (
-    DEFAULT_MODEL_NAME,
-    calibrate,
-    calibration_text,
-    join_scores,
-    load_for_scoring,
-    load_scoring_model,
-)
 from actprm.scoring import score_trajectories
-from actprm.validate import require_input_output
+from actprm.selection import calibrate, calibration_text, join_scores
 from pipelines.filter_reads import TRANSPORT, read_ids, read_rows, read_task_cpus
 from pipelines.ray_session import init_ray
-from pipelines.validate import plan_duplicates
 
 TABLES = {"scored": "scored", "selected": "scored", "errors": "errors"}  # output dir -> schema
 HYGIENE_KINDS = ("duplicate content", "near-duplicate problem", "contaminated")
@@ -220,7 +214,7 @@ def ensure_schema_shards(out: Path) -> None:
 
 
 @dataclass
-class FilterResult:
+class FilterResult(JobResult):
     totals: Counter
     errors: Counter
     files: int
@@ -260,7 +254,7 @@ def default_actors(cfg: FilterConfig) -> tuple[int, float, float]:
     return actors, max(cpus - 1, 0.5) / actors, 0.0
 
 
-def run(cfg: FilterConfig, address: str | None = None, progress: bool = True) -> FilterResult:
+def run(cfg: FilterConfig, progress: bool = True) -> FilterResult:
     start = time.perf_counter()
     require_input_output(cfg)  # files are pre-flighted one by one below: a bad one is skipped, not fatal
     if cfg.selection != "threshold":
@@ -275,7 +269,7 @@ def run(cfg: FilterConfig, address: str | None = None, progress: bool = True) ->
             sources.append(inspect_file(path, cfg.format))
         except UserError as exc:
             bad.append((path, f"unreadable file: {exc}"))
-    init_ray(address)
+    init_ray(cfg.address)
     # 2. phase 1: ids, hygiene keys and contamination, calibration sample per file, in parallel
     eval_paths = hygiene.default_eval_sets() if cfg.decontaminate is None else list(cfg.decontaminate)
     for path in eval_paths:

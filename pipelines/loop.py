@@ -1,7 +1,7 @@
-"""Recipe: the active-learning loop — score, select, annotate, train, evaluate, round after round.
+"""`actprm loop`: the active-learning loop on Ray — score, select, annotate, train, evaluate, round after round.
 
     actprm loop --config configs/loop/rounds.yaml --output runs/loop      (or configs/loop/stream.yaml)
-    python -m pipelines.active_loop --config configs/loop/rounds.yaml --output runs/loop --address auto
+    python -m pipelines.loop --config configs/loop/rounds.yaml --output runs/loop --address auto
 
 Two modes (`mode`):
 
@@ -16,7 +16,7 @@ Strategies: `actprm` (the ActPRM rule; when more rows are uncertain than the bud
 `acquisition`), `entropy` and `bald` (top-k by that acquisition), `random` (top-k of a seeded hash of
 the id: a fixed random order, nothing scored), `full` (everything left; nothing scored).
 
-The run directory holds all state (../shared/ARCHITECTURE.md):
+The run directory holds all state (README, "The active loop"):
 
     RUN/config.yaml                      the resolved config, as run
     RUN/state.json                       the last completed round and step; the deltas chosen for
@@ -60,32 +60,31 @@ import numpy as np
 import pyarrow.parquet as pq
 import ray
 import torch
+import yaml
 from ray.util import ActorPool
 
-from actprm import uncertainty
-from actprm.config import EvaluateConfig, LoopConfig, SelectionConfig, dump_config
+from actprm.checkpoint import STATE_NAME, load_scoring_model, resolve_device
+from actprm.config import LoopConfig, RuleSettings, dump_config
 from actprm.errors import UserError
-from actprm.evaluate import compute_metrics, predict_first_error, resolve_subsets
 from actprm.io.readers import iter_batches, open_corpus
+from actprm.io.subsets import resolve_subsets
 from actprm.io.writers import write_parquet_atomic, write_text_atomic
 from actprm.judge import Annotator, make_annotator
 from actprm.judge.budget import SpendBudget
-from actprm.progress import progress_bar
+from actprm.labels import LabelCounts, labelled_rows_of, read_labelled
+from actprm.metrics import compute_metrics, prediction_row
+from actprm.outcome import OutcomeAnnotator
+from actprm.progress import JobResult, progress_bar
 from actprm.schemas import table_from_rows
-from actprm.train import (
-    STATE_NAME,
-    LabelCounts,
-    labelled_row,
-    read_labelled,
-    result_from_checkpoint,
-    train_and_save,
-)
+from actprm.scoring import default_batch_tokens, score_trajectories
+from actprm.selection import SCORING_STRATEGIES, join_scores, recalibrate, select_rows
+from actprm.trainer import NothingToTrain, result_from_checkpoint, train_and_save
+from actprm.uncertainty import ACQUISITIONS
 from pipelines.ray_session import init_ray
 
 # settings a rerun may change: they say when to stop and how to run, not what a round does
 RESUMABLE_CHANGES = {"rounds", "round_labels", "label_budget", "dollar_budget", "overwrite", "actors", "threads",
-                     "eval_every", "batch_rows"}
-SCORING_STRATEGIES = {"actprm", "entropy", "bald"}
+                     "eval_every", "batch_rows", "address"}
 
 
 def round_name(r: int) -> str:
@@ -100,19 +99,14 @@ class ScoringActor:
     """Holds a PRM; scores rows with the model of the checkpoint it is asked for (reloaded on change)."""
 
     def __init__(self, device: str, threads: int, batch_tokens: int | None, max_length: int | None):
-        from actprm.scoring import default_batch_tokens
-
         if device == "cpu":
             torch.set_num_threads(threads)
         self.device, self.max_length = device, max_length
         self.batch_tokens = batch_tokens or default_batch_tokens(device)
         self.path: str | None = "<none>"
 
-    def score(self, rows: list[dict], model: str | None, selection: SelectionConfig,
+    def score(self, rows: list[dict], model: str | None, selection: RuleSettings,
               implicit: dict | None = None) -> list[dict]:
-        from actprm.score import join_scores, load_scoring_model
-        from actprm.scoring import score_trajectories
-
         if (model, implicit) != self.path:  # implicit: the implicit scorer's settings (actprm.implicit)
             self.model, self.tokenizer = load_scoring_model(model, self.device, implicit)
             self.path = (model, implicit)
@@ -138,7 +132,7 @@ class ScoringPool:
                        for _ in range(n)]
         self.batch_rows = batch_rows
 
-    def score(self, rows: list[dict], model: str | None, selection: SelectionConfig, bar=None,
+    def score(self, rows: list[dict], model: str | None, selection: RuleSettings, bar=None,
               implicit: dict | None = None) -> dict[str, dict]:
         """id -> scores (join_scores' columns, or `error` for a row too long to score)."""
         chunks = [rows[k:k + self.batch_rows] for k in range(0, len(rows), self.batch_rows)]
@@ -204,8 +198,6 @@ def prepare_run(cfg: LoopConfig) -> RunDir:
                         "pass --overwrite")
     resolved = cfg.model_dump(mode="json")
     if config_path.is_file():
-        import yaml
-
         before = yaml.safe_load(config_path.read_text()) or {}
         with contextlib.suppress(ValueError):  # settings added since that run: their defaults
             before = LoopConfig.model_validate(before).model_dump(mode="json")
@@ -270,7 +262,7 @@ def chunks_of(batches: Iterator[list[dict]], size: int) -> Iterator[list[dict]]:
 
 def read_eval(cfg: LoopConfig) -> tuple[list[str], list[tuple[str, dict]]]:
     """(subset names, [(subset, row)] of the labelled eval rows)."""
-    subsets = resolve_subsets(EvaluateConfig(data=cfg.eval, format=cfg.format))
+    subsets = resolve_subsets(cfg.eval, cfg.format)
     rows = []
     for s in subsets:
         for batch in iter_batches(s.sources, limits=cfg.limits, step_separator=cfg.step_separator):
@@ -278,49 +270,6 @@ def read_eval(cfg: LoopConfig) -> tuple[list[str], list[tuple[str, dict]]]:
     if not rows:
         raise UserError(f"--eval {' '.join(cfg.eval)}: no labelled rows (first_error_step) to evaluate on")
     return [s.name for s in subsets], rows
-
-
-def labelled_rows(annotations: list[dict], rows_by_id: dict[str, dict]) -> list[dict]:
-    """The labelled table's rows of a round's successful annotations (as actprm.train.join_annotations)."""
-    out = []
-    for ann in annotations:
-        row = rows_by_id[ann["id"]]
-        label = ann["first_error_step"]
-        if label is None or not -1 <= label < len(row["steps"]):
-            continue
-        out.append(labelled_row(row, ann))  # rollout annotations bring their per-step labels
-    return out
-
-
-# ------------------------------------------------------------------ selection
-
-
-def select_rows(strategy: str, candidates: list[dict], scores: dict[str, dict], budget: int | None, seed: int,
-                round_index: int) -> list[dict]:
-    """Selection rows (loop_selection schema) of the candidates; `budget` None = no cap (stream, actprm)."""
-    ids = [r["id"] for r in candidates]
-    if strategy in SCORING_STRATEGIES:
-        s = [scores[i] for i in ids]
-        ok = np.array([r.get("error") is None for r in s], dtype=bool)
-        acq = np.array([r["acquisition"] if r.get("error") is None else np.nan for r in s], dtype=np.float64)
-        if strategy == "actprm":
-            mask = ok & np.array([bool(r.get("uncertain")) for r in s])
-            if budget is not None and mask.sum() > budget:
-                mask &= uncertainty.select_budget(ids, np.where(mask, acq, np.nan), budget)
-        else:
-            mask = uncertainty.select_budget(ids, np.where(ok, acq, np.nan), budget if budget is not None else len(ids))
-            mask &= ok
-        cols = ("step_mean", "step_std", "pred_first_error", "uncertain", "acquisition", "n_scored_steps", "error")
-        return [{"id": i, "round": round_index, **{c: sc.get(c) for c in cols}, "selected": bool(m)}
-                for i, sc, m in zip(ids, s, mask)]
-    if strategy == "random":
-        keys = np.array([uncertainty.random_score(i, seed) for i in ids])
-        mask = uncertainty.select_budget(ids, keys, budget if budget is not None else len(ids))
-    else:  # full
-        mask = np.ones(len(ids), dtype=bool)
-        if budget is not None:
-            mask = uncertainty.select_budget(ids, np.zeros(len(ids)), budget)  # ties by id: a fixed order
-    return [{"id": i, "round": round_index, "selected": bool(m)} for i, m in zip(ids, mask)]
 
 
 # ------------------------------------------------------------------ the loop
@@ -348,7 +297,7 @@ class Totals:
 
 
 @dataclass
-class LoopResult:
+class LoopResult(JobResult):
     output: Path
     rounds: int
     lines: list[dict]
@@ -367,17 +316,16 @@ class LoopResult:
 class Loop:
     def __init__(self, cfg: LoopConfig, run: RunDir, pool: ScoringPool, annotator: Annotator, progress: bool):
         self.cfg, self.run, self.pool, self.annotator, self.progress = cfg, run, pool, annotator, progress
-        self.selection_cfg = SelectionConfig(delta_pred=cfg.delta_pred, delta_std=cfg.delta_std,
-                                             acquisition=cfg.strategy if cfg.strategy in ("entropy", "bald")
-                                             else cfg.acquisition, reduction=cfg.reduction, seed=cfg.seed)
+        # the strategy's acquisition ranks (entropy, bald, ...); the rule ranks by cfg.acquisition
+        self.selection_cfg = RuleSettings(delta_pred=cfg.delta_pred, delta_std=cfg.delta_std,
+                                          acquisition=cfg.strategy if cfg.strategy in ACQUISITIONS else cfg.acquisition,
+                                          reduction=cfg.reduction, seed=cfg.seed)
         self.implicit = cfg.implicit_settings()  # None: the ensemble scorer
         self.state = run.read_state()
         if self.state.get("calibration"):  # chosen in round 1 of an earlier run: held for the whole run
             self.hold_deltas(self.state["calibration"])
         self.state.setdefault("seconds", {})
         self.eval_names, self.eval_rows = read_eval(cfg)
-        from actprm.score import resolve_device
-
         self.device = torch.device(resolve_device(cfg.device))
 
     # ---- helpers
@@ -388,18 +336,12 @@ class Loop:
     def calibrate(self, scores: dict[str, dict]) -> None:
         """target_rate: δ_pred/δ_std for about that share of these (round 1's) rows uncertain, recorded in
         state.json (before the selection is written, so a resumed round 1 selects with them) and held for
-        every later round; the rows' `uncertain` is redone under them."""
-        ok = [sc for sc in scores.values() if sc.get("error") is None]
-        if not ok:
-            return
-        stats = [(sc["step_mean"], sc["step_std"] if sc.get("step_std") is not None else [0.0] * len(sc["step_mean"]))
-                 for sc in ok]
-        found = uncertainty.choose_deltas([uncertainty.stats_extremes(m, s) for m, s in stats], self.cfg.target_rate)
-        self.state["calibration"] = {"target_rate": self.cfg.target_rate, **found}
-        self.run.write_state(self.state)
-        self.hold_deltas(found)
-        for sc, (m, s) in zip(ok, stats):
-            sc["uncertain"] = uncertainty.is_uncertain(m, s, found["delta_pred"], found["delta_std"])
+        every later round."""
+        record = recalibrate(list(scores.values()), self.cfg.target_rate)
+        if record is not None:
+            self.state["calibration"] = record
+            self.run.write_state(self.state)
+            self.hold_deltas(record)
 
     def model_after(self, r: int) -> str | None:
         """The checkpoint in use after round r: its own, or the last earlier one (None: the start model)."""
@@ -458,8 +400,8 @@ class Loop:
 
     def write_labelled(self, r: int, annotations: list[dict], rows_by_id: dict[str, dict]) -> None:
         if not self.run.labelled(r).is_file():
-            write_parquet_atomic(table_from_rows(labelled_rows(annotations, rows_by_id), "labelled"),
-                                 self.run.labelled(r))
+            rows = labelled_rows_of(annotations, rows_by_id)
+            write_parquet_atomic(table_from_rows(rows, "labelled"), self.run.labelled(r))
 
     def train(self, r: int) -> None:
         """One training round from the last checkpoint; none when the round has nothing to learn from."""
@@ -479,9 +421,7 @@ class Loop:
                                                  "reference": self.cfg.train.reference or self.cfg.reference})
         try:
             train_and_save(tcfg, rows, counts, self.device, progress=self.progress)
-        except UserError as exc:
-            if "nothing to train on" not in str(exc):
-                raise
+        except NothingToTrain:
             return  # every label was too long for the model, or cut off: the model stays
         self.step_done(r, "train", time.perf_counter() - start)
 
@@ -497,12 +437,9 @@ class Loop:
         preds = []
         for subset, row in self.eval_rows:
             s = scores[row["id"]]
-            mean = [] if s.get("error") else s["step_mean"]
-            preds.append({"id": row["id"], "subset": subset, "label": row["first_error_step"],
-                          "prediction": predict_first_error(mean, self.cfg.threshold), "step_mean": mean,
-                          "step_std": [] if s.get("error") else s["step_std"] or [],
-                          "n_scored_steps": 0 if s.get("error") else s["n_scored_steps"],
-                          "n_steps": len(row["steps"])})
+            ok = s.get("error") is None
+            preds.append(prediction_row(row, subset, s["step_mean"] if ok else [], (s["step_std"] or []) if ok else [],
+                                        s["n_scored_steps"] if ok else 0, self.cfg.threshold))
         metrics = compute_metrics(preds, self.eval_names) | {"threshold": self.cfg.threshold, "model": model,
                                                              "rows": len(preds)}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -658,8 +595,6 @@ def finished_totals(run: RunDir, done: int) -> Totals:
 
 def make_loop_annotator(cfg: LoopConfig, run: RunDir) -> Annotator:
     if cfg.labels == "outcome":  # PRIME-style: the final answer against reference_answer, no judge
-        from actprm.outcome import OutcomeAnnotator
-
         return OutcomeAnnotator()
     judge = cfg.judge_config()
     if judge.cache is None:
@@ -671,7 +606,7 @@ def make_loop_annotator(cfg: LoopConfig, run: RunDir) -> Annotator:
     return make_annotator(judge, budget=budget)
 
 
-def run(cfg: LoopConfig, address: str | None = None, progress: bool = True, *, annotator: Annotator | None = None,
+def run(cfg: LoopConfig, progress: bool = True, *, annotator: Annotator | None = None,
         pool: ScoringPool | None = None) -> LoopResult:
     """Run (or resume) the loop into `cfg.output`. `annotator` / `pool`: given by the caller (tests, the demo)."""
     start = time.perf_counter()
@@ -684,7 +619,7 @@ def run(cfg: LoopConfig, address: str | None = None, progress: bool = True, *, a
         torch.set_num_threads(threads)
     own_pool = pool is None
     if own_pool:
-        init_ray(address)
+        init_ray(cfg.address)
         pool = ScoringPool(cfg.actors, cfg.device, cfg.batch_tokens, cfg.max_length, cfg.batch_rows)
     try:
         last, stopped, lines = Loop(cfg, run_dir, pool, annotator, progress).execute()

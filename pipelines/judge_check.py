@@ -25,13 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from actprm.annotate import check_spend_settings
 from actprm.config import JudgeCheckConfig
 from actprm.errors import UserError
-from actprm.evaluate import mean_f1, processbench_scores, resolve_subsets
 from actprm.io.readers import iter_batches
+from actprm.io.subsets import resolve_subsets
 from actprm.io.writers import StagedOutput, write_parquet_atomic
-from actprm.judge import error_kind, make_annotator
+from actprm.judge import check_spend_settings, error_kind, make_annotator
+from actprm.metrics import mean_f1, processbench_scores
+from actprm.progress import JobResult
 from actprm.sample import BottomK
 from actprm.schemas import table_from_rows
 
@@ -53,7 +54,7 @@ def labelled_rows(subset: Any, cfg: JudgeCheckConfig) -> tuple[list[dict[str, An
 
 
 @dataclass
-class JudgeCheckResult:
+class JudgeCheckResult(JobResult):
     report: dict[str, Any]
     seconds: float
     output: Path | None
@@ -69,6 +70,9 @@ class JudgeCheckResult:
                          f"{pct(s['f1']):>8}{s['failed']:>8}")
         return "\n".join(lines)
 
+    def render(self) -> str:
+        return self.table() + "\n" + self.summary_line()
+
     def summary_line(self) -> str:
         r = self.report
         where = f" -> {self.output}" if self.output else ""
@@ -78,9 +82,9 @@ class JudgeCheckResult:
                 f"{r['failed']} failed, ${r['cost_usd']:.2f} in {self.seconds:.1f}s{where}")
 
 
-def run_judge_check(cfg: JudgeCheckConfig, progress: bool = True) -> JudgeCheckResult:
+def run(cfg: JudgeCheckConfig, progress: bool = True) -> JudgeCheckResult:
     start = time.perf_counter()
-    subsets = resolve_subsets(cfg)
+    subsets = resolve_subsets(cfg.data, cfg.format)
     check_spend_settings(cfg)
     out = StagedOutput(cfg.output, PARTS, cfg.overwrite or (Path(cfg.output) / "judge_check.json").exists()) \
         if cfg.output else None

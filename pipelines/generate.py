@@ -15,31 +15,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from actprm.config import GenerateConfig, read_yaml
+from actprm.config import GenerateConfig
 from actprm.errors import UserError
 from actprm.io.writers import ShardWriter, check_output_dir, replaced_dir
-from actprm.progress import progress_bar
-from actprm.world.arith import ArithWorld, Generator
+from actprm.progress import JobResult, progress_bar
+from actprm.world.arith import Generator, load_world
 
 WORLD_FILE = "_world.json"
 
 
-def load_world(path: str | None) -> ArithWorld:
-    """The world's parameters: built-in defaults, or a YAML (configs/worlds/arith.yaml)."""
-    if not path:
-        return ArithWorld()
-    from pydantic import ValidationError
-
-    try:
-        return ArithWorld.model_validate(read_yaml(path))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "world"
-        raise UserError(f"{path}: {where}: {first['msg']}") from None
-
-
 @dataclass
-class GenerateResult:
+class GenerateResult(JobResult):
     rows: int
     with_error: int
     seconds: float
@@ -53,7 +39,7 @@ class GenerateResult:
                 f"in {self.seconds:.1f}s ({rate:,.0f} rows/s) -> {self.output}")
 
 
-def run_generate(cfg: GenerateConfig, progress: bool = True) -> GenerateResult:
+def run(cfg: GenerateConfig, progress: bool = True) -> GenerateResult:
     if not cfg.n:
         raise UserError("no size: pass --n N (trajectories to write)")
     if not cfg.output:
