@@ -23,36 +23,18 @@ from pydantic.fields import FieldInfo
 from actprm import __version__, config, provenance
 from actprm.errors import UserError
 
-#: verb -> (config model in actprm.config, job module, one line of help)
-VERBS: dict[str, tuple[str, str, str]] = {
-    "generate": ("GenerateConfig", "pipelines.generate", "synthetic trajectories of a verifiable world, with exact "
-                 "step labels"),
-    "validate": ("ValidateConfig", "pipelines.validate", "check a corpus in any supported format; valid rows and "
-                 "error rows as Parquet"),
-    "init-model": ("InitModelConfig", "pipelines.init_model", "create an ensemble PRM: a preset (random init) or a "
-                   "pretrained backbone, with fresh heads"),
-    "score": ("ScoreConfig", "pipelines.score", "score every step with the ensemble PRM; uncertainty and ActPRM "
-              "selection"),
-    "filter": ("FilterConfig", "pipelines.filter", "the same at corpus scale on Ray: actor pool, streaming, "
-               "resumable; selected/ for the judge"),
-    "annotate": ("AnnotateConfig", "pipelines.annotate", "label trajectories: a judge model over any "
-                 "OpenAI-compatible endpoint, the verifier, or rollouts"),
-    "train": ("TrainConfig", "pipelines.train", "one PRM training round from trajectories + annotations"),
-    "evaluate": ("EvaluateConfig", "pipelines.evaluate", "ProcessBench F1 (the official metric), step AUROC and "
-                 "ECE of a PRM on labelled subsets"),
-    "loop": ("LoopConfig", "pipelines.loop", "the active-learning loop on Ray: score, select, annotate, train, "
-             "evaluate, round after round"),
-    "demo": ("DemoConfig", "pipelines.demo", "the whole loop on the arithmetic world: ActPRM vs random selection, "
-             "report and plots"),
-    "estimate": ("EstimateConfig", "pipelines.estimate", "what labelling a corpus will cost: sample, score, "
-                 "project judge calls, tokens, dollars"),
-    "judge-check": ("JudgeCheckConfig", "pipelines.judge_check", "the judge's F1 on ProcessBench (as evaluate "
-                    "scores it) and a label_weight, before paying"),
-    "inspect": ("InspectConfig", "pipelines.inspect", "a table's provenance (version, commit, config/model "
-                "hashes, judge), schema, rows"),
-    "export": ("ExportConfig", "pipelines.export", "labelled trajectories in the formats trainers read: TRL "
-               "stepwise, ActivePRM"),
-}
+#: the verbs, in --help order: `init-model` is config.InitModelConfig (the first line of its docstring is the
+#: verb's help, the rest its description) and runs pipelines/init_model.py
+VERBS = ("generate", "validate", "init-model", "score", "filter", "annotate", "train", "evaluate", "loop", "demo",
+         "estimate", "judge-check", "inspect", "export")
+
+
+def config_model(verb: str) -> type[config.Config]:
+    return getattr(config, "".join(w.title() for w in verb.split("-")) + "Config")
+
+
+def job_module(verb: str) -> str:
+    return "pipelines." + verb.replace("-", "_")
 
 EPILOG = """\
 examples:
@@ -141,8 +123,13 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     pass
 
 
+def _summary(model: type) -> str:
+    line = (model.__doc__ or "").strip().splitlines()[0].rstrip(".")
+    return line[:1].lower() + line[1:]
+
+
 def _description(model: type) -> str:
-    paragraphs = (model.__doc__ or "").strip().split("\n\n")
+    paragraphs = (model.__doc__ or "").strip().split("\n\n")[1:]
     return "\n\n".join(textwrap.fill(" ".join(p.split()), 100) for p in paragraphs)
 
 
@@ -153,10 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "ensemble PRM, send only the uncertain trajectories to a judge, fine-tune on the labels.")
     parser.add_argument("--version", action="version", version=f"actprm {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    for verb, (model_name, _, line) in VERBS.items():
-        model = getattr(config, model_name)
+    for verb in VERBS:
+        model = config_model(verb)
         examples = "".join(f"  {e}\n" for e in model.examples)
-        p = sub.add_parser(verb, help=line, description=_description(model), formatter_class=_Formatter,
+        p = sub.add_parser(verb, help=_summary(model), description=_description(model), formatter_class=_Formatter,
                            argument_default=argparse.SUPPRESS, epilog=f"examples:\n{examples}" if examples else None)
         add_field_flags(p, model)
         p.add_argument("--config", metavar="YAML", help="YAML with the same keys as the flags; flags win")
@@ -174,12 +161,11 @@ def _job_module(name: str) -> types.ModuleType:
 
 
 def run_verb(verb: str, args: argparse.Namespace) -> int:
-    model_name, module_name, _ = VERBS[verb]
-    model = getattr(config, model_name)
+    model = config_model(verb)
     overrides = {k: v for k, v in vars(args).items() if k in model.model_fields}
     cfg = config.load_config(model, getattr(args, "config", None), overrides)
     with provenance.job(verb, cfg):  # every Parquet file the job writes records it
-        result = _job_module(module_name).run(cfg, progress=not getattr(args, "no_progress", False))
+        result = _job_module(job_module(verb)).run(cfg, progress=not getattr(args, "no_progress", False))
     print(result.render())
     return 0
 

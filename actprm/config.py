@@ -212,7 +212,9 @@ def judge_settings(judge: str | JudgeConfig) -> JudgeConfig:
 
 
 class GenerateConfig(Config):
-    """Write N trajectories of a verifiable world as Parquet shards (trajectories schema) with the true
+    """Synthetic trajectories of a verifiable world, with exact step labels.
+
+    Write N trajectories of a verifiable world as Parquet shards (trajectories schema) with the true
     first_error_step, final_answer_correct and reference_answer. World arith: word problems solved one
     `a op b = c` step at a time, with mistakes of three kinds (wrong result, wrong carried value, wrong
     operation); parameters in configs/worlds/arith.yaml. Row i depends only on (seed, split, i)."""
@@ -233,7 +235,9 @@ class GenerateConfig(Config):
 
 
 class ValidateConfig(ReadSettings, OutputSettings, RaySettings):
-    """Read a corpus in any supported format (Parquet, JSONL, ProcessBench JSON, ActivePRM, TRL stepwise, raw
+    """Check a corpus in any supported format; valid rows and error rows as Parquet.
+
+    Read a corpus in any supported format (Parquet, JSONL, ProcessBench JSON, ActivePRM, TRL stepwise, raw
     rollouts), write the valid rows as canonical Parquet under OUTPUT/valid/ and every bad row with its reason
     under OUTPUT/errors/."""
 
@@ -246,7 +250,9 @@ class ValidateConfig(ReadSettings, OutputSettings, RaySettings):
 
 
 class InitModelConfig(Config):
-    """A Qwen2-shaped backbone (random init, seeded) with K heads and the committed tokenizer, saved as
+    """Create an ensemble PRM: a preset (random init) or a pretrained backbone, with fresh heads.
+
+    A Qwen2-shaped backbone (random init, seeded) with K heads and the committed tokenizer, saved as
     safetensors + config + tokenizer. Presets: tiny (seconds on a CPU), world (the shipped backbone's shape),
     small (hidden 512, for throughput measurements), qwen2-0.5b (Qwen2-0.5B shape, for GPUs). --backbone puts K
     seeded heads on a pretrained LM instead (a directory or a hub name; the step separator is added to its
@@ -268,7 +274,9 @@ class InitModelConfig(Config):
 
 
 class ScoreConfig(ReadSettings, OutputSettings, ScorerSettings, RuleSettings):
-    """Validate and score a corpus in-process (no Ray): per step the ensemble mean and spread, the predicted
+    """Score every step with the ensemble PRM; uncertainty and ActPRM selection.
+
+    Validate and score a corpus in-process (no Ray): per step the ensemble mean and spread, the predicted
     earliest error, the acquisition score, and whether ActPRM sends the trajectory to the judge. Writes
     OUTPUT/scored/, OUTPUT/errors/, OUTPUT/summary.json and OUTPUT/selection.png."""
 
@@ -285,7 +293,9 @@ class ScoreConfig(ReadSettings, OutputSettings, ScorerSettings, RuleSettings):
 
 
 class FilterConfig(ScoreConfig, RaySettings):
-    """The corpus-scale score job on Ray: read and validate in tasks, score every step in a pool of PRM actors
+    """The same at corpus scale on Ray: actor pool, streaming, resumable; selected/ for the judge.
+
+    The corpus-scale score job on Ray: read and validate in tasks, score every step in a pool of PRM actors
     (one GPU each when there are GPUs), apply the ActPRM rule. Writes OUTPUT/scored/, OUTPUT/selected/ (the rows
     to send to the judge), OUTPUT/errors/ (bad rows, duplicates, unreadable files), OUTPUT/summary.json. Rerun
     with the same OUTPUT to resume a killed job: finished input files are skipped, none is scored twice. Drops
@@ -311,7 +321,9 @@ class FilterConfig(ScoreConfig, RaySettings):
 
 
 class AnnotateConfig(ReadSettings, OutputSettings, RaySettings, JudgeConfig, SpendSettings):
-    """Validate a corpus (any trajectories table, e.g. score's OUTPUT/scored/) and label every valid row: the
+    """Label trajectories: a judge model over any OpenAI-compatible endpoint, the verifier, or rollouts.
+
+    Validate a corpus (any trajectories table, e.g. score's OUTPUT/scored/) and label every valid row: the
     earliest wrong step, -1 if none, or a failed row with its reason. Writes OUTPUT/annotations/,
     OUTPUT/errors/, OUTPUT/summary.json. --backend openai: a judge model behind any OpenAI-compatible endpoint;
     every answer is cached (OUTPUT/judge_cache.sqlite or --cache) as it arrives, so a rerun resumes and never
@@ -334,7 +346,9 @@ class AnnotateConfig(ReadSettings, OutputSettings, RaySettings, JudgeConfig, Spe
 
 
 class TrainConfig(ImplicitSettings, RaySettings):
-    """Join trajectories with their annotations by id (failed annotations are skipped and counted; ground-truth
+    """One PRM training round from trajectories + annotations.
+
+    Join trajectories with their annotations by id (failed annotations are skipped and counted; ground-truth
     columns of the corpus are never used), then train one round from a checkpoint (default: the shipped PRM)
     with the ActPRM loss: BCE per head at each labelled step, steps after the earliest error untrained, a
     Bernoulli mask per (head, trajectory), an anchor on the heads. Writes a new checkpoint with its optimizer
@@ -381,7 +395,9 @@ class TrainConfig(ImplicitSettings, RaySettings):
 
 
 class EvaluateConfig(ReadSettings, ScorerSettings, EvalSettings):
-    """Score labelled subsets with a PRM and compute ProcessBench's metric exactly as the official script does:
+    """ProcessBench F1 (the official metric), step AUROC and ECE of a PRM on labelled subsets.
+
+    Score labelled subsets with a PRM and compute ProcessBench's metric exactly as the official script does:
     per subset error_acc, correct_acc and their harmonic mean F1; mean_f1 is the unweighted mean over subsets.
     The prediction is the first step whose ensemble mean is below --threshold, else -1; --sweep-subset picks the
     threshold (0.01..0.99) that maximises one subset's F1 and applies it to all, as ActivePRM does. Also step
@@ -400,7 +416,9 @@ class EvaluateConfig(ReadSettings, ScorerSettings, EvalSettings):
 
 
 class LoopConfig(ReadSettings, ScorerSettings, RuleSettings, EvalSettings, RaySettings):
-    """The active-learning loop on Ray. --mode rounds (pool-based): each round scores the unlabelled pool with
+    """The active-learning loop on Ray: score, select, annotate, train, evaluate, round after round.
+
+    The active-learning loop on Ray. --mode rounds (pool-based): each round scores the unlabelled pool with
     the current model, selects up to the round's budget with --strategy, annotates (settings under `judge:`,
     or a configs/judge/*.yaml path), trains one round from the last checkpoint (settings under `train:`) and
     evaluates on --eval. --mode stream (ActPRM's Algorithm 1): one pass over the corpus in chunks; each chunk
@@ -448,7 +466,9 @@ class LoopConfig(ReadSettings, ScorerSettings, RuleSettings, EvalSettings, RaySe
 
 
 class DemoConfig(RaySettings):
-    """Generate a world pool and eval set, run a few rounds of ActPRM selection and of random selection with
+    """The whole loop on the arithmetic world: ActPRM vs random selection, report and plots.
+
+    Generate a world pool and eval set, run a few rounds of ActPRM selection and of random selection with
     the verifier annotator on a local Ray, and write OUTPUT/report.md, the plots (f1_vs_labels.png,
     step_stats.png, selection_rate.png), OUTPUT/metrics.jsonl (both strategies) and OUTPUT/model/ (the final
     ActPRM model). The runs are in OUTPUT/runs/; a rerun resumes them. Settings: configs/demo.yaml."""
@@ -476,7 +496,9 @@ class DemoConfig(RaySettings):
 
 
 class EstimateConfig(ScoreConfig, JudgeConfig):
-    """Read and validate the corpus, score a uniform sample (--sample rows, by id hash) with the PRM, measure
+    """What labelling a corpus will cost: sample, score, project judge calls, tokens, dollars.
+
+    Read and validate the corpus, score a uniform sample (--sample rows, by id hash) with the PRM, measure
     the share the ActPRM rule selects and project for the whole corpus: rows sent to the judge, requests,
     prompt tokens (the judge prompt's length / 4) and completion tokens (samples x mean_output_tokens), and
     dollars at price_in/price_out, each with a Wilson interval from the sample size. --config takes a judge
@@ -492,7 +514,9 @@ class EstimateConfig(ScoreConfig, JudgeConfig):
 
 
 class JudgeCheckConfig(ReadSettings, JudgeConfig, SpendSettings):
-    """Label labelled subsets (ProcessBench's files, or any set with first_error_step) with the configured judge
+    """The judge's F1 on ProcessBench (as evaluate scores it) and a label_weight, before paying.
+
+    Label labelled subsets (ProcessBench's files, or any set with first_error_step) with the configured judge
     (any backend, with its cache, limits and --max-spend) and score its labels with ProcessBench's metric
     exactly as evaluate scores a PRM. A row the judge fails to label counts as wrong. Also the share of exact
     labels, the label_weight to give this judge's labels. With --output DIR: DIR/judge_check.json,
@@ -511,7 +535,9 @@ class JudgeCheckConfig(ReadSettings, JudgeConfig, SpendSettings):
 
 
 class ExportConfig(Config):
-    """Read any table with a first_error_step (the world's, ProcessBench's) or a label_first_error (a labelled
+    """Labelled trajectories in the formats trainers read: TRL stepwise, ActivePRM.
+
+    Read any table with a first_error_step (the world's, ProcessBench's) or a label_first_error (a labelled
     table) and write it for a PRM trainer: trl (TRL's stepwise format: prompt, completions, labels as bool,
     soft labels in label_probs) or activeprm (question, steps, hard_labels). Steps after the earliest error
     are dropped. OUTPUT is one Parquet file, or JSONL when it ends in .jsonl."""
@@ -527,7 +553,9 @@ class ExportConfig(Config):
 
 
 class InspectConfig(Config):
-    """Print what made a Parquet table: every file actprm writes records the actprm version, the git commit,
+    """A table's provenance (version, commit, config/model hashes, judge), schema, rows.
+
+    Print what made a Parquet table: every file actprm writes records the actprm version, the git commit,
     the job, the SHA-256 of its resolved config, the model directory and the SHA-256 of its safetensors, and
     the judge, in its schema metadata. PATH is a file or a directory of shards; also the schema and the row
     count (from the footers)."""

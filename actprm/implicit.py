@@ -1,49 +1,16 @@
 """Implicit PRM: process rewards from a causal LM trained on outcome labels only (plain torch; no Ray).
 
-Free Process Rewards (Yuan et al., 2024; ../shared/REFERENCE.md, "Implicit PRM"): with the outcome
-reward parameterised as ``r(y) = beta * log pi_theta(y) / pi_ref(y)``, the partial sums
+Free Process Rewards (Yuan et al., 2024): with the outcome reward ``r(y) = beta * log pi_theta(y) / pi_ref(y)``,
+the partial sums ``q_k = beta * sum over the tokens of steps 0..k of log pi_theta / pi_ref`` are a process
+value and ``r_k = q_k - q_{k-1}`` step k's reward. The tokens are the steps' as `actprm.scoring` formats them
+(separators left out, as the ensemble's step features do: `actprm.model.step_token_logprobs`). ``pi_ref`` is
+frozen: by default the model training started from; ``reference: none`` makes it uniform over the vocabulary.
+``step_mean`` is ``sigmoid(q_k)`` (``step_prob: value``) or ``sigmoid(r_k)`` (``reward``); ``step_std`` is
+null (one model), so the ActPRM rule acts through ``delta_pred`` alone. This module holds the model, its
+loader and its losses; `actprm.trainer` runs its rounds. README, "Implicit PRM", has the rest.
 
-    q_k = beta * sum over the tokens of steps 0..k of log pi_theta(y_t | y_<t) / pi_ref(y_t | y_<t)
-
-are a process value, and step k's reward is ``r_k = q_k - q_{k-1}`` (``q_{-1} = 0``). The tokens are
-those of the steps as `actprm.scoring.TrajectoryEncoder` formats them (problem as the prompt, each
-step followed by the separator); the separators themselves are formatting, not text the policy
-wrote, and are left out, exactly as the ensemble PRM's step features do
-(`actprm.model.step_token_logprobs`, the one routine both use: tied LM head, ``hidden @ E.T``).
-One forward pass per model per micro-batch, batched by `actprm.scoring` as the ensemble is.
-
-``pi_ref`` is a frozen causal LM, by default the model training started from (for the shipped world
-backbone: itself, so the untrained implicit PRM gives q = 0 everywhere). It can be omitted
-(``reference: none``): then ``pi_ref`` is the uniform distribution over the vocabulary,
-``log pi_ref = -log V`` for every token, i.e. ``r = beta * log pi_theta(y) + beta * log V * |y|``
-(the papers found dropping the reference often costs little; the uniform form keeps q on the same
-scale as with a reference instead of drifting down with length).
-
-**Step probability.** ``step_mean`` (what the earliest-error prediction and ProcessBench F1 read) is
-``sigmoid(q_k)`` by default (``step_prob: value``): trained with cross-entropy, ``sigmoid(r)`` is the
-probability that the answer is right, so ``sigmoid(q_k)`` estimates it after step k and the first
-step where it falls below 0.5 is the predicted earliest error. ``step_prob: reward`` uses
-``sigmoid(r_k)`` instead (the first step that lowers the value); BENCHMARKS.md, "Implicit PRM",
-compares the two on the world. ``step_value`` and ``step_reward`` are written as they are (beta-scaled
-log-ratios), ``step_std`` is null (one model, no ensemble).
-
-**Uncertainty.** A margin rule on the step scores up to the predicted earliest error: step k is
-certain iff ``|step_mean_k - 0.5| >= delta_pred - 0.5`` (the logit it is the sigmoid of, q_k or r_k,
-is at least ``logit(delta_pred)`` away from 0); a trajectory is uncertain iff some step 0..E is
-not. It is the ActPRM rule of `actprm.uncertainty` with one "head" (spread 0), so `delta_std` has no
-effect and the acquisition `margin` / `entropy` rank by the same closeness to 0.5.
-
-**Training** (`actprm train --objective implicit-ce | implicit-dpo`, response-level labels only):
-``implicit-ce`` is binary cross-entropy of ``sigmoid(r(y))`` against the outcome; ``implicit-dpo``
-is ``-log sigmoid(r(y_w) - r(y_l))`` over (right, wrong) pairs, paired within a problem first, the
-rest across problems in a seeded order (the world has one response per problem: the DPO there is
-the unpaired variant). All of the policy is trained (AdamW, the schedule of `actprm.train`); the
-reference stays frozen.
-
-Checkpoint (DIR): the policy backbone (``config.json``, ``model.safetensors``: a tied causal LM;
-``AutoModelForCausalLM`` loads it too), the tokenizer, ``implicit_config.json`` (beta, reference,
-separator, max_length), plus the trainer files of `actprm.train` (optimizer moments,
-``trainer_state.json``).
+Checkpoint (DIR): the policy backbone (a tied causal LM that ``AutoModelForCausalLM`` loads too), the
+tokenizer, ``implicit_config.json`` (beta, reference, separator, max_length) and the trainer's files.
 """
 
 from __future__ import annotations

@@ -214,3 +214,24 @@ def prediction_row(row: dict[str, Any], subset: str, step_mean: Sequence[float],
     return {"id": row["id"], "subset": subset, "label": row["first_error_step"],
             "prediction": predict_first_error(step_mean, threshold), "step_mean": list(step_mean),
             "step_std": list(step_std), "n_scored_steps": int(n_scored_steps), "n_steps": len(row["steps"])}
+
+
+def f1_table(subsets: dict[str, dict[str, Any]], mean: float | None, extra: Sequence[str] = ()) -> str:
+    """Subset, n, error_acc, correct_acc, F1 in percent (as ProcessBench papers print them), the `extra`
+    integer columns, and a mean row (`mean`: the mean F1)."""
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}"
+
+    def avg(key: str) -> float | None:
+        values = [m[key] for m in subsets.values() if m[key] is not None]
+        return float(np.mean(values)) if values else None
+
+    width = max([len("subset"), len("mean"), *(len(n) for n in subsets)])
+    rows = [("subset", "n", "error_acc", "correct_acc", "F1", *extra)]
+    rows += [(name, str(m["n"]), pct(m["error_acc"]), pct(m["correct_acc"]), pct(m["f1"]),
+              *(str(m[e]) for e in extra)) for name, m in subsets.items()]
+    rows.append(("mean", str(sum(m["n"] for m in subsets.values())), pct(avg("error_acc")), pct(avg("correct_acc")),
+                 pct(mean), *(str(sum(m[e] for m in subsets.values())) for e in extra)))
+    widths = [width, 6, 9, 11, 5, *(max(6, len(e)) for e in extra)]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                     for r in rows)

@@ -27,12 +27,7 @@ from actprm.errors import UserError
 from actprm.io.readers import iter_batches, known_rows
 from actprm.io.subsets import Subset, resolve_subsets
 from actprm.io.writers import StagedOutput, write_parquet_atomic
-from actprm.metrics import (
-    best_threshold,
-    compute_metrics,
-    predict_first_error,
-    prediction_row,
-)
+from actprm.metrics import best_threshold, compute_metrics, f1_table, predict_first_error, prediction_row
 from actprm.progress import JobResult, RowCounts, progress_bar
 from actprm.schemas import table_from_rows
 from actprm.scoring import ScoringStats, score_trajectories
@@ -46,25 +41,7 @@ class EvaluateResult(JobResult):
     output: Path
 
     def table(self) -> str:
-        """Subset, n, error_acc, correct_acc, F1 in percent (as ProcessBench papers print them), and a mean row."""
-        def pct(x):
-            return "-" if x is None else f"{100 * x:.1f}"
-
-        subsets = self.metrics["subsets"]
-        width = max([len("subset"), len("mean"), *(len(n) for n in subsets)])
-        lines = [f"{'subset':<{width}}  {'n':>6}  {'error_acc':>9}  {'correct_acc':>11}  {'F1':>5}"]
-        for name, m in subsets.items():
-            lines.append(f"{name:<{width}}  {m['n']:>6}  {pct(m['error_acc']):>9}  {pct(m['correct_acc']):>11}  "
-                         f"{pct(m['f1']):>5}")
-
-        def avg(key):
-            values = [m[key] for m in subsets.values() if m[key] is not None]
-            return float(np.mean(values)) if values else None
-
-        total = sum(m["n"] for m in subsets.values())
-        lines.append(f"{'mean':<{width}}  {total:>6}  {pct(avg('error_acc')):>9}  {pct(avg('correct_acc')):>11}  "
-                     f"{pct(self.metrics['mean_f1']):>5}")
-        return "\n".join(lines)
+        return f1_table(self.metrics["subsets"], self.metrics["mean_f1"])
 
     def render(self) -> str:
         return self.table() + "\n" + self.summary_line()

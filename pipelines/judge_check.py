@@ -31,7 +31,7 @@ from actprm.io.readers import iter_batches
 from actprm.io.subsets import resolve_subsets
 from actprm.io.writers import StagedOutput, write_parquet_atomic
 from actprm.judge import check_spend_settings, error_kind, make_annotator
-from actprm.metrics import mean_f1, processbench_scores
+from actprm.metrics import f1_table, mean_f1, processbench_scores
 from actprm.progress import JobResult
 from actprm.sample import BottomK
 from actprm.schemas import table_from_rows
@@ -60,15 +60,7 @@ class JudgeCheckResult(JobResult):
     output: Path | None
 
     def table(self) -> str:
-        lines = [f"{'subset':<16}{'n':>6}{'error_acc':>11}{'correct_acc':>13}{'F1':>8}{'failed':>8}"]
-
-        def pct(x: float | None) -> str:
-            return "-" if x is None else f"{100 * x:.1f}"
-
-        for name, s in self.report["subsets"].items():
-            lines.append(f"{name:<16}{s['n']:>6}{pct(s['error_acc']):>11}{pct(s['correct_acc']):>13}"
-                         f"{pct(s['f1']):>8}{s['failed']:>8}")
-        return "\n".join(lines)
+        return f1_table(self.report["subsets"], self.report["mean_f1"], extra=("failed",))
 
     def render(self) -> str:
         return self.table() + "\n" + self.summary_line()

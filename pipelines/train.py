@@ -103,15 +103,11 @@ def run_on_ray(cfg: TrainConfig) -> TrainResult:
     return result_from_checkpoint(out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from actprm.cli import main as cli_main
+if __name__ == "__main__":
+    from actprm.cli import main
 
     # the recipe's flags are `actprm train`'s; --workers defaults to 2 here
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:]
     if not any(a == "--workers" or a.startswith("--workers=") for a in argv):
         argv += ["--workers", "2"]
-    return cli_main(["train", *argv])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["train", *argv]))

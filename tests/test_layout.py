@@ -6,7 +6,7 @@ import ast
 import importlib.metadata
 import pathlib
 
-from actprm.cli import VERBS
+from actprm.cli import VERBS, config_model, job_module
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("actprm", "pipelines")
@@ -83,8 +83,9 @@ def test_imports_inside_functions_are_optional_or_ray():
 
 
 def test_every_verb_is_one_job_module_with_run():
-    for verb, (_, module, _) in VERBS.items():
-        path = ROOT / (module.replace(".", "/") + ".py")
+    for verb in VERBS:
+        assert config_model(verb).__doc__, verb
+        path = ROOT / (job_module(verb).replace(".", "/") + ".py")
         assert path.is_file(), verb
         tree = ast.parse(path.read_text())
         assert any(isinstance(n, ast.FunctionDef) and n.name == "run" for n in tree.body), verb
