@@ -333,3 +333,180 @@ def set_bias_to_prior(heads, p_correct: float) -> None:
     p = min(max(float(p_correct), 1e-4), 1 - 1e-4)
     with torch.no_grad():
         heads.b3.fill_(math.log(p / (1 - p)))
+
+
+# --------------------------------------------------------------------------- many runs at once
+
+
+@dataclass
+class HeadRun:
+    """One learner of :func:`train_heads_cached_many`: its heads (trained in place), examples, anchor,
+    optimizer state (None at first; replaced by the round's) and seed (batch order, keep masks)."""
+
+    heads: Any
+    examples: list[CachedExample]
+    anchor: dict[str, torch.Tensor]
+    seed: int
+    optimizer_state: dict[str, torch.Tensor] | None = None
+    result: RoundResult | None = None
+
+
+_PARAMS = ("W1", "b1", "W2", "b2", "W3", "b3")
+
+
+def train_heads_cached_many(runs: list[HeadRun], cache: HeadInputs, cfg, *, error_weight: float = 1.0,
+                            feature_dropout: float = 0.0, bootstrap: bool = False) -> None:
+    """:func:`train_heads_cached` for several independent learners in lockstep, as one stacked op per step.
+
+    Each run keeps its own batches, keep masks, loss normalisation, gradient clipping and AdamW moments
+    (AdamW without weight decay is elementwise, so stacking the parameters changes nothing but float
+    order), so every run ends where its own :func:`train_heads_cached` would (within float noise); the
+    cost of a step is about that of one run's. Runs must have the same number of examples and the same
+    optimizer step count (the schedule and Adam's bias correction are shared); `cfg.seed` is ignored
+    (each run's own). Fills each run's `result` and `optimizer_state`; heads are updated in place.
+    """
+    if not runs:
+        return
+    n = {len(r.examples) for r in runs}
+    steps_before = {int(r.optimizer_state["heads.W1::step"].item()) if r.optimizer_state else 0 for r in runs}
+    if len(n) != 1 or len(steps_before) != 1:
+        raise ValueError("runs trained together need the same number of examples and optimizer steps")
+    R, K = len(runs), runs[0].heads.n_heads
+    F_, D = runs[0].heads.hidden_size, runs[0].heads.head_hidden
+    from actprm.model import EnsembleHeads
+
+    stacked = EnsembleHeads(F_, R * K, D, init=False)
+    with torch.no_grad():
+        for name in _PARAMS:
+            getattr(stacked, name).copy_(torch.cat([getattr(r.heads, name).detach() for r in runs]))
+    anchor = {name: torch.cat([r.anchor[name] for r in runs]) for name in _PARAMS}
+    holder = _Heads(stacked)
+    params = list(stacked.parameters())
+    optimizer = torch.optim.AdamW([{"params": params, "lr": cfg.head_lr or cfg.lr, "weight_decay": 0.0}],
+                                  betas=(0.9, 0.999))
+    for g in optimizer.param_groups:
+        g["base_lr"] = g["lr"]
+    if runs[0].optimizer_state:
+        state = {}
+        for name in _PARAMS:
+            for part in ("exp_avg", "exp_avg_sq"):
+                state[f"heads.{name}::{part}"] = torch.cat([r.optimizer_state[f"heads.{name}::{part}"] for r in runs])
+            state[f"heads.{name}::step"] = runs[0].optimizer_state[f"heads.{name}::step"]
+        load_optimizer_state(holder, optimizer, state)
+    # per run: the same batch order and mask draws as its own round
+    per = []
+    for r in runs:
+        ex = r.examples
+        lengths = np.array([int(cache.lengths[e.row]) for e in ex])
+        rng = np.random.default_rng(r.seed)
+        micro = max(1, math.ceil(len(ex) / cfg.batch_size))
+        per_epoch = max(1, micro // cfg.grad_accum)
+        epochs = [list(_length_batches(lengths, cfg.batch_size, rng))[: per_epoch * cfg.grad_accum]
+                  for _ in range(cfg.epochs)]
+        boot = (torch.from_numpy(np.random.default_rng(r.seed + 2).poisson(1.0, (len(ex), K))).float()
+                if bootstrap else None)
+        per.append({"batches": [b for e in epochs for b in e], "keep": torch.Generator().manual_seed(r.seed),
+                    "drop": torch.Generator().manual_seed(r.seed + 1), "boot": boot,
+                    "xs": [cache.x[cache.offsets[e.row]:cache.offsets[e.row + 1]] for e in ex],
+                    "tg": [torch.tensor([0.0 if t is None else t for t in e.targets]) for e in ex],
+                    "tr": [torch.tensor([t is not None for t in e.targets]) for e in ex],
+                    "w": torch.tensor([e.weight for e in ex], dtype=torch.float32)})
+    total = len(per[0]["batches"]) // cfg.grad_accum
+    from actprm.train import linear_schedule
+
+    lr_scale = linear_schedule(total, cfg.warmup_steps)
+    results = [RoundResult(examples=len(r.examples)) for r in runs]
+    stacked.train()
+    for step in range(total):
+        for g in optimizer.param_groups:
+            g["lr"] = g["base_lr"] * lr_scale(step)
+        optimizer.zero_grad(set_to_none=True)
+        values = torch.zeros(R)
+        for a in range(cfg.grad_accum):
+            loss_r = _stacked_loss(stacked, per, step * cfg.grad_accum + a, R, K, cfg, anchor, error_weight,
+                                   feature_dropout)
+            (loss_r.sum() / cfg.grad_accum).backward()
+            values += loss_r.detach() / cfg.grad_accum
+        _clip_per_run(stacked, R, K, cfg.grad_clip)
+        optimizer.step()
+        for res, v in zip(results, values.tolist()):
+            res.losses.append(round(v, 5))
+    stacked.eval()
+    opt = optimizer_state_dict(holder, optimizer)
+    for i, (r, res) in enumerate(zip(runs, results)):
+        sl = slice(i * K, (i + 1) * K)
+        with torch.no_grad():
+            for name in _PARAMS:
+                getattr(r.heads, name).copy_(getattr(stacked, name)[sl])
+        r.heads.eval()
+        r.optimizer_state = {k: (v if k.endswith("::step") else v[sl].clone()) for k, v in opt.items()}
+        res.epochs = cfg.epochs
+        res.steps = total
+        if res.losses:
+            k = max(1, len(res.losses) // 10)
+            res.first_loss, res.last_loss = float(np.mean(res.losses[:k])), float(np.mean(res.losses[-k:]))
+        r.result = res
+
+
+def _length_batches(lengths, batch_size, rng):
+    from actprm.train import length_batches
+
+    return length_batches(lengths, batch_size, rng)
+
+
+def _stacked_loss(stacked, per, j: int, R: int, K: int, cfg, anchor, error_weight: float,
+                  feature_dropout: float) -> torch.Tensor:
+    """(R,) the runs' losses on their j-th micro-batches (padded to one length, pads untrained)."""
+    xs, tgs, trs, rws, keeps = [], [], [], [], []
+    for p in per:
+        batch = p["batches"][j]
+        xs.append(torch.cat([p["xs"][i] for i in batch]))
+        tgs.append(torch.cat([p["tg"][i] for i in batch]))
+        trs.append(torch.cat([p["tr"][i] for i in batch]))
+        rows = torch.cat([torch.full((len(p["tg"][i]),), r, dtype=torch.long) for r, i in enumerate(batch)])
+        keep = (torch.rand((len(batch), K), generator=p["keep"]) < cfg.learning_probability).float()
+        if p["boot"] is not None:
+            keep = keep * p["boot"][batch]
+        # (K, S) weight of each (head, step): kept pair x trained x row weight
+        rws.append(keep[rows].T * p["w"][batch][rows].unsqueeze(0))
+    N = max(len(t) for t in tgs)
+    Fdim = xs[0].shape[1]
+    x = torch.zeros((R, N, Fdim))
+    tg = torch.zeros((R, N))
+    w = torch.zeros((R, K, N))
+    for r in range(R):
+        s = len(tgs[r])
+        x[r, :s] = xs[r]
+        tg[r, :s] = tgs[r]
+        step_w = trs[r].float()
+        if error_weight != 1.0:
+            step_w = step_w * torch.where(tgs[r] < 0.5, error_weight, 1.0)
+        w[r, :, :s] = rws[r] * step_w.unsqueeze(0)
+    W1 = stacked.W1.view(R, K, Fdim, -1)
+    D = W1.shape[-1]
+    if feature_dropout > 0:
+        masks = [(torch.rand((K, N, Fdim), generator=p["drop"]) >= feature_dropout).float() / (1 - feature_dropout)
+                 for p in per]
+        z = torch.einsum("rknf,rkfd->rknd", x.unsqueeze(1) * torch.stack(masks), W1)
+    else:
+        z = torch.einsum("rnf,rkfd->rknd", x, W1)
+    z = torch.relu(z + stacked.b1.view(R, K, 1, D))
+    z = torch.relu(torch.einsum("rknd,rkde->rkne", z, stacked.W2.view(R, K, D, D)) + stacked.b2.view(R, K, 1, D))
+    logits = torch.einsum("rknd,rkdo->rkno", z, stacked.W3.view(R, K, D, 1)).squeeze(-1) + stacked.b3.view(R, K, 1)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, tg.unsqueeze(1).expand_as(logits),
+                                                               reduction="none")
+    loss = (bce * w).sum(dim=(1, 2)) / w.sum(dim=(1, 2)).clamp_min(1e-8)
+    if cfg.anchor_lambda:
+        pen = sum(((getattr(stacked, n) - anchor[n]) ** 2).view(R, -1).sum(1) for n in _PARAMS)
+        loss = loss + cfg.anchor_lambda * pen / sum(getattr(stacked, n)[:K].numel() for n in _PARAMS)
+    return loss
+
+
+@torch.no_grad()
+def _clip_per_run(stacked, R: int, K: int, max_norm: float) -> None:
+    """torch.nn.utils.clip_grad_norm_ over each run's slice of the stacked parameters."""
+    sq = sum(getattr(stacked, n).grad.view(R, -1).pow(2).sum(1) for n in _PARAMS)
+    coef = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+    for n in _PARAMS:
+        g = getattr(stacked, n).grad
+        g.mul_(coef.repeat_interleave(K).view(-1, *([1] * (g.dim() - 1))))

@@ -116,3 +116,37 @@ def test_save_load_and_store(prm, rows, tmp_path):
     assert b.ids == [r["id"] for r in rows[4:10]]
     torch.testing.assert_close(b.rows([0, 1]).x, a.rows([4, 5]).x)
     torch.testing.assert_close(b.x, cache.rows(range(4, 10)).x, atol=1e-5, rtol=0)
+
+
+def test_many_runs_in_lockstep_equal_each_run_alone(prm, rows):
+    from actprm.features import HeadRun, train_heads_cached_many
+
+    model, tok = prm
+    cache = extract_head_inputs(model, tok, rows[:40])
+    cfg = TrainConfig(backbone="frozen", head_lr=1e-2, epochs=2, batch_size=8, warmup_steps=2,
+                      learning_probability=0.7, anchor_lambda=0.3, grad_clip=0.05)  # clipping is active
+    anchor = {k: v.detach().clone() for k, v in model.heads.state_dict().items()}
+    labels = [r["first_error_step"] for r in rows[:40]]
+    picks = [list(range(0, 30)), list(range(10, 40)), list(range(5, 35))]  # three learners, own rows
+    runs, alone = [], []
+    for seed, idx in enumerate(picks):
+        ex = cached_examples(cache, idx, [labels[i] for i in idx])
+        runs.append(HeadRun(copy.deepcopy(model.heads), ex, anchor, seed=seed))
+        h = copy.deepcopy(model.heads)
+        res, state = train_heads_cached(h, cache, ex, cfg.model_copy(update={"seed": seed}), anchor=anchor)
+        alone.append((h, res, state))
+    for _round in range(2):  # the second round continues the optimizer state
+        train_heads_cached_many(runs, cache, cfg)
+        if _round == 0:
+            for i, (h, res, state) in enumerate(alone):
+                np.testing.assert_allclose(runs[i].result.losses, res.losses, atol=1e-4)
+                for name, p in h.state_dict().items():
+                    torch.testing.assert_close(runs[i].heads.state_dict()[name], p, atol=1e-5, rtol=1e-4)
+                for k, v in state.items():
+                    torch.testing.assert_close(runs[i].optimizer_state[k], v, atol=1e-6, rtol=1e-3)
+            alone = [(h, *train_heads_cached(h, cache, runs[i].examples, cfg.model_copy(update={"seed": i}),
+                                             anchor=anchor, optimizer_state=state))
+                     for i, (h, _, state) in enumerate(alone)]
+    for i, (h, _, _) in enumerate(alone):
+        for name, p in h.state_dict().items():
+            torch.testing.assert_close(runs[i].heads.state_dict()[name], p, atol=1e-5, rtol=1e-4)
