@@ -33,7 +33,7 @@ from actprm import uncertainty
 from actprm.config import TrainConfig
 from actprm.curves import labels_to_reach, mean_interval, row_stats, savings_ratio
 from actprm.evaluate import auroc, processbench_scores
-from actprm.features import cached_examples, set_bias_to_prior, train_heads_cached
+from actprm.features import HeadRun, cached_examples, set_bias_to_prior, train_heads_cached_many
 from actprm.judge.verifier import VerifierAnnotator
 from actprm.model import HEADS_NAME, EnsembleHeads, default_prm_path
 from bench.selection_lab import WORK, load
@@ -80,77 +80,104 @@ def evaluate(heads, ev, truth: np.ndarray, step_lab: np.ndarray, step_ev: np.nda
             "std_auroc": std_auroc, "mean_errors": int(own_error[step_ev].sum())}
 
 
-def run_one(args, world: str, strategy: str, seed: int, done: set) -> None:
+class Learner:
+    """One (strategy, seed) run of the loop on the cache."""
+
+    def __init__(self, strategy: str, seed: int, pool, args):
+        self.strategy, self.seed = strategy, seed
+        self.heads = shipped_heads()
+        self.anchor = {k: v.detach().clone() for k, v in self.heads.state_dict().items()}
+        self.opt_state = None
+        self.labelled = np.zeros(len(pool), dtype=bool)
+        self.order: list[int] = []
+        self.labels: list[int] = []
+        self.verifier = VerifierAnnotator(wrong_rate=args.wrong_rate, seed=seed)
+        self.random_keys = (np.array([uncertainty.random_score(i, seed) for i in pool.ids])
+                            if strategy == "random" else None)
+        self.calibrated = None
+
+    def select(self, pool, k: int) -> np.ndarray:
+        cand = np.flatnonzero(~self.labelled)
+        if self.strategy == "random":
+            return cand[np.argsort(-self.random_keys[cand], kind="stable")[:k]]
+        st = row_stats(probs_of(self.heads, pool.x), pool.offsets)
+        if self.strategy == "actprm":  # the rule; the top ones by entropy when it marks more than the budget
+            unc = cand[st["uncertain"][cand]]
+            return unc[np.argsort(-st["entropy"][unc], kind="stable")[:k]]
+        return cand[np.argsort(-st[self.strategy][cand], kind="stable")[:k]]
+
+
+def run_world(args, world: str, strategies: list[str], seeds: list[int]) -> None:
+    """Every (strategy, seed) learner of a world through the budgets, trained in lockstep groups."""
     pool, ptruth = load(Path(args.work), world, "pool", args.pool_rows)
     ev, etruth = load(Path(args.work), world, "eval", args.eval_rows)
     truth = np.array(ptruth["first_error_step"])
     e_truth = np.array(etruth["first_error_step"])
     step_lab, step_ev = step_labels_of(e_truth, np.diff(ev.offsets))
-    ok = np.array([e is None and n > 0 for e, n in zip(pool.errors, np.diff(pool.offsets))])
-    assert ok.all(), "every world row fits"
+    assert all(e is None for e in pool.errors) and (np.diff(pool.offsets) > 0).all(), "every world row fits"
     N = len(pool)
-    verifier = VerifierAnnotator(wrong_rate=args.wrong_rate, seed=seed)
-    random_keys = np.array([uncertainty.random_score(i, seed) for i in pool.ids])
-    cfg = TrainConfig(backbone="frozen", head_lr=args.head_lr, epochs=args.epochs, batch_size=16, warmup_steps=5,
-                      anchor_lambda=0.0, seed=seed, learning_probability=args.learning_probability, device="cpu")
-    heads = shipped_heads()
-    anchor = {k: v.detach().clone() for k, v in heads.state_dict().items()}
-    opt_state = None
-    labelled = np.zeros(N, dtype=bool)
-    order: list[int] = []
-    labels: list[int] = []
-    calibrated = None
+    base_cfg = TrainConfig(backbone="frozen", head_lr=args.head_lr, epochs=args.epochs, batch_size=16,
+                           warmup_steps=5, anchor_lambda=0.0, learning_probability=args.learning_probability,
+                           device="cpu")
+    done = {(r["strategy"], r["seed"]) for r in read_results(args.results)
+            if r["world"] == world and r["variant"] == args.variant and r["pool_rows"] == N
+            and r["budget_pct"] == max(args.budgets)}
+    learners = [Learner(s, sd, pool, args) for sd in seeds for s in strategies if (s, sd) not in done]
+    if not learners:
+        return
     start = time.perf_counter()
     for r, budget in enumerate(sorted(args.budgets)):
+        if budget > args.last_budget_all:  # the largest budgets: only the random learners (the reference)
+            learners = [x for x in learners if x.strategy == "random"]
+            if not learners:
+                break
         total = round(N * budget / 100)
-        k = total - int(labelled.sum())
         t0 = time.perf_counter()
-        cand = np.flatnonzero(~labelled)
-        if strategy == "random":
-            pick = cand[np.argsort(-random_keys[cand], kind="stable")[:k]]
-        else:
-            st = row_stats(probs_of(heads, pool.x), pool.offsets)
-            if strategy == "actprm":
-                unc = cand[st["uncertain"][cand]]
-                pick = unc[np.argsort(-st["entropy"][unc], kind="stable")[:k]]
-            else:
-                pick = cand[np.argsort(-st[strategy][cand], kind="stable")[:k]]
-        score_s = time.perf_counter() - t0
-        labelled[pick] = True
-        order.extend(pick.tolist())
-        for i in pick:
-            labels.append(verifier.answer(pool.ids[i], int(truth[i]), int(pool.n_steps[i]), 0))
-        if r == 0 and args.prior_bias:
-            ex = cached_examples(pool, order, labels)
-            targets = [t for e in ex for t in e.targets if t is not None]
-            set_bias_to_prior(heads, float(np.mean(targets)))
+        for x in learners:
+            pick = x.select(pool, total - int(x.labelled.sum()))
+            x.labelled[pick] = True
+            x.order.extend(pick.tolist())
+            x.labels.extend(x.verifier.answer(pool.ids[i], int(truth[i]), int(pool.n_steps[i]), 0) for i in pick)
+            if r == 0 and args.prior_bias:
+                ex = cached_examples(pool, x.order, x.labels)
+                set_bias_to_prior(x.heads, float(np.mean([t for e in ex for t in e.targets if t is not None])))
+        select_s = (time.perf_counter() - t0) / len(learners)
         t0 = time.perf_counter()
-        examples = cached_examples(pool, order, labels)
-        res, opt_state = train_heads_cached(heads, pool, examples, cfg, anchor=anchor, optimizer_state=opt_state,
-                                            error_weight=args.error_weight, feature_dropout=args.feature_dropout,
-                                            bootstrap=args.bootstrap)
+        runs = [HeadRun(x.heads, cached_examples(pool, x.order, x.labels), x.anchor, x.seed, x.opt_state)
+                for x in learners]
+        groups: dict[tuple, list[int]] = {}
+        for i, hr in enumerate(runs):
+            steps = int(hr.optimizer_state["heads.W1::step"].item()) if hr.optimizer_state else 0
+            groups.setdefault((len(hr.examples), steps), []).append(i)
+        for idx in groups.values():
+            train_heads_cached_many([runs[i] for i in idx], pool, base_cfg, error_weight=args.error_weight,
+                                    feature_dropout=args.feature_dropout, bootstrap=args.bootstrap)
         train_s = time.perf_counter() - t0
-        line = {"world": world, "strategy": strategy, "seed": seed, "variant": args.variant, "budget_pct": budget,
-                "pool_rows": N, "eval_rows": len(ev), "labels": int(labelled.sum()),
-                "true_error_rows": int((truth[labelled] >= 0).sum()),
-                **evaluate(heads, ev, e_truth, step_lab, step_ev), "train_steps": res.steps,
-                "train_s": round(train_s, 2), "select_s": round(score_s, 2)}
-        rest = ~labelled
-        if rest.any():  # the share of the unlabelled pool the rule would send to the judge next
-            st = row_stats(probs_of(heads, pool.x), pool.offsets)
-            line["uncertain_rate"] = float(st["uncertain"][rest].mean())
-            if calibrated is None:  # round 1: deltas for about --target-rate, then held
-                calibrated = uncertainty.choose_deltas(
-                    list(zip(st["max_std"][rest], st["min_conf"][rest])), args.target_rate)
-                line["calibrated"] = {k: calibrated[k] for k in ("delta_pred", "delta_std")}
-            st2 = row_stats(probs_of(heads, pool.x), pool.offsets, delta_pred=calibrated["delta_pred"],
-                            delta_std=calibrated["delta_std"])
-            line["uncertain_rate_held"] = float(st2["uncertain"][rest].mean())
-        append(args.results, line)
-        print(f"{world} {strategy} s{seed} {args.variant} {budget}%: {line['labels']} labels, F1 {line['f1']:.3f}, "
-              f"std AUROC {line['std_auroc']}, uncertain {line.get('uncertain_rate')}, "
-              f"train {train_s:.1f}s", flush=True)
-    print(f"{world} {strategy} s{seed}: {time.perf_counter() - start:.0f}s", flush=True)
+        shown = []
+        for x, hr in zip(learners, runs):
+            x.opt_state = hr.optimizer_state
+            line = {"world": world, "strategy": x.strategy, "seed": x.seed, "variant": args.variant,
+                    "budget_pct": budget, "pool_rows": N, "eval_rows": len(ev), "labels": int(x.labelled.sum()),
+                    "true_error_rows": int((truth[x.labelled] >= 0).sum()),
+                    **evaluate(x.heads, ev, e_truth, step_lab, step_ev), "train_steps": hr.result.steps,
+                    "train_s_all_learners": round(train_s, 2), "learners": len(learners),
+                    "select_s": round(select_s, 2)}
+            rest = ~x.labelled
+            if rest.any():  # the share of the unlabelled pool the rule would send to the judge next
+                st = row_stats(probs_of(x.heads, pool.x), pool.offsets)
+                line["uncertain_rate"] = float(st["uncertain"][rest].mean())
+                if x.calibrated is None:  # after round 1: deltas for about --target-rate, then held
+                    x.calibrated = uncertainty.choose_deltas(
+                        list(zip(st["max_std"][rest], st["min_conf"][rest])), args.target_rate)
+                    line["calibrated"] = {k: x.calibrated[k] for k in ("delta_pred", "delta_std")}
+                st2 = row_stats(probs_of(x.heads, pool.x), pool.offsets, delta_pred=x.calibrated["delta_pred"],
+                                delta_std=x.calibrated["delta_std"])
+                line["uncertain_rate_held"] = float(st2["uncertain"][rest].mean())
+            append(args.results, line)
+            shown.append(f"{x.strategy[:3]}{x.seed}={line['f1']:.3f}")
+        f1s = " ".join(shown)
+        print(f"{world} {budget}%: {len(learners)} learners, train {train_s:.0f}s, "
+              f"{time.perf_counter() - start:.0f}s so far; F1 {f1s}", flush=True)
 
 
 def read_results(path: Path) -> list[dict]:
@@ -164,17 +191,10 @@ def append(path: Path, row: dict) -> None:
 
 
 def run(args) -> None:
-    rows = read_results(args.results)
-    for seed in args.seeds:
-        for world in args.world:
-            for strategy in args.strategies:
-                have = {r["budget_pct"] for r in rows if r["world"] == world and r["strategy"] == strategy
-                        and r["seed"] == seed and r["variant"] == args.variant and r["pool_rows"] == args.pool_rows}
-                if set(args.budgets) <= have:
-                    continue
-                if have:  # a half-finished run starts over (its lines are superseded by the rerun's)
-                    print(f"{world} {strategy} s{seed}: rerun (had {sorted(have)})", flush=True)
-                run_one(args, world, strategy, seed, set())
+    """A learner whose last budget is recorded is done; an unfinished one starts over (its lines are
+    superseded by the rerun's)."""
+    for world in args.world:
+        run_world(args, world, args.strategies, args.seeds)
 
 
 # --------------------------------------------------------------------------- report
@@ -218,7 +238,7 @@ def report(args) -> None:
             if not full:
                 continue
             ref = float(np.mean(full))
-            out.append(f"\nfull-pool F1 (every strategy and seed at 100%): {ref:.3f}")
+            out.append(f"\nfull-pool F1 (every learner at 100%): {ref:.3f}")
             for s in strategies:
                 def rates(key):
                     return [np.mean([x[key] for x in cs[s][b].values() if x.get(key) is not None])
@@ -290,6 +310,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--strategies", nargs="+", default=["actprm", "random", "entropy", "bald"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--budgets", type=float, nargs="+", default=BUDGETS)
+    p.add_argument("--last-budget-all", type=float, default=100.0,
+                   help="budgets above this run only the random learners (the full-pool reference)")
     p.add_argument("--pool-rows", type=int, default=20000)
     p.add_argument("--eval-rows", type=int, default=1000)
     p.add_argument("--wrong-rate", type=float, default=0.18, help="the verifier's share of wrong answers")
