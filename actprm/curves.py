@@ -56,8 +56,8 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[fl
 # --------------------------------------------------------------------------- flat statistics
 
 
-def row_stats(probs: np.ndarray, offsets: np.ndarray, *, delta_pred: float = 0.95, delta_std: float = 0.005,
-              seed_keys: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def row_stats(probs: np.ndarray, offsets: np.ndarray, *, delta_pred: float = 0.95, delta_std: float = 0.005
+              ) -> dict[str, np.ndarray]:
     """Per row of a flat ``(S, K)`` matrix with row ``i`` at ``offsets[i]:offsets[i+1]`` (every row has
     >= 1 step): ActPRM's ``uncertain`` under the deltas, ``entropy`` and ``bald`` reduced by max over steps
     0..E (E the predicted first error, else the last step), ``pred_first_error``, and the extremes
