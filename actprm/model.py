@@ -400,6 +400,18 @@ class EnsemblePRM(nn.Module):
         ``answer_start`` (long, ``(B,)``): index of each row's first step token;
         needed only by models with step features.
         """
+        return self.heads(self.head_inputs(input_ids, attention_mask, separator_mask, answer_start))
+
+    def head_inputs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        separator_mask: torch.Tensor | None = None,
+        answer_start: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """What the heads read, ``(n_separators_total, H [+ step features])``: the separators' hidden
+        states, then the step features if the model has them (arguments as :meth:`forward`).  With a
+        frozen backbone they can be computed once and cached (actprm.features)."""
         if separator_mask is None:
             separator_mask = input_ids == self.separator_token_id
             if attention_mask is not None:
@@ -412,7 +424,7 @@ class EnsemblePRM(nn.Module):
                 raise ValueError("this PRM reads step features: forward needs answer_start")
             extra = self.step_feature_values(hidden, input_ids, separator_mask, answer_start)
             picked = torch.cat([picked.float(), extra], dim=-1)
-        return self.heads(picked)
+        return picked
 
     def step_feature_values(self, hidden: torch.Tensor, input_ids: torch.Tensor, separator_mask: torch.Tensor,
                             answer_start: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,12 @@ grows towards the end of the solution; the first mistake is one of three kinds:
 
 After a mistake the solution goes on correctly from the wrong value, as policies do,
 so ``first_error_step`` is the index of that step and the final answer is wrong.
+
+Unfamiliar phrasings (``novel_share``, off by default): a share of the problems states its
+additions and subtractions with verbs the shipped backbone never read (:data:`NOVEL_ADD`,
+:data:`NOVEL_SUB`), so the LM cannot tell from the text which operation a step should apply;
+``novel_error_kinds`` sets the kinds of mistake on those problems (a policy confusing an
+unfamiliar verb writes the wrong operation). ``configs/worlds/arith-hard.yaml`` uses them.
 Every parameter is in :class:`ArithWorld` (``configs/worlds/arith.yaml`` documents
 each one). Row ``i`` depends only on (seed, split, i): any sharding gives the same rows.
 """
@@ -95,6 +101,8 @@ class ArithWorld(_Strict):
         "wrong_result": 0.5, "wrong_carry": 0.25, "wrong_operation": 0.25})
     result_deltas: dict[int, float] = Field(default_factory=lambda: {1: 0.4, 2: 0.2, 3: 0.1, 10: 0.3})
     eval_error_share: float = Field(0.5, ge=0, le=1)
+    novel_share: float = Field(0.0, ge=0, le=1)
+    novel_error_kinds: dict[ErrorKind, float] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ArithWorld:
@@ -109,16 +117,25 @@ class ArithWorld(_Strict):
             raise ValueError("error_kinds needs positive weights")
         if not self.result_deltas or any(d <= 0 for d in self.result_deltas):
             raise ValueError("result_deltas: positive magnitudes (the sign is drawn)")
+        if self.novel_error_kinds is not None and sum(self.novel_error_kinds.values()) <= 0:
+            raise ValueError("novel_error_kinds needs positive weights")
         return self
 
     def fingerprint(self) -> str:
         """8 hex digits identifying these parameters (written into every row's `source`)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        data = self.model_dump(mode="json")
+        for name in _LATER_FIELDS:  # options added later leave the fingerprints of worlds without them as they were
+            if data[name] == type(self).model_fields[name].default:
+                del data[name]
+        blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:8]
 
     def source(self) -> str:
         return f"world/arith-{WORLD_VERSION}/{self.fingerprint()}"
 
+
+#: fields added after v1: left out of the fingerprint at their defaults
+_LATER_FIELDS = ("novel_share", "novel_error_kinds")
 
 # --------------------------------------------------------------------------- text
 
@@ -129,6 +146,9 @@ ITEMS = ("apples", "marbles", "stickers", "coins", "books", "pencils", "cards", 
 ADD_SENTENCES = ("{S} buys {b} more.", "{S} finds {b} more.", "{S} gets {b} more.")
 SUB_SENTENCES = ("{S} gives away {b}.", "{S} loses {b}.", "{S} sells {b}.")
 MUL_SENTENCES = ("{S} ends up with {b} times as many.", "The number of {item} is multiplied by {b}.")
+#: phrasings of the `novel_share` problems: verbs the default world never uses ("trades" both ways)
+NOVEL_ADD = ("{S} trades for {b} extra.", "{S} is handed {b} extra.", "{S} wins {b} in a raffle.")
+NOVEL_SUB = ("{S} trades off {b}.", "{S} hands over {b}.", "{S} spends {b} in a raffle.")
 
 
 def _apply(op: str, a: int, b: int) -> int:
@@ -148,9 +168,12 @@ class Trajectory:
     level: str
     ops: list[str]
     error_kind: str | None
+    novel: bool = False
 
     def row(self, rid: str, source: str) -> dict[str, Any]:
         meta = {"level": self.level, "ops": self.ops, "error_kind": self.error_kind}
+        if self.novel:
+            meta["novel"] = True
         return {
             "id": rid,
             "problem": self.problem,
@@ -179,6 +202,9 @@ class Generator:
         self._level_w = [w.levels[k].weight for k in self._levels]
         self._kinds = list(w.error_kinds)
         self._kind_w = [w.error_kinds[k] for k in self._kinds]
+        novel = w.novel_error_kinds or w.error_kinds
+        self._novel_kinds = list(novel)
+        self._novel_kind_w = [novel[k] for k in self._novel_kinds]
         self._deltas = list(w.result_deltas)
         self._delta_w = [w.result_deltas[k] for k in self._deltas]
 
@@ -232,7 +258,8 @@ class Generator:
                 return False
         return True
 
-    def _mistake(self, rng: random.Random, a_true: int, plan, i: int) -> tuple[str, int, str, int, int] | None:
+    def _mistake(self, rng: random.Random, a_true: int, plan, i: int, novel: bool = False
+                 ) -> tuple[str, int, str, int, int] | None:
         """(kind, a, op, b, c) of a wrong step i whose continuation stays in [0, max_wrong_value].
 
         The kind is drawn from ``error_kinds``; when no mistake of that kind keeps the
@@ -241,7 +268,10 @@ class Generator:
         """
         _, op, b = plan[i]
         top = self.world.max_wrong_value
-        kind = rng.choices(self._kinds, weights=self._kind_w)[0]
+        if novel:
+            kind = rng.choices(self._novel_kinds, weights=self._novel_kind_w)[0]
+        else:
+            kind = rng.choices(self._kinds, weights=self._kind_w)[0]
         for attempt_kind in (kind, "wrong_result"):
             candidates = []
             if attempt_kind == "wrong_result":
@@ -282,16 +312,19 @@ class Generator:
         name = rng.choice(NAMES)
         subj = SUBJECT[name]
         item = rng.choice(ITEMS)
+        # drawn only when the option is on: worlds without it consume the same random numbers as before
+        novel = self.world.novel_share > 0 and rng.random() < self.world.novel_share
+        add_pool, sub_pool = (NOVEL_ADD, NOVEL_SUB) if novel else (ADD_SENTENCES, SUB_SENTENCES)
         sentences = [f"{name} has {start} {item}."]
         for _, op, b in plan:
-            pool = ADD_SENTENCES if op == "add" else SUB_SENTENCES if op == "sub" else MUL_SENTENCES
+            pool = add_pool if op == "add" else sub_pool if op == "sub" else MUL_SENTENCES
             sentences.append(rng.choice(pool).format(S=subj, b=b, item=item))
         sentences.append(f"How many {item} does {name} have now?")
         steps: list[str] = []
         true_value = value = start
         kind = None
         for i, (_, op, b) in enumerate(plan):
-            mistake = self._mistake(rng, value, plan, i) if i == err else None
+            mistake = self._mistake(rng, value, plan, i, novel) if i == err else None
             if i == err and mistake is None:
                 err += 1  # the last step always admits a wrong result, so err stays < n
             if mistake is not None:
@@ -304,7 +337,7 @@ class Generator:
             value = c
             true_value = _apply(op, true_value, b)
         return Trajectory(" ".join(sentences), steps, err, value, true_value, level,
-                          [k for k, _, _ in plan], kind)
+                          [k for k, _, _ in plan], kind, novel)
 
     # ---- rows
     def _rng(self, split: str, index: int) -> random.Random:
