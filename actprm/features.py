@@ -12,7 +12,7 @@ module computes them once per (model, row) and scores and trains the heads on th
   and row id and computes only the rows it lacks.
 * :func:`score_cached` gives each row's per-step head probabilities ``(n_scored_steps, K)``, the
   same as :func:`actprm.scoring.score_trajectories` (within float noise, ~1e-6).
-* :func:`train_heads_cached` is ``actprm.train.train_round`` with ``backbone: frozen`` on the
+* :func:`train_heads_cached` is ``actprm.trainer.train_round`` with ``backbone: frozen`` on the
   cache: the same ActPRM BCE, ``learning_probability`` mask, anchor, AdamW groups, schedule,
   batch order and mask draws (so the same heads within float noise), plus opt-in options
   (``error_weight``, ``feature_dropout``, ``bootstrap``) the uncached trainer does not have.
@@ -31,14 +31,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from actprm.train import (
+from actprm.checkpoint import load_optimizer_state, optimizer_state_dict
+from actprm.labels import step_targets
+from actprm.model import EnsembleHeads
+from actprm.scoring import _encoder, _pad_id, _resolve_device, plan_batches
+from actprm.trainer import (
     RoundResult,
     actprm_loss,
     anchor_penalty,
-    load_optimizer_state,
-    optimizer_state_dict,
+    length_batches,
+    linear_schedule,
     run_epochs,
-    step_targets,
 )
 
 CACHE_FORMAT = "actprm-head-inputs-v1"
@@ -140,7 +143,6 @@ def extract_head_inputs(model, tokenizer, rows: Sequence[dict[str, Any]], *, bat
                         max_length: int | None = None, device: str | torch.device | None = None,
                         fingerprint: str | None = None, progress: bool = False) -> HeadInputs:
     """Run the backbone once over `rows` (dicts with id, problem, steps) and keep what the heads read."""
-    from actprm.scoring import _encoder, _pad_id, _resolve_device, plan_batches
 
     tokenizer = tokenizer if tokenizer is not None else model.tokenizer
     enc = _encoder(model, tokenizer, max_length, 128, None).encode([r["problem"] for r in rows],
@@ -252,7 +254,7 @@ class CachedExample:
 def cached_examples(cache: HeadInputs, idx: Sequence[int], labels: Sequence[int],
                     weights: Sequence[float] | None = None,
                     soft: Sequence[Sequence[float | None] | None] | None = None) -> list[CachedExample]:
-    """Training examples of rows `idx` with earliest-error labels (as actprm.train.build_examples:
+    """Training examples of rows `idx` with earliest-error labels (as actprm.trainer.build_examples:
     rows that could not be encoded and rows whose error was cut off are dropped)."""
     out = []
     for j, (i, label) in enumerate(zip(idx, labels)):
@@ -270,7 +272,7 @@ def train_heads_cached(heads, cache: HeadInputs, examples: list[CachedExample], 
                        anchor: dict[str, torch.Tensor], optimizer_state: dict[str, torch.Tensor] | None = None,
                        error_weight: float = 1.0, feature_dropout: float = 0.0, bootstrap: bool = False
                        ) -> tuple[RoundResult, dict[str, torch.Tensor]]:
-    """One frozen-backbone round (``actprm.train.train_round``) on cached inputs; trains `heads` in place.
+    """One frozen-backbone round (``actprm.trainer.train_round``) on cached inputs; trains `heads` in place.
 
     `cfg` is a TrainConfig (lr, head_lr, epochs, batch_size, grad_accum, warmup_steps, grad_clip,
     learning_probability, anchor_lambda, seed). Returns the round's result and the optimizer state to
@@ -373,7 +375,6 @@ def train_heads_cached_many(runs: list[HeadRun], cache: HeadInputs, cfg, *, erro
         raise ValueError("runs trained together need the same number of examples and optimizer steps")
     R, K = len(runs), runs[0].heads.n_heads
     F_, D = runs[0].heads.hidden_size, runs[0].heads.head_hidden
-    from actprm.model import EnsembleHeads
 
     stacked = EnsembleHeads(F_, R * K, D, init=False)
     with torch.no_grad():
@@ -412,7 +413,6 @@ def train_heads_cached_many(runs: list[HeadRun], cache: HeadInputs, cfg, *, erro
                     "tr": [torch.tensor([t is not None for t in e.targets]) for e in ex],
                     "w": torch.tensor([e.weight for e in ex], dtype=torch.float32)})
     total = len(per[0]["batches"]) // cfg.grad_accum
-    from actprm.train import linear_schedule
 
     lr_scale = linear_schedule(total, cfg.warmup_steps)
     results = [RoundResult(examples=len(r.examples)) for r in runs]
@@ -449,7 +449,6 @@ def train_heads_cached_many(runs: list[HeadRun], cache: HeadInputs, cfg, *, erro
 
 
 def _length_batches(lengths, batch_size, rng):
-    from actprm.train import length_batches
 
     return length_batches(lengths, batch_size, rng)
 

@@ -32,9 +32,14 @@ import torch
 from actprm import uncertainty
 from actprm.config import TrainConfig
 from actprm.curves import labels_to_reach, mean_interval, row_stats, savings_ratio
-from actprm.evaluate import auroc, processbench_scores
-from actprm.features import HeadRun, cached_examples, set_bias_to_prior, train_heads_cached_many
+from actprm.features import (
+    HeadRun,
+    cached_examples,
+    set_bias_to_prior,
+    train_heads_cached_many,
+)
 from actprm.judge.verifier import VerifierAnnotator
+from actprm.metrics import auroc, processbench_scores
 from actprm.model import HEADS_NAME, EnsembleHeads, default_prm_path
 from bench.selection_lab import WORK, load
 

@@ -21,9 +21,8 @@ from pathlib import Path
 import torch
 
 from actprm.features import HeadInputs, extract_head_inputs
-from actprm.generate import load_world
 from actprm.model import default_prm_path, load_prm
-from actprm.world.arith import Generator
+from actprm.world.arith import Generator, load_world
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "runs" / "selection_lab"
@@ -66,8 +65,9 @@ def round_timing(args: argparse.Namespace) -> None:
     and scaled linearly (it is linear in both)."""
     from actprm.config import TrainConfig
     from actprm.features import cached_examples, score_cached, train_heads_cached
+    from actprm.labels import LabelCounts
     from actprm.scoring import TrajectoryEncoder, score_trajectories
-    from actprm.train import LabelCounts, build_examples, train_round
+    from actprm.trainer import build_examples, train_round
 
     name = world_name(args.world)
     pool, truth = load(Path(args.work), name, "pool", args.pool_rows)

@@ -18,10 +18,10 @@ from actprm.features import (
     score_cached,
     train_heads_cached,
 )
+from actprm.labels import LabelCounts
 from actprm.model import default_prm_path, load_prm
-from actprm.scoring import score_trajectories
-from actprm.train import LabelCounts, build_examples, train_round
-from actprm.scoring import TrajectoryEncoder
+from actprm.scoring import TrajectoryEncoder, score_trajectories
+from actprm.trainer import build_examples, train_round
 from actprm.world.arith import Generator
 
 
@@ -56,7 +56,7 @@ def test_heads_trained_on_the_cache_equal_the_frozen_backbone_round(prm, rows):
     labels[3] = 0 if labels[3] != 0 else -1  # a few labels that disagree with the text, as a judge's would
     cfg = TrainConfig(backbone="frozen", head_lr=1e-2, epochs=3, batch_size=8, warmup_steps=2,
                       learning_probability=0.5, anchor_lambda=0.5, seed=3, device="cpu")
-    # uncached: actprm.train's round on the full PRM
+    # uncached: actprm.trainer's round on the full PRM
     full = copy.deepcopy(model)
     anchor = {k: v.detach().clone() for k, v in full.heads.state_dict().items()}
     counts = LabelCounts()

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 from conftest import REPO
 
-from actprm.generate import load_world
+from actprm.world.arith import load_world
 from actprm.world.arith import ArithWorld, Generator
 
 HARD = REPO / "configs" / "worlds" / "arith-hard.yaml"
