@@ -470,7 +470,11 @@ class EnsemblePRM(nn.Module):
         from safetensors.torch import load_file
         from transformers import AutoModel, AutoTokenizer
 
-        from actprm.io.model_files import check_model_dir, check_prm_config, read_json_file
+        from actprm.io.model_files import (
+            check_model_dir,
+            check_prm_config,
+            read_json_file,
+        )
 
         path = pathlib.Path(directory)
         cfg_path = path / PRM_CONFIG_NAME

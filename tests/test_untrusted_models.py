@@ -7,10 +7,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO, good_row
 
 from actprm.cli import main
 from actprm.model import default_prm_path
-from conftest import REPO, good_row
 
 EVIL_CODE = """
 import pathlib
@@ -42,7 +42,7 @@ def plant(directory, marker, *, model_type="evilmodel", tokenizer_auto_map=False
 def cli(args, cwd):
     """The CLI in a fresh process answering `y` to any prompt (what a user in a terminal might type)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "actprm.cli", *args], input="y\ny\n", capture_output=True,
+    return subprocess.run([sys.executable, "-m", "actprm.cli", *args], check=False, input="y\ny\n", capture_output=True,
                           text=True, cwd=cwd, env=env, timeout=300)
 
 
