@@ -165,6 +165,16 @@ def _check_text(name: str, value: str) -> None:
         raise RowError("invalid text", f"{name} holds a lone surrogate {bad.group()!a} at character {bad.start()}")
 
 
+def _check_texts(problem: str, steps: list[str] | tuple[str, ...]) -> None:
+    """`_check_text` on the problem and every step in one pass (ASCII text, most rows, is skipped at once)."""
+    blob = "\x00".join((problem, *steps))
+    if blob.isascii() or not _SURROGATE.search(blob):
+        return
+    _check_text("problem", problem)
+    for i, step in enumerate(steps):
+        _check_text(f"step {i}", step)
+
+
 def check_id(rid: Any, limits: Limits) -> str:
     """The row's id if usable; RowError otherwise (see data_schemas/trajectories.yaml for the rules)."""
     if rid is None:
@@ -173,7 +183,7 @@ def check_id(rid: Any, limits: Limits) -> str:
         raise RowError("wrong type", f"id must be a string, got {_type_name(rid)}")
     if rid == "":
         raise RowError("missing id", "the id is an empty string")
-    if not rid.strip():
+    if rid.isspace():
         raise RowError("missing id", "the id is only whitespace")
     if len(rid) > limits.max_id_chars:
         raise RowError("too large", f"the id has {len(rid)} characters, over the limit of {limits.max_id_chars}")
@@ -197,7 +207,7 @@ def check_trajectory(row: dict[str, Any], limits: Limits) -> dict[str, Any]:
         raise RowError("missing problem", "problem is null or absent")
     if not isinstance(problem, str):
         raise RowError("wrong type", f"problem must be a string, got {_type_name(problem)}")
-    if not problem.strip():
+    if not problem or problem.isspace():
         raise RowError("missing problem", "problem is empty" if not problem else "problem is only whitespace")
     if len(problem) > limits.max_problem_chars:
         raise RowError(
@@ -222,7 +232,7 @@ def check_trajectory(row: dict[str, Any], limits: Limits) -> dict[str, Any]:
             raise RowError(
                 "too large", f"step {i} has {len(step)} characters, over the limit of {limits.max_step_chars}"
             )
-        if not step.strip():
+        if not step or step.isspace():
             raise RowError("empty step", f"step {i} is empty" if not step else f"step {i} is only whitespace")
 
     fes = row.get("first_error_step")
@@ -241,9 +251,7 @@ def check_trajectory(row: dict[str, Any], limits: Limits) -> dict[str, Any]:
             raise RowError("wrong type", f"{name} must be {kind.__name__} or null, got {_type_name(value)}")
         if isinstance(value, str):
             _check_text(name, value)
-    _check_text("problem", problem)
-    for i, step in enumerate(steps):
-        _check_text(f"step {i}", step)
+    _check_texts(problem, steps)
 
     return {name: row.get(name) for name in load_schema("trajectories").names} | {"steps": list(steps)}
 

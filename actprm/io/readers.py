@@ -319,21 +319,43 @@ def _text(data: bytes, limit: int = 100_000) -> str:
     return text if len(data) <= limit else text + f"... [{len(data) - limit} more bytes]"
 
 
+def _nests_deeper(value: Any, cap: int) -> bool:
+    """True if a parsed value nests containers deeper than `cap` (walks containers only: cheap for rows)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > cap:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
 def parse_row(data: bytes, limits: Limits) -> Any:
-    """One row's JSON text -> a Python value, or a BadRecord saying why not (nothing deep is parsed)."""
+    """One row's JSON text -> a Python value, or a BadRecord saying why not.
+
+    Nothing deep is built: json's decoder stops at the interpreter's recursion limit (a few hundred
+    KB of memory at most, whatever the nesting), and a row under it but deeper than
+    `limits.max_depth` is refused after the (cheap, containers-only) walk.
+    """
     if len(data) > limits.max_row_bytes:
         return BadRecord("too large", f"the row has {len(data)} bytes, over the limit of {limits.max_row_bytes}",
                          _text(data))
-    if deeper_than(data, limits.max_depth):
-        return BadRecord("too deep", f"the row nests deeper than {limits.max_depth} levels", _text(data, 1000))
+    too_deep = BadRecord("too deep", f"the row nests deeper than {limits.max_depth} levels", _text(data, 1000))
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         return BadRecord("invalid UTF-8", f"byte {exc.start} is not UTF-8", _text(data))
     try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as exc:
+        value = json.loads(text)
+    except RecursionError:
+        return too_deep
+    except ValueError as exc:
         return BadRecord("invalid JSON", _short(exc), text.rstrip("\r\n"))
+    if (isinstance(value, (dict, list)) and data.count(b"[") + data.count(b"{") > limits.max_depth
+            and _nests_deeper(value, limits.max_depth)):
+        return too_deep
+    return value
 
 
 def _jsonl_records(f, limits: Limits) -> Iterator[tuple[int, Any]]:
