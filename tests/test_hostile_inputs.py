@@ -190,3 +190,13 @@ def test_empty_parquet_and_verb_output_with_no_rows(tmp_path, capsys):
                    tmp_path / "empty.parquet")
     assert main(["validate", "--input", str(tmp_path / "empty.parquet"), "--output", str(tmp_path / "o")]) == 2
     assert "no rows in" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, content", [("e.jsonl", ""), ("b.jsonl", "\n  \n"), ("e.json.gz", None)])
+def test_empty_jsonl_and_gz_are_no_rows(tmp_path, capsys, name, content):
+    import gzip
+
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(b"") if content is None else content.encode())
+    assert main(["validate", "--input", str(path), "--output", str(tmp_path / "o")]) == 2
+    assert f"no rows in {path}" in capsys.readouterr().err and not (tmp_path / "o").exists()

@@ -192,6 +192,8 @@ def _first_record(path: Location, kind: str, limits: Limits) -> dict[str, Any] |
                 first_line = False
                 if isinstance(record, dict):
                     return record
+        if first_line:  # blank lines only
+            return "empty"
         raise UserError(f"{path}: no line is a JSON object: not JSON Lines (expected one JSON object per line)")
     with open_binary(path) as f:
         for _, record in _array_records(f, limits, path):
