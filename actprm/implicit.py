@@ -175,8 +175,11 @@ class ImplicitPRM(nn.Module):
 def _load_lm(path: str, device: str | torch.device, dtype: torch.dtype | None):
     from transformers import AutoModel
 
+    from actprm.io.model_files import check_model_dir
+
+    check_model_dir(path)  # no model code, real safetensors, a config that matches its weights
     try:
-        return AutoModel.from_pretrained(path, dtype=dtype or "auto", use_safetensors=True).to(device)
+        return AutoModel.from_pretrained(path, dtype=dtype or "auto", use_safetensors=True, trust_remote_code=False).to(device)
     except (OSError, ValueError) as exc:
         detail = " ".join(str(exc).split())
         raise UserError(f"{path}: cannot load a causal LM for the implicit PRM ({detail[:200]})") from None
@@ -203,11 +206,15 @@ def load_implicit(path: str | None = None, device: str | torch.device = "cpu", *
         raise UserError(f"{directory}: not a model directory (no config.json); the implicit PRM needs a causal LM")
     saved = {}
     if (directory / IMPLICIT_CONFIG_NAME).is_file():
-        saved = json.loads((directory / IMPLICIT_CONFIG_NAME).read_text())
+        from actprm.io.model_files import read_json_file
+
+        saved = read_json_file(directory / IMPLICIT_CONFIG_NAME)
+        if not isinstance(saved, dict):
+            raise UserError(f"{directory / IMPLICIT_CONFIG_NAME}: expected a JSON object")
     beta = float(beta if beta is not None else saved.get("beta", DEFAULT_BETA))
     ref_name = reference or saved.get("reference") or (SHIPPED_BACKBONE if path is None else str(directory.resolve()))
     policy = _load_lm(str(directory), device, dtype)
-    tokenizer = AutoTokenizer.from_pretrained(directory)
+    tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
     sep_id = ensure_separator(tokenizer, policy)
     ref_model = None
     if ref_name != NO_REFERENCE:

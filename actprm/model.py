@@ -482,20 +482,33 @@ class EnsemblePRM(nn.Module):
         from safetensors.torch import load_file
         from transformers import AutoModel, AutoTokenizer
 
+        from actprm.io.model_files import (
+            check_model_dir,
+            check_prm_config,
+            read_json_file,
+        )
+
         path = pathlib.Path(directory)
         cfg_path = path / PRM_CONFIG_NAME
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{cfg_path} not found: not an actprm checkpoint directory")
-        cfg = json.loads(cfg_path.read_text())
+        cfg = read_json_file(cfg_path)
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("format_version", -1), int):
+            raise ValueError(f"{cfg_path}: not an actprm checkpoint config (expected a JSON object)")
         if int(cfg.get("format_version", -1)) > FORMAT_VERSION:
             raise ValueError(f"{path}: checkpoint format {cfg.get('format_version')} is newer than {FORMAT_VERSION}")
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        # before transformers or torch sees the directory: no model code, real safetensors, sizes that agree
+        check_model_dir(path)
+        backbone_cfg = read_json_file(path / "config.json") if (path / "config.json").is_file() else {}
+        hidden = backbone_cfg.get("hidden_size") if isinstance(backbone_cfg, dict) else None
+        check_prm_config(path, cfg, hidden if isinstance(hidden, int) else None)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         # safetensors only: never unpickle a pytorch_model.bin someone left in the directory
         kwargs: dict[str, Any] = {"dtype": _resolve_dtype(dtype) if dtype is not None else "auto",
                                   "use_safetensors": True}
         if attn_implementation is not None:
             kwargs["attn_implementation"] = attn_implementation
-        backbone = AutoModel.from_pretrained(path, **kwargs)
+        backbone = AutoModel.from_pretrained(path, trust_remote_code=False, **kwargs)
         sep_token = cfg.get("separator_token", STEP_SEPARATOR)
         sep_id = _single_token_id(tokenizer, sep_token)
         if sep_id is None or sep_id != int(cfg["separator_token_id"]):
@@ -625,13 +638,17 @@ def from_backbone(
     """
     from transformers import AutoModel, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **from_pretrained_kwargs)
+    from actprm.io.model_files import check_model_dir
+
+    check_model_dir(name_or_path)  # no model code, real safetensors, a config that matches its weights
+    from_pretrained_kwargs.pop("trust_remote_code", None)  # never True: a model's own code does not run
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False, **from_pretrained_kwargs)
     kwargs: dict[str, Any] = dict(from_pretrained_kwargs)
     kwargs["dtype"] = _resolve_dtype(dtype) if dtype is not None else "auto"
     kwargs.setdefault("use_safetensors", True)  # weights from safetensors only, never pickle
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
-    backbone = AutoModel.from_pretrained(name_or_path, **kwargs)
+    backbone = AutoModel.from_pretrained(name_or_path, trust_remote_code=False, **kwargs)
     sep_id = ensure_separator(tokenizer, backbone)
     model = EnsemblePRM(
         backbone,

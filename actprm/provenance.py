@@ -153,11 +153,40 @@ def metadata() -> dict[bytes, bytes]:
     return {METADATA_KEY: json.dumps(current(), sort_keys=True).encode()}
 
 
+#: A provenance record is a flat JSON object of a few hundred bytes; anything far off is not one.
+MAX_RECORD_BYTES = 1 << 20
+MAX_RECORD_DEPTH = 8
+
+
+def parse_record(raw: bytes | None, where: str | os.PathLike) -> dict[str, Any] | None:
+    """The `actprm` metadata value of a file as a record; None if absent; a UserError if it is not a JSON
+    object (not JSON, a list, too large or nested too deep: checked before it is parsed)."""
+    from actprm.errors import UserError
+    from actprm.io.readers import deeper_than
+
+    if not raw:
+        return None
+    problem = None
+    if len(raw) > MAX_RECORD_BYTES:
+        problem = f"{len(raw)} bytes, over {MAX_RECORD_BYTES}"
+    elif deeper_than(raw, MAX_RECORD_DEPTH):
+        problem = f"nested deeper than {MAX_RECORD_DEPTH} levels"
+    else:
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except (ValueError, RecursionError) as exc:
+            problem = f"not JSON: {' '.join(str(exc).split())[:120]}"
+        else:
+            if isinstance(record, dict):
+                return record
+            problem = f"a JSON {type(record).__name__}, not an object"
+    raise UserError(f"{where}: its 'actprm' metadata is not a provenance record ({problem})")
+
+
 def read(path: str | os.PathLike) -> dict[str, Any] | None:
     """The provenance record of one Parquet file; None if it has none (not written by actprm)."""
     meta = pq.read_schema(path).metadata or {}
-    raw = meta.get(METADATA_KEY)
-    return json.loads(raw) if raw else None
+    return parse_record(meta.get(METADATA_KEY), path)
 
 
 # ------------------------------------------------------------------ actprm inspect
@@ -192,8 +221,7 @@ def inspect(path: str | os.PathLike) -> dict[str, Any]:
             raise UserError(f"{f}: not a readable Parquet file ({' '.join(str(exc).split())[:200]})") from None
         rows += meta.metadata.num_rows
         schema = meta.schema_arrow
-        raw = (schema.metadata or {}).get(METADATA_KEY)
-        record = json.loads(raw) if raw else None
+        record = parse_record((schema.metadata or {}).get(METADATA_KEY), f)
         for entry in records:
             if entry["record"] == record:
                 entry["files"] += 1

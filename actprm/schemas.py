@@ -134,15 +134,64 @@ class RowError(Exception):
 
 @dataclass(frozen=True)
 class Limits:
-    """Size limits per row; characters, not tokens (tokenisation comes later)."""
+    """Size limits per row; characters, not tokens (tokenisation comes later).
+
+    `max_depth` and `max_row_bytes` apply to a row's JSON text before it is parsed (a row nesting
+    200,000 `[` must not be built in memory); `max_id_chars` bounds an id, which is copied into every
+    table and join.
+    """
 
     max_problem_chars: int = 50_000
     max_step_chars: int = 20_000
     max_steps: int = 1_000
+    max_depth: int = 64
+    max_row_bytes: int = 64 * 2**20
+    max_id_chars: int = 1_000
 
 
 def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
+def _check_text(name: str, value: str) -> None:
+    """A lone surrogate (a `\\ud800` escape without its pair) is not Unicode text: it cannot be written
+    as UTF-8, and would silently become `?` downstream."""
+    bad = _SURROGATE.search(value)
+    if bad:
+        raise RowError("invalid text", f"{name} holds a lone surrogate {bad.group()!a} at character {bad.start()}")
+
+
+def _check_texts(problem: str, steps: list[str] | tuple[str, ...]) -> None:
+    """`_check_text` on the problem and every step in one pass (ASCII text, most rows, is skipped at once)."""
+    blob = "\x00".join((problem, *steps))
+    if blob.isascii() or not _SURROGATE.search(blob):
+        return
+    _check_text("problem", problem)
+    for i, step in enumerate(steps):
+        _check_text(f"step {i}", step)
+
+
+def check_id(rid: Any, limits: Limits) -> str:
+    """The row's id if usable; RowError otherwise (see data_schemas/trajectories.yaml for the rules)."""
+    if rid is None:
+        raise RowError("missing id", "the row has no id (null or absent)")
+    if not isinstance(rid, str):
+        raise RowError("wrong type", f"id must be a string, got {_type_name(rid)}")
+    if rid == "":
+        raise RowError("missing id", "the id is an empty string")
+    if rid.isspace():
+        raise RowError("missing id", "the id is only whitespace")
+    if len(rid) > limits.max_id_chars:
+        raise RowError("too large", f"the id has {len(rid)} characters, over the limit of {limits.max_id_chars}")
+    bad = _CONTROL.search(rid)
+    if bad:
+        raise RowError("bad id", f"the id holds a control character {bad.group()!a} at character {bad.start()}")
+    _check_text("id", rid)
+    return rid
 
 
 def check_trajectory(row: dict[str, Any], limits: Limits) -> dict[str, Any]:
@@ -151,19 +200,15 @@ def check_trajectory(row: dict[str, Any], limits: Limits) -> dict[str, Any]:
     Returns the row with optional columns filled in; raises RowError otherwise.
     The duplicate-id rule needs the whole corpus and lives with the reader.
     """
-    rid = row.get("id")
-    if rid is None:
-        raise RowError("missing id", "the row has no id (null or absent)")
-    if not isinstance(rid, str):
-        raise RowError("wrong type", f"id must be a string, got {_type_name(rid)}")
-    if rid == "":
-        raise RowError("missing id", "the id is an empty string")
+    check_id(row.get("id"), limits)
 
     problem = row.get("problem")
     if problem is None:
         raise RowError("missing problem", "problem is null or absent")
     if not isinstance(problem, str):
         raise RowError("wrong type", f"problem must be a string, got {_type_name(problem)}")
+    if not problem or problem.isspace():
+        raise RowError("missing problem", "problem is empty" if not problem else "problem is only whitespace")
     if len(problem) > limits.max_problem_chars:
         raise RowError(
             "too large", f"problem has {len(problem)} characters, over the limit of {limits.max_problem_chars}"
@@ -187,6 +232,8 @@ def check_trajectory(row: dict[str, Any], limits: Limits) -> dict[str, Any]:
             raise RowError(
                 "too large", f"step {i} has {len(step)} characters, over the limit of {limits.max_step_chars}"
             )
+        if not step or step.isspace():
+            raise RowError("empty step", f"step {i} is empty" if not step else f"step {i} is only whitespace")
 
     fes = row.get("first_error_step")
     if fes is not None:
@@ -202,22 +249,39 @@ def check_trajectory(row: dict[str, Any], limits: Limits) -> dict[str, Any]:
         value = row.get(name)
         if value is not None and not isinstance(value, kind):
             raise RowError("wrong type", f"{name} must be {kind.__name__} or null, got {_type_name(value)}")
+        if isinstance(value, str):
+            _check_text(name, value)
+    _check_texts(problem, steps)
 
     return {name: row.get(name) for name in load_schema("trajectories").names} | {"steps": list(steps)}
 
 
 def row_json(record: Any) -> str:
-    """The original row as JSON text, for the errors table. Never fails."""
+    """The original row as JSON text, for the errors table. Never fails, and is always writable UTF-8
+    (a lone surrogate is kept as its `\\ud800` escape)."""
     if isinstance(record, str):
-        return record
-    return json.dumps(record, ensure_ascii=False, default=repr)
+        text = record
+    else:
+        try:
+            text = json.dumps(record, ensure_ascii=False, default=repr)
+        except (ValueError, RecursionError):  # a circular or absurdly deep value: never from our readers
+            text = repr(type(record))
+    if _SURROGATE.search(text):
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(record, str) else \
+            json.dumps(record, ensure_ascii=True, default=repr)
+    return text
 
 
 def error_row(source_file: str, row_index: int, rid: Any, reason: str, record: Any) -> dict[str, Any]:
+    """A row of the errors table. `id` is kept only when it is a usable id (else null: it is in row_json)."""
+    try:
+        rid = check_id(rid, Limits())
+    except RowError:
+        rid = None
     return {
         "source_file": source_file,
         "row_index": row_index,
-        "id": rid if isinstance(rid, str) and rid else None,
+        "id": rid,
         "reason": reason,
         "row_json": row_json(record),
     }

@@ -69,7 +69,12 @@ def load_tokenizer(name_or_path: str | os.PathLike | None = None, **kwargs: Any)
     """
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(name_or_path or default_tokenizer_path(), **kwargs)
+    from actprm.io.model_files import check_no_remote_code
+
+    path = name_or_path or default_tokenizer_path()
+    check_no_remote_code(path)
+    kwargs.pop("trust_remote_code", None)  # never True: a model's own code does not run
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=False, **kwargs)
 
 
 def step_separator_id(tokenizer: Any, separator: str = STEP_SEPARATOR) -> int:

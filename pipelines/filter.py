@@ -35,7 +35,6 @@ import functools
 import hashlib
 import json
 import logging
-import shutil
 import sys
 import time
 from collections import Counter
@@ -55,6 +54,7 @@ from actprm.errors import UserError
 from actprm.io.filesystems import file_size
 from actprm.io.readers import (
     SourceFile,
+    check_not_empty,
     inspect_file,
     list_files,
     plan_duplicates,
@@ -63,6 +63,10 @@ from actprm.io.readers import (
 from actprm.io.writers import (
     ShardWriter,
     check_output_dir,
+    check_output_path,
+    make_dirs,
+    refuse_link,
+    remove_output,
     write_parquet_atomic,
     write_text_atomic,
 )
@@ -119,18 +123,17 @@ def file_identity(source: SourceFile) -> dict[str, Any]:
 def prepare_output(cfg: FilterConfig) -> tuple[Path, bool]:
     """The output directory, and whether it holds an earlier run to resume."""
     out = Path(cfg.output)
+    check_output_path(out)
     if cfg.overwrite and out.exists():
         for name in [*TABLES, PROGRESS, "summary.json"]:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+            refuse_link(out / name)  # all checked before anything is removed
+        for name in [*TABLES, PROGRESS, "summary.json"]:
+            remove_output(out / name)
     resume = (out / PROGRESS).is_dir()
     if not resume:
         check_output_dir(out, cfg.overwrite)
     for name in [*TABLES, PROGRESS]:
-        (out / name).mkdir(parents=True, exist_ok=True)
+        make_dirs(out / name)
     return out, resume
 
 
@@ -260,15 +263,17 @@ def run(cfg: FilterConfig, progress: bool = True) -> FilterResult:
     if cfg.selection != "threshold":
         raise UserError("filter selects with the ActPRM rule (--selection threshold); for a budget use actprm score")
     load_scoring_model(cfg.model, "cpu", cfg.implicit_settings())  # a bad --model: one line now, not in an actor
-    out, _ = prepare_output(cfg)
 
     # 1. pre-flight: an unopenable file is an error row, not a crashed job
     sources, bad = [], []
     for path in list_files(cfg.input):
         try:
-            sources.append(inspect_file(path, cfg.format))
+            sources.append(inspect_file(path, cfg.format, cfg.limits))
         except UserError as exc:
             bad.append((path, f"unreadable file: {exc}"))
+    if not bad:
+        check_not_empty(sources, cfg.input)
+    out, _ = prepare_output(cfg)
     init_ray(cfg.address)
     # 2. phase 1: ids, hygiene keys and contamination, calibration sample per file, in parallel
     eval_paths = hygiene.default_eval_sets() if cfg.decontaminate is None else list(cfg.decontaminate)

@@ -58,11 +58,20 @@ def test_no_errors_still_writes_an_empty_errors_table(tmp_path, write_jsonl):
     assert read_dir(tmp_path / "o" / "errors") == []
 
 
-def test_empty_input_gives_empty_outputs(tmp_path, capsys):
-    (tmp_path / "empty.jsonl").write_text("")
-    assert main(["validate", "--input", str(tmp_path / "empty.jsonl"), "--output", str(tmp_path / "o")]) == 0
-    assert "0 rows read" in capsys.readouterr().out
-    assert read_dir(tmp_path / "o" / "valid") == []
+@pytest.mark.parametrize("content", ["", "  \n\n", "[]", "[ ]\n"])
+def test_empty_input_is_a_user_error(tmp_path, capsys, content):
+    (tmp_path / "empty.json").write_text(content)
+    assert main(["validate", "--input", str(tmp_path / "empty.json"), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"no rows in {tmp_path / 'empty.json'}" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_empty_directory_is_a_user_error(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    assert main(["validate", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o")]) == 2
+    assert f"no rows in {tmp_path / 'in'}" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def _bad_files(tmp_path):

@@ -61,7 +61,7 @@ def _expected_q(policy_dir: str, reference_dir: str, beta: float):
     from transformers import AutoModelForCausalLM
 
     tok = load_tokenizer()
-    lms = [AutoModelForCausalLM.from_pretrained(p).eval() for p in (policy_dir, reference_dir)]
+    lms = [AutoModelForCausalLM.from_pretrained(p, trust_remote_code=False).eval() for p in (policy_dir, reference_dir)]
     encoded = TrajectoryEncoder(tok).encode(PROBLEMS, STEPS)
     out = []
     for e in encoded:

@@ -146,4 +146,5 @@ def test_list_files_errors(tmp_path):
     (tmp_path / "x.csv").write_text("a,b")
     with pytest.raises(UserError, match="unsupported file type"):
         list_files([tmp_path / "x.csv"])
-    assert list_files([tmp_path]) == []  # a directory with no data files: an empty corpus
+    with pytest.raises(UserError, match="no rows in .*no data file"):  # a directory with no data files
+        list_files([tmp_path])

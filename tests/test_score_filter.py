@@ -73,13 +73,15 @@ def test_filter_scores_like_in_process_score_and_applies_the_corpus_rules(tmp_pa
     assert len(read_table(tmp_path / "f" / "scored")) == 1198
 
 
-def test_filter_empty_input_gives_empty_tables_and_says_so(tmp_path, local_ray, capsys):
+def test_filter_empty_input_is_a_user_error_and_creates_nothing(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert main(["filter", "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "f"),
-                 "--no-progress"]) == 0
-    assert "the input has no rows" in capsys.readouterr().out
-    for name in ("scored", "selected", "errors"):
-        assert pq.read_table(tmp_path / "f" / name).num_rows == 0
+    (tmp_path / "blank.jsonl").write_text("\n")
+    for name in ("empty", "blank.jsonl"):
+        assert main(["filter", "--input", str(tmp_path / name), "--output", str(tmp_path / "f"),
+                     "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert f"no rows in {tmp_path / name}" in err and err.count("\n") == 1
+        assert not (tmp_path / "f").exists()
 
 
 def test_filter_user_errors_are_one_line_exit_2(tmp_path, capsys):

@@ -7,6 +7,15 @@ then streams batches of valid rows and error rows; memory stays flat in the size
 any one file (Parquet row groups, JSONL lines and JSON arrays are all read
 incrementally). The one piece of corpus-wide state is the set of ids already seen:
 a duplicate id keeps its first occurrence by (file order, row order).
+
+A bad row never takes down its file: a JSONL line that is not UTF-8 or not JSON, a row nested
+deeper than `Limits.max_depth` or larger than `Limits.max_row_bytes` (both checked on the bytes,
+before the row is parsed into Python objects) is an error row with its reason. JSON arrays are cut
+into rows by a byte scanner (`iter_json_array`), so each row is parsed alone: `NaN` (what Python's
+`json.dump` writes) is read as Python reads it, and a bad row is one error row.
+
+The output directory of a verb is accepted as the input of the next (`verb_output_part`): `ann`
+means `ann/annotations`, a filter's `out` means `out/selected`, and `errors/` is never read as data.
 """
 
 from __future__ import annotations
@@ -14,11 +23,11 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import ijson
 import pyarrow.parquet as pq
 
 from actprm.errors import UserError
@@ -29,7 +38,6 @@ from actprm.io.filesystems import (
     list_uri,
     open_binary,
     open_random_access,
-    open_text,
 )
 from actprm.io.formats import (
     FORMATS,
@@ -51,11 +59,37 @@ def _has_suffix(path: Location, suffixes: tuple[str, ...]) -> bool:
     return file_name(path).lower().endswith(suffixes)
 
 
+#: The tables a verb writes under its --output, in the order a next verb takes them: a directory
+#: holding only these (and files a verb writes beside them) is read as the first table it holds.
+VERB_TABLES = ("selected", "annotations", "valid", "scored", "labelled")
+#: What else a verb's output directory may hold (never read as rows).
+VERB_EXTRAS = ("errors", "summary.json", "selection.png", "estimate.json", "judge_check.json")
+
+
+def verb_output_part(directory: Path) -> Path:
+    """The table of a verb's output directory that the next verb reads, or `directory` itself.
+
+    `annotate`'s `ann` -> `ann/annotations`, `validate`'s `out` -> `out/valid`, `filter`'s `out` ->
+    `out/selected`, `score`'s `out` -> `out/scored`. A directory with anything else in it (a user's
+    own folder of data files) is read as it is.
+    """
+    try:
+        names = {p.name for p in directory.iterdir() if not p.name.startswith((".", "_"))}
+    except OSError:
+        return directory
+    tables = [t for t in VERB_TABLES if (directory / t).is_dir()]
+    if not tables or not names <= set(VERB_TABLES) | set(VERB_EXTRAS):
+        return directory
+    return directory / tables[0]
+
+
 def list_files(inputs: list[str | os.PathLike]) -> list[Location]:
     """Files named by paths, directories (searched recursively) and globs, in a stable order.
 
     Local files come back as Paths; `scheme://` inputs (s3://, gs://, hdfs://, ...: any filesystem
-    pyarrow supports, see actprm.io.filesystems) as URI strings of the same form.
+    pyarrow supports, see actprm.io.filesystems) as URI strings of the same form. A verb's output
+    directory stands for the table the next verb reads (`verb_output_part`); a directory without any
+    data file is a user error.
     """
     files: list[Location] = []
     for item in inputs:
@@ -77,11 +111,14 @@ def list_files(inputs: list[str | os.PathLike]) -> list[Location]:
             if not path.exists():
                 raise UserError(f"{text}: no such file or directory")
             if path.is_dir():
+                path = verb_output_part(path)
                 candidates = sorted(
                     p for p in path.rglob("*")
                     if p.is_file() and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
                 )
                 candidates = [p for p in candidates if _has_suffix(p, DATA_SUFFIXES)]
+                if not candidates:
+                    raise UserError(f"no rows in {text}: no data file ({', '.join(DATA_SUFFIXES)}) in this directory")
             else:
                 candidates = [path]
         for path in candidates:
@@ -112,35 +149,59 @@ class SourceFile:
 
 def _sniff_json(path: Location) -> str:
     with open_binary(path) as f:
+        first = True
         while True:
             chunk = f.read(4096)
             if not chunk:
                 return "empty"
+            if first and chunk.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark
+                chunk = chunk[3:]
+            first = False
             stripped = chunk.lstrip()
             if stripped:
                 return {ord("["): "json-array", ord("{"): "jsonl"}.get(stripped[0], "unknown")
 
 
-def _first_record(path: Location, kind: str) -> dict[str, Any] | None:
-    """The first JSON object of a JSONL file or JSON array, for format detection."""
-    if kind == "jsonl":
-        with open_text(path) as f:
-            for line in f:
-                if line.strip():
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    if isinstance(record, dict):
-                        return record
-        return None
+#: A JSONL file whose first line is not JSON is parsed whole (up to this size) to tell a pretty-printed
+#: JSON value, which is a file error, from a JSONL file with a bad first line.
+WHOLE_FILE_CHECK_BYTES = 64 * 2**20
+
+
+def _whole_json(path: Location) -> bool:
+    """True if the file (not too large) is one JSON value written over several lines."""
     with open_binary(path) as f:
-        for record in ijson.items(f, "item", use_float=True):
+        data = f.read(WHOLE_FILE_CHECK_BYTES + 1)
+    if len(data) > WHOLE_FILE_CHECK_BYTES or deeper_than(data, 512):
+        return False
+    try:
+        json.loads(data.decode("utf-8-sig"))
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def _first_record(path: Location, kind: str, limits: Limits) -> dict[str, Any] | None | str:
+    """The first JSON object of a JSONL file or JSON array, for format detection ("empty": an empty array)."""
+    if kind == "jsonl":
+        with open_binary(path) as f:
+            first_line = True
+            for _, record in _jsonl_records(f, limits):
+                if first_line and isinstance(record, BadRecord) and _whole_json(path):
+                    raise UserError(f"{path}: one JSON value written over several lines (a pretty-printed JSON "
+                                    "object?), not JSON Lines: expected one row per line, or a JSON array of rows")
+                first_line = False
+                if isinstance(record, dict):
+                    return record
+        if first_line:  # blank lines only
+            return "empty"
+        raise UserError(f"{path}: no line is a JSON object: not JSON Lines (expected one JSON object per line)")
+    with open_binary(path) as f:
+        for _, record in _array_records(f, limits, path):
             return record if isinstance(record, dict) else None
-    return None
+    return "empty"
 
 
-def inspect_file(path: Location, fmt: str = "auto") -> SourceFile:
+def inspect_file(path: Location, fmt: str = "auto", limits: Limits = Limits()) -> SourceFile:
     """Pre-flight one file; raises UserError naming the file and the problem."""
     if fmt != "auto" and fmt not in FORMATS:
         raise UserError(f"unknown --format {fmt!r}; expected auto or one of {', '.join(FORMATS)}")
@@ -159,15 +220,15 @@ def inspect_file(path: Location, fmt: str = "auto") -> SourceFile:
                 return SourceFile(path, "jsonl", fmt if fmt != "auto" else "canonical", False, 0)
             if kind == "unknown":
                 raise UserError(f"{path}: not JSON (expected a JSON array or one JSON object per line)")
-            first = _first_record(path, kind)
-            if first is None:
-                if kind == "jsonl":  # no usable line: every line becomes an error row
-                    return SourceFile(path, kind, fmt if fmt != "auto" else "canonical", False, None)
+            first = _first_record(path, kind, limits)
+            if first == "empty":
                 return SourceFile(path, kind, fmt if fmt != "auto" else "canonical", False, 0)
+            if not isinstance(first, dict):  # an empty array, or one whose first element is not an object
+                return SourceFile(path, kind, fmt if fmt != "auto" else "canonical", False, None)
             columns = list(first)
     except UserError:
         raise
-    except (OSError, ValueError, EOFError, ijson.JSONError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise UserError(f"{path}: cannot be read as {_kind_name(path)} ({_short(exc)})") from None
 
     if fmt == "auto":
@@ -192,9 +253,19 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def open_corpus(inputs: list[str | os.PathLike], fmt: str = "auto") -> list[SourceFile]:
-    """List and pre-flight every input file. An empty list means an empty corpus."""
-    return [inspect_file(path, fmt) for path in list_files(inputs)]
+def open_corpus(inputs: list[str | os.PathLike], fmt: str = "auto", limits: Limits = Limits()) -> list[SourceFile]:
+    """List and pre-flight every input file; a corpus with no file, or only empty files, is a user error."""
+    sources = [inspect_file(path, fmt, limits) for path in list_files(inputs)]
+    check_not_empty(sources, inputs)
+    return sources
+
+
+def check_not_empty(sources: list[SourceFile], inputs: list[str | os.PathLike]) -> None:
+    """A UserError "no rows in ..." when no file holds a row (as far as pre-flight can tell)."""
+    if all(s.n_rows == 0 for s in sources):
+        named = ", ".join(str(i) for i in inputs[:3]) + (", ..." if len(inputs) > 3 else "")
+        raise UserError(f"no rows in {named or 'the input'}: "
+                        + ("no data file" if not sources else f"{len(sources)} empty file(s)"))
 
 
 def known_rows(sources: list[SourceFile]) -> int | None:
@@ -206,8 +277,248 @@ def known_rows(sources: list[SourceFile]) -> int | None:
 # ------------------------------------------------------------------- raw records
 
 
-def iter_raw(src: SourceFile, batch_rows: int = 2048) -> Iterator[list[tuple[int, Any]]]:
-    """Batches of (row_index, record) where record is a dict, or the raw line text when it is not JSON."""
+@dataclass(frozen=True)
+class BadRecord:
+    """A row that could not be parsed into a record: why, and its text (for the errors table)."""
+
+    kind: str
+    detail: str
+    text: str
+
+
+_STRUCT = re.compile(rb'["\[\]{},]')
+_STRING_BODY = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*', re.DOTALL)
+_OPEN, _CLOSE, _QUOTE, _COMMA = ord("["), ord("]"), ord('"'), ord(",")
+_OPEN_OBJ, _CLOSE_OBJ = ord("{"), ord("}")
+READ_CHUNK = 1 << 20
+
+
+def deeper_than(data: bytes, cap: int) -> bool:
+    """True if brackets in JSON text (outside strings) nest deeper than `cap` (stops scanning there)."""
+    if data.count(b"[") + data.count(b"{") <= cap:
+        return False
+    depth = i = 0
+    n = len(data)
+    while i < n:
+        m = _STRUCT.search(data, i)
+        if m is None:
+            break
+        c, i = data[m.start()], m.end()
+        if c == _QUOTE:
+            i = _STRING_BODY.match(data, i).end() + 1
+        elif c == _OPEN or c == _OPEN_OBJ:
+            depth += 1
+            if depth > cap:
+                return True
+        elif c == _CLOSE or c == _CLOSE_OBJ:
+            depth -= 1
+    return False
+
+
+def _text(data: bytes, limit: int = 100_000) -> str:
+    """Bytes as text for an error row (invalid UTF-8 replaced, long text cut)."""
+    text = data[:limit].decode("utf-8", errors="replace")
+    return text if len(data) <= limit else text + f"... [{len(data) - limit} more bytes]"
+
+
+def _nests_deeper(value: Any, cap: int) -> bool:
+    """True if a parsed value nests containers deeper than `cap` (walks containers only: cheap for rows)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > cap:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
+def parse_row(data: bytes, limits: Limits) -> Any:
+    """One row's JSON text -> a Python value, or a BadRecord saying why not.
+
+    Nothing deep is built: json's decoder stops at the interpreter's recursion limit (a few hundred
+    KB of memory at most, whatever the nesting), and a row under it but deeper than
+    `limits.max_depth` is refused after the (cheap, containers-only) walk.
+    """
+    if len(data) > limits.max_row_bytes:
+        return BadRecord("too large", f"the row has {len(data)} bytes, over the limit of {limits.max_row_bytes}",
+                         _text(data))
+    too_deep = BadRecord("too deep", f"the row nests deeper than {limits.max_depth} levels", _text(data, 1000))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return BadRecord("invalid UTF-8", f"byte {exc.start} is not UTF-8", _text(data))
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        return too_deep
+    except ValueError as exc:
+        return BadRecord("invalid JSON", _short(exc), text.rstrip("\r\n"))
+    if (isinstance(value, (dict, list)) and data.count(b"[") + data.count(b"{") > limits.max_depth
+            and _nests_deeper(value, limits.max_depth)):
+        return too_deep
+    return value
+
+
+def _jsonl_records(f, limits: Limits) -> Iterator[tuple[int, Any]]:
+    """(line index, record or BadRecord) of a binary JSONL stream; blank lines are skipped.
+
+    A line longer than `limits.max_row_bytes` is never held whole: it is skipped to its end.
+    """
+    index = -1
+    while True:
+        line = f.readline(limits.max_row_bytes + 1)
+        if not line:
+            return
+        index += 1
+        if index == 0 and line.startswith(b"\xef\xbb\xbf"):
+            line = line[3:]
+        if len(line) > limits.max_row_bytes and not line.endswith(b"\n"):
+            size = len(line)
+            while not line.endswith(b"\n"):
+                line = f.readline(READ_CHUNK)
+                if not line:
+                    break
+                size += len(line)
+            yield index, BadRecord("too large", f"the line has {size} bytes, over the limit of "
+                                                f"{limits.max_row_bytes}", "[line not kept]")
+            continue
+        if line.strip():
+            yield index, parse_row(line, limits)
+
+
+class _ArrayScanner:
+    """Cuts a JSON array, read in chunks, into the bytes of its elements without parsing them.
+
+    It tracks strings and bracket depth only; each element is then parsed alone (`parse_row`), so
+    one bad element is one error row. Elements deeper than `max_depth` or larger than `max_bytes`
+    are not kept, only counted.
+    """
+
+    def __init__(self, max_depth: int, max_bytes: int):
+        self.max_depth, self.max_bytes = max_depth, max_bytes
+        self.started = self.ended = self.in_string = self.escape = False
+        self.depth = 0
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.deep = False
+        self.elements = 0
+        self.trailing = b""
+
+    def _take(self, piece: bytes) -> None:
+        if self.deep or self.size > self.max_bytes:
+            self.size += len(piece)
+            return
+        self.size += len(piece)
+        if self.size > self.max_bytes:
+            self.parts = []
+        else:
+            self.parts.append(piece)
+
+    def _element(self, last: bool) -> Iterator[Any]:
+        data = b"".join(self.parts).strip()
+        size, deep = self.size, self.deep
+        self.parts, self.size, self.deep = [], 0, False
+        if deep:
+            yield BadRecord("too deep", f"the row nests deeper than {self.max_depth} levels", "[row not kept]")
+        elif size > self.max_bytes:
+            yield BadRecord("too large", f"the row has about {size} bytes, over the limit of {self.max_bytes}",
+                            "[row not kept]")
+        elif data:
+            yield data
+        elif not (last and self.elements == 0):  # `[]` is an empty array; `[1,,2]` or `[1,]` a bad element
+            yield BadRecord("invalid JSON", "an empty element between commas", "")
+        self.elements += 1
+
+    def feed(self, buf: bytes) -> Iterator[Any]:
+        """The elements (bytes, or BadRecord) completed by this chunk."""
+        i, n = 0, len(buf)
+        start = 0
+        while i < n:
+            if self.ended:
+                self.trailing += buf[i:].strip()[:100]
+                return
+            if self.in_string:
+                if self.escape:
+                    self.escape = False
+                    i += 1
+                    continue
+                j = _STRING_BODY.match(buf, i).end()
+                if j >= n:
+                    break
+                if buf[j] == _QUOTE:
+                    self.in_string = False
+                    i = j + 1
+                else:  # a backslash as the last byte of the chunk
+                    self.escape = True
+                    i = n
+                continue
+            if not self.started:
+                rest = buf[i:].lstrip()
+                if not rest:
+                    return
+                if rest.startswith(b"\xef\xbb\xbf"):
+                    i = n - len(rest) + 3
+                    continue
+                if rest[0] != _OPEN:
+                    raise ValueError("not a JSON array")
+                self.started, self.depth = True, 1
+                i = start = n - len(rest) + 1
+                continue
+            m = _STRUCT.search(buf, i)
+            if m is None:
+                break
+            k = m.start()
+            c = buf[k]
+            i = k + 1
+            if c == _QUOTE:
+                self.in_string = True
+            elif c == _OPEN or c == _OPEN_OBJ:
+                self.depth += 1
+                if self.depth - 1 > self.max_depth:
+                    self.deep = True
+            elif c == _CLOSE or c == _CLOSE_OBJ:
+                self.depth -= 1
+                if self.depth == 0:
+                    self._take(buf[start:k])
+                    yield from self._element(last=True)
+                    self.ended = True
+                    start = i
+            elif c == _COMMA and self.depth == 1:
+                self._take(buf[start:k])
+                yield from self._element(last=False)
+                start = i
+        if self.started and not self.ended:
+            self._take(buf[start:n])
+
+
+def iter_json_array(f, max_depth: int, max_bytes: int, chunk: int = READ_CHUNK) -> Iterator[Any]:
+    """The elements of a JSON array in a binary stream: each as its bytes, or a BadRecord (too deep, too large).
+
+    Raises ValueError when the stream is not one JSON array (no `[`, cut short, text after the `]`).
+    """
+    scanner = _ArrayScanner(max_depth, max_bytes)
+    while True:
+        buf = f.read(chunk)
+        if not buf:
+            break
+        yield from scanner.feed(buf)
+    if not scanner.started:
+        return
+    if not scanner.ended:
+        raise ValueError("the file ends inside the array (cut short?)")
+    if scanner.trailing:
+        raise ValueError(f"text after the end of the array: {scanner.trailing[:40]!r}")
+
+
+def _array_records(f, limits: Limits, path: Location) -> Iterator[tuple[int, Any]]:
+    for index, element in enumerate(iter_json_array(f, limits.max_depth, limits.max_row_bytes)):
+        yield index, element if isinstance(element, BadRecord) else parse_row(element, limits)
+
+
+def iter_raw(src: SourceFile, batch_rows: int = 2048, limits: Limits = Limits()
+             ) -> Iterator[list[tuple[int, Any]]]:
+    """Batches of (row_index, record): a dict, another JSON value, or a BadRecord (why the row is unusable)."""
     try:
         if src.kind == "parquet":
             index = 0
@@ -215,34 +526,20 @@ def iter_raw(src: SourceFile, batch_rows: int = 2048) -> Iterator[list[tuple[int
                 records = batch.to_pylist()
                 yield list(enumerate(records, start=index))
                 index += len(records)
-        elif src.kind == "jsonl":
-            out: list[tuple[int, Any]] = []
-            with open_text(src.path) as f:
-                for index, line in enumerate(f):
-                    if not line.strip():
-                        continue
-                    try:
-                        out.append((index, json.loads(line)))
-                    except json.JSONDecodeError:
-                        out.append((index, line.rstrip("\n")))
-                    if len(out) >= batch_rows:
-                        yield out
-                        out = []
-            if out:
-                yield out
-        elif src.kind == "json-array":
-            out = []
-            with open_binary(src.path) as f:
-                for index, record in enumerate(ijson.items(f, "item", use_float=True)):
-                    out.append((index, record))
-                    if len(out) >= batch_rows:
-                        yield out
-                        out = []
-            if out:
-                yield out
-        else:
+            return
+        if src.kind not in ("jsonl", "json-array"):
             raise ValueError(f"unknown file kind {src.kind!r}")
-    except (OSError, EOFError, ijson.JSONError, UnicodeDecodeError) as exc:
+        out: list[tuple[int, Any]] = []
+        with open_binary(src.path) as f:
+            records = (_jsonl_records(f, limits) if src.kind == "jsonl" else _array_records(f, limits, src.path))
+            for item in records:
+                out.append(item)
+                if len(out) >= batch_rows:
+                    yield out
+                    out = []
+        if out:
+            yield out
+    except (OSError, EOFError, ValueError) as exc:
         raise UserError(f"{src.path}: cannot be read as {_kind_name(src.path)} ({_short(exc)})") from None
 
 
@@ -296,8 +593,8 @@ def validate_record(
     record: Any, src: SourceFile, limits: Limits, step_separator: str
 ) -> dict[str, Any]:
     """One raw record → a valid trajectory row, or RowError. (No duplicate check.)"""
-    if isinstance(record, str):
-        raise RowError("invalid JSON", "the line is not valid JSON")
+    if isinstance(record, BadRecord):
+        raise RowError(record.kind, record.detail)
     if not isinstance(record, dict):
         raise RowError("wrong type", f"expected a JSON object, got {type(record).__name__}")
     row = to_trajectory(record, src.fmt, MapContext(file_stem=src.name.split(".")[0], step_separator=step_separator))
@@ -320,7 +617,7 @@ def iter_file_batches(
     """Stream every row of `sources[file_index]` into exactly one of valid / errors."""
     src = sources[file_index]
     source_file = str(src.path)
-    for raw in iter_raw(src, batch_rows):
+    for raw in iter_raw(src, batch_rows, limits):
         batch = Batch(source_file=source_file, valid=[], errors=[])
         for row_index, record in raw:
             rid = record.get("id") if isinstance(record, dict) else None
@@ -334,7 +631,8 @@ def iter_file_batches(
                 batch.valid.append(row)
                 batch.valid_index.append(row_index)
             except RowError as exc:
-                batch.errors.append(error_row(source_file, row_index, rid, exc.reason, record))
+                shown = record.text if isinstance(record, BadRecord) else record
+                batch.errors.append(error_row(source_file, row_index, rid, exc.reason, shown))
         yield batch
 
 

@@ -4,12 +4,19 @@ Every shard is cast to `actprm.schemas.arrow_schema(table)` and written to a tem
 name, then renamed, so a reader never sees half a shard and no two shards of a table
 can differ in schema (no string vs large_string drift). Every file carries the job's
 provenance (actprm.provenance) in its schema metadata.
+
+Output directories: nothing is created before a job writes (checks only: `check_output_path`);
+a path that cannot be created is one line (`make_dirs`); a symbolic link where an earlier output
+would be replaced is refused before the job starts (never deleted through); staging directories
+are named after their host and process, and those of dead processes are removed by the next run.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,28 +31,119 @@ from actprm.errors import UserError
 from actprm.schemas import table_from_rows, to_canonical
 
 
-def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:
-    """`path` as an output directory: absent, empty, or `overwrite` given; else a user error."""
+def _reason(exc: OSError) -> str:
+    return exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """`path` can become an output directory: it is one, or its nearest existing parent is a writable
+    directory. Checks only; nothing is created."""
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a directory")
+    parent = out
+    while not parent.exists() and not parent.is_symlink() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{out}: cannot be created: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{out}: cannot be created: {parent} is not writable")
+    return out
+
+
+def make_dirs(path: str | os.PathLike) -> Path:
+    """mkdir -p, with a failure as one line (a read-only or virtual filesystem, a file in the way)."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{out}: cannot create this directory ({_reason(exc)})") from None
+    return out
+
+
+def refuse_link(target: Path) -> None:
+    """An earlier output about to be replaced must not be a symbolic link: what it points to is not ours."""
+    if target.is_symlink():
+        raise UserError(f"{target}: is a symbolic link; actprm does not replace or delete through links "
+                        "(remove the link or choose another --output)")
+
+
+def remove_output(target: Path) -> None:
+    """Remove an earlier output (a directory or a file) at `target`; a link is refused, a failure is one line."""
+    refuse_link(target)
+    try:
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    except OSError as exc:
+        raise UserError(f"{target}: cannot remove the earlier output ({_reason(exc)})") from None
+
+
+def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:
+    """`path` as an output directory: absent, empty, or `overwrite` given; else a user error. Creates nothing."""
+    out = check_output_path(path)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out}: exists and is not empty; choose another --output or pass --overwrite")
+    if overwrite:
+        refuse_link(out)
     return out
+
+
+# ------------------------------------------------------------------------ staging directories
+
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+
+
+def staging_name(prefix: str) -> str:
+    """`PREFIX<host>-<pid>-<random>`: whose it is, so that the next run can tell a dead run's from a live one's."""
+    return f"{prefix}{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def clean_stale_staging(directory: Path, prefix: str) -> list[Path]:
+    """Remove `directory/PREFIX*` left by killed runs: those of this host whose process is gone, and the
+    older `PREFIX<8 hex>` names (written before staging names carried their process). Returns them."""
+    removed = []
+    try:
+        entries = [p for p in directory.iterdir() if p.name.startswith(prefix)] if directory.is_dir() else []
+    except OSError:
+        return removed
+    for path in entries:
+        rest = path.name[len(prefix):]
+        match = re.fullmatch(r"([A-Za-z0-9]+)-(\d+)-[0-9a-f]{8}", rest)
+        stale = (re.fullmatch(r"[0-9a-f]{8}", rest) is not None
+                 or (match is not None and match.group(1) == _HOST and not _alive(int(match.group(2)))))
+        if stale and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 @contextmanager
 def replaced_dir(out: Path) -> Iterator[Path]:
     """Yield a fresh staging directory next to `out`; on success it replaces `out` whole.
 
-    A job killed or failing inside the block leaves `out` as it was (and no staging behind).
+    A job killed or failing inside the block leaves `out` as it was (and no staging behind; one of a
+    killed process is removed by the next run).
     """
-    staging = out.parent / f".{out.name}.staging-{uuid.uuid4().hex[:8]}"
-    staging.mkdir(parents=True)
+    out = check_output_path(out)
+    refuse_link(out)
+    make_dirs(out.parent)
+    clean_stale_staging(out.parent, f".{out.name}.staging-")
+    staging = make_dirs(out.parent / staging_name(f".{out.name}.staging-"))
     try:
         yield staging
-        if out.exists():
-            shutil.rmtree(out)
+        remove_output(out)
         os.replace(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -84,7 +182,7 @@ class ShardWriter:
         self.table = table
         self.rows_per_shard = rows_per_shard
         self.prefix = prefix
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.directory)
         self._rows: list[dict[str, Any]] = []
         self._tables: list[pa.Table] = []
         self._buffered = 0
@@ -143,42 +241,51 @@ class ShardWriter:
 class StagedOutput:
     """An output directory that appears only when the job succeeds.
 
-    Sub-tables are written under `DIR/.staging-XXXX/` and moved into `DIR/` by `commit()`;
-    a failed job leaves `DIR` as it was. An existing sub-table is an error unless
-    `overwrite` is set.
+    Sub-tables are written under `DIR/.staging-<host>-<pid>-XXXX/` and moved into `DIR/` by `commit()`;
+    a failed job leaves `DIR` as it was. An existing sub-table is an error unless `overwrite` is set,
+    and one that is a symbolic link always is. Construction only checks: `DIR` and the staging
+    directory are made when the job first asks for a path to write (`path()`, `staging`).
     """
 
+    PREFIX = ".staging-"
+
     def __init__(self, directory: str | os.PathLike, parts: list[str], overwrite: bool = False):
-        self.directory = Path(directory)
+        self.directory = check_output_path(directory)
         self.parts = parts
-        existing = [p for p in parts if (self.directory / p).exists()]
+        existing = [p for p in parts if (self.directory / p).exists() or (self.directory / p).is_symlink()]
         if existing and not overwrite:
             raise UserError(
                 f"{self.directory}: already holds {', '.join(existing)}; choose another --output or pass --overwrite"
             )
-        if self.directory.exists() and not self.directory.is_dir():
-            raise UserError(f"{self.directory}: exists and is not a directory")
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.staging = self.directory / f".staging-{uuid.uuid4().hex[:8]}"
-        self.staging.mkdir()
+        for part in existing:
+            refuse_link(self.directory / part)
+        self._staging: Path | None = None
+
+    @property
+    def staging(self) -> Path:
+        """The staging directory, made on first use (with `DIR`); stale ones of killed runs are removed then."""
+        if self._staging is None:
+            make_dirs(self.directory)
+            clean_stale_staging(self.directory, self.PREFIX)
+            self._staging = make_dirs(self.directory / staging_name(self.PREFIX))
+        return self._staging
 
     def path(self, part: str) -> Path:
         return self.staging / part
 
     def commit(self) -> None:
-        for part in self.parts:
-            target = self.directory / part
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-            staged = self.staging / part
+        if self._staging is None:  # nothing was written
+            return
+        for part in self.parts:  # an earlier run's part goes even when this run has none (e.g. no plot)
+            remove_output(self.directory / part)
+            staged = self._staging / part
             if staged.exists():
-                os.replace(staged, target)
-        shutil.rmtree(self.staging, ignore_errors=True)
+                os.replace(staged, self.directory / part)
+        shutil.rmtree(self._staging, ignore_errors=True)
 
     def abort(self) -> None:
-        shutil.rmtree(self.staging, ignore_errors=True)
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
 
     def __enter__(self) -> "StagedOutput":
         return self

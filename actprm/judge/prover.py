@@ -126,7 +126,11 @@ class LocalProver:
         self.name = path if model else "actprm/assets/backbone"
         self.tokenizer = load_tokenizer(path)
         self.tokenizer.padding_side = "left"
-        self.model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).to(device).eval()
+        from actprm.io.model_files import check_model_dir
+
+        check_model_dir(path)  # no model code from the directory, real safetensors
+        self.model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True,
+                                                          trust_remote_code=False).to(device).eval()
         self.device = device
         ids = self.tokenizer.encode(STEP_SEPARATOR, add_special_tokens=False)
         self.separator_id = ids[0] if len(ids) == 1 else None

@@ -1,0 +1,117 @@
+"""Output directories misused: one line and exit 2, nothing deleted through a link, nothing created by a
+failed job, staging directories of killed runs cleaned by the next run; hostile files for `inspect`."""
+
+import json
+import os
+import re
+import socket
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import good_row
+
+from actprm.cli import main
+from actprm.io.writers import StagedOutput, replaced_dir, staging_name
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps(good_row(i)) + "\n" for i in range(4)))
+    return path
+
+
+def one_line_error(capsys, *needles):
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("actprm: error: ") and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_output_on_a_virtual_filesystem(corpus, capsys):
+    assert main(["validate", "--input", str(corpus), "--output", "/proc/actprm-test-x"]) == 2
+    one_line_error(capsys, "/proc/actprm-test-x")
+
+
+def test_output_below_a_file(tmp_path, corpus, capsys):
+    (tmp_path / "good.parquet").write_bytes(b"x")
+    assert main(["validate", "--input", str(corpus), "--output", str(tmp_path / "good.parquet" / "sub")]) == 2
+    one_line_error(capsys, "good.parquet is not a directory")
+    assert main(["validate", "--input", str(corpus), "--output", str(tmp_path / "good.parquet")]) == 2
+    one_line_error(capsys, "exists and is not a directory")
+
+
+def test_overwrite_never_deletes_through_a_symlink(tmp_path, corpus, capsys):
+    out = tmp_path / "out"
+    assert main(["validate", "--input", str(corpus), "--output", str(out)]) == 0
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "keep.parquet").write_bytes(b"mine")
+    os.rename(out / "valid", tmp_path / "old-valid")
+    (out / "valid").symlink_to(precious, target_is_directory=True)
+    capsys.readouterr()
+    assert main(["validate", "--input", str(corpus), "--output", str(out), "--overwrite"]) == 2
+    one_line_error(capsys, "symbolic link")
+    assert (precious / "keep.parquet").read_bytes() == b"mine" and (out / "valid").is_symlink()
+    assert not list(out.glob(".staging-*"))  # refused before anything was staged
+
+
+def test_replaced_dir_refuses_a_link(tmp_path):
+    target = tmp_path / "t"
+    target.mkdir()
+    (target / "f").write_text("keep")
+    (tmp_path / "link").symlink_to(target, target_is_directory=True)
+    with pytest.raises(Exception, match="symbolic link"), replaced_dir(tmp_path / "link") as staging:
+        (staging / "x").write_text("new")
+    assert (target / "f").read_text() == "keep"
+
+
+def test_failed_job_creates_nothing(tmp_path, capsys):
+    out = tmp_path / "deep" / "out"
+    assert main(["validate", "--input", str(tmp_path / "missing.jsonl"), "--output", str(out)]) == 2
+    assert not (tmp_path / "deep").exists()
+    staged = StagedOutput(out, ["valid"])  # construction checks only
+    assert not (tmp_path / "deep").exists()
+    staged.abort()
+    assert not (tmp_path / "deep").exists()
+
+
+def test_staging_of_killed_runs_is_cleaned_by_the_next_run(tmp_path, corpus):
+    out = tmp_path / "out"
+    out.mkdir()
+    host = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32]
+    dead_pid = 2**22 + 12345  # above any pid this machine hands out
+    stale = [out / ".staging-0badc0de", out / f".staging-{host}-{dead_pid}-0badc0de"]
+    live = [out / f".staging-{host}-1-0badc0de",  # pid 1 is alive
+            out / f".staging-otherhost-{dead_pid}-0badc0de"]  # another host's: cannot tell, kept
+    for d in stale + live:
+        (d / "valid").mkdir(parents=True)
+    assert main(["validate", "--input", str(corpus), "--output", str(out)]) == 0
+    assert [d.exists() for d in stale] == [False, False] and [d.exists() for d in live] == [True, True]
+    assert re.fullmatch(rf"\.staging-{host}-{os.getpid()}-[0-9a-f]{{8}}", staging_name(".staging-"))
+
+
+def test_train_output_staging_of_killed_runs_is_cleaned(tmp_path):
+    stale = tmp_path / ".model.staging-0badc0de"
+    stale.mkdir()
+    with replaced_dir(tmp_path / "model") as staging:
+        (staging / "x").write_text("1")
+    assert not stale.exists() and (tmp_path / "model" / "x").read_text() == "1"
+
+
+# ------------------------------------------------------------------------------- inspect
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (b"{not json", "not JSON"),
+    (b"[1, 2, 3]", "a JSON list, not an object"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested deeper than"),
+    (b"\xff\xfe", "not JSON"),
+])
+def test_inspect_with_hostile_metadata_is_one_line(tmp_path, capsys, raw, reason):
+    table = pa.Table.from_pylist([good_row(0)]).replace_schema_metadata({b"actprm": raw})
+    pq.write_table(table, tmp_path / "t.parquet")
+    assert main(["inspect", str(tmp_path / "t.parquet")]) == 2
+    one_line_error(capsys, "'actprm' metadata is not a provenance record", reason)
