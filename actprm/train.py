@@ -48,7 +48,7 @@ from actprm.errors import UserError
 from actprm.io.readers import iter_batches, list_files, open_corpus
 from actprm.io.writers import replaced_dir
 from actprm.progress import progress_bar
-from actprm.scoring import EncodedTrajectory, TrajectoryEncoder
+from actprm.scoring import EncodedTrajectory, TrajectoryEncoder, encoder_for
 
 OPTIMIZER_NAME = "optimizer.safetensors"
 ANCHOR_NAME = "heads_init.safetensors"
@@ -556,7 +556,7 @@ def train_and_save(cfg: TrainConfig, rows: list[dict[str, Any]], counts: LabelCo
 
         return train_and_save_implicit(cfg, rows, counts, device, progress=progress)
     model, tokenizer, anchor, opt_state, prev = load_checkpoint(cfg.model, device)
-    encoder = TrajectoryEncoder(tokenizer, max_length=cfg.max_length or model.max_length)
+    encoder = encoder_for(model, tokenizer, max_length=cfg.max_length or model.max_length)  # the model's own format
     examples = build_examples(rows, encoder, counts)
     if len(examples) < world_size:
         raise UserError("nothing to train on: no labelled trajectory survived the join "
