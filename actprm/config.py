@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -96,6 +96,8 @@ class ScoreConfig(ValidateConfig, SelectionConfig, ScorerConfig):
     target_rate: float | None = Field(None, ge=0.0, le=1.0, description="choose delta_pred/delta_std on a sample "
                                       "so that about this share of the rows is selected (actprm.uncertainty)")
     calibration_sample: int = Field(1000, gt=0, description="rows scored to choose the deltas for target_rate")
+    system_prompt: str | None = Field(None, description="system prompt of the scoring format (null: the PRM's own, "
+                                      "stored in its prm_config.json; an imported PRM's is its source's)")
 
 
 class FilterConfig(ScoreConfig):
@@ -213,6 +215,8 @@ class EvaluateConfig(ScorerConfig):
     output: str | None = None
     overwrite: bool = False
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="a step is wrong iff its ensemble mean < threshold")
+    system_prompt: str | None = Field(None, description="system prompt of the scoring format (null: the PRM's own, "
+                                      "stored in its prm_config.json; an imported PRM's is its source's)")
     sweep_subset: str | None = Field(None, description="pick the threshold maximising this subset's F1")
     format: FormatName = "auto"  # type: ignore[valid-type]
     step_separator: str = "\n\n"
@@ -242,6 +246,51 @@ class InitModelConfig(Config):
     seed: int = 0
     output: str | None = None
     overwrite: bool = False
+
+
+ImportLayout = Literal["activeprm", "qwen-prm", "token-classification", "math-shepherd"]
+
+
+class ImportConfig(Config):
+    """`actprm import`: another project's PRM checkpoint (safetensors, no remote code run) as an actprm PRM
+    directory whose step probabilities equal the source model's own (actprm.importers)."""
+
+    examples: ClassVar[tuple[str, ...]] = (
+        "actprm import --from activeprm ActPRM/ActPRM --output models/actprm",
+        "actprm import --from qwen-prm Qwen2.5-Math-PRM-7B/ --output models/qwen-prm --n-heads 8",
+        "actprm import --from token-classification trl-prm/ --output models/trl-prm --separator '\\n'",
+        "actprm import --from math-shepherd math-shepherd-mistral-7b-prm/ --output models/shepherd",
+    )
+
+    layout: ImportLayout | None = Field(None, description="the source's layout (the --from of the command; "
+                                        "null: from config.json's architectures)")
+    source: str | None = Field(None, description="the source checkpoint directory (config.json, safetensors, "
+                               "tokenizer)")
+    output: str | None = Field(None, description="the actprm PRM directory to write")
+    overwrite: bool = False
+    n_heads: int | None = Field(None, gt=0, description="heads of the imported PRM (null: the source's; a "
+                                "single-head source with K > 1: K - 1 perturbed copies of its head)")
+    perturb: float = Field(0.01, ge=0.0, description="noise of the copies, times each head tensor's RMS")
+    seed: int = Field(0, description="seeds the perturbation")
+    separator: str | None = Field(None, description="the step tag token the score is read at (null: the "
+                                  "layout's: <extra_0>; token-classification a newline; math-shepherd ки)")
+    system_prompt: str | None = Field(None, description="system prompt stored with the model (null: the layout's)")
+    chat_template: bool | None = Field(None, description="format with the tokenizer's chat template (null: "
+                                       "the layout's)")
+    step_suffix: str | None = Field(None, description="text after every step, holding the separator once "
+                                    "(null: the layout's; math-shepherd ' ки\\n')")
+    middle: str | None = Field(None, description="plain format: text between problem and first step")
+    bos: bool | None = Field(None, description="plain format: start with the tokenizer's bos token")
+    tokenize: Literal["joint", "pieces"] | None = Field(None, description="joint: the formatted text at once; "
+                                                        "pieces: each part on its own (TRL)")
+    good_token: str = Field("+", description="math-shepherd: the 'correct' token (a string, or an id)")
+    bad_token: str = Field("-", description="math-shepherd: the 'wrong' token (a string, or an id)")
+    max_length: int | None = Field(None, gt=0, description="scoring length (default: the backbone's, at most 4096)")
+
+    def prompt(self) -> dict[str, Any]:
+        """The prompt settings given (actprm.scoring.PROMPT_KEYS); None values keep the layout's."""
+        return {"system_prompt": self.system_prompt, "chat_template": self.chat_template,
+                "step_suffix": self.step_suffix, "middle": self.middle, "bos": self.bos, "tokenize": self.tokenize}
 
 
 class GenerateConfig(Config):
@@ -348,6 +397,8 @@ class LoopConfig(ScorerConfig):
     train_on: Literal["all", "new"] = Field("all", description="rounds: every label so far, or the round's own")
     eval_every: int = Field(1, gt=0, description="evaluate every N rounds (and after the last)")
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="a step is wrong iff its mean is below it")
+    system_prompt: str | None = Field(None, description="system prompt of the scoring format (null: the PRM's own, "
+                                      "stored in its prm_config.json; an imported PRM's is its source's)")
     delta_pred: float = Field(0.95, gt=0.5, le=1.0)
     delta_std: float = Field(0.005, ge=0.0)
     target_rate: float | None = Field(None, ge=0.0, le=1.0, description="strategy actprm: choose delta_pred/delta_std "
