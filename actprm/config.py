@@ -360,6 +360,8 @@ class TrainConfig(ImplicitConfig):
     label_weight: float | Literal["agreement"] = Field(
         1.0, description="weight of annotation labels: a number (e.g. from judge-check) or 'agreement' (vote share)")
     max_length: int | None = Field(None, gt=0)
+    system_prompt: str | None = Field(None, description="system prompt of the training format (null: the PRM's "
+                                      "own, stored in its prm_config.json)")
     bf16: bool = Field(True, description="bf16 autocast on CUDA (CPU trains in fp32)")
     seed: int = 0
     device: Literal["cpu", "cuda", "auto"] = "auto"

@@ -556,7 +556,8 @@ def train_and_save(cfg: TrainConfig, rows: list[dict[str, Any]], counts: LabelCo
 
         return train_and_save_implicit(cfg, rows, counts, device, progress=progress)
     model, tokenizer, anchor, opt_state, prev = load_checkpoint(cfg.model, device)
-    encoder = encoder_for(model, tokenizer, max_length=cfg.max_length or model.max_length)  # the model's own format
+    encoder = encoder_for(model, tokenizer, max_length=cfg.max_length or model.max_length,
+                          system_prompt=cfg.system_prompt)  # the model's own format
     examples = build_examples(rows, encoder, counts)
     if len(examples) < world_size:
         raise UserError("nothing to train on: no labelled trajectory survived the join "
