@@ -229,22 +229,33 @@ def qwen_prm(tmp_path_factory):
     bb, state = backbone_state(config, seed=3)
     H = config.hidden_size
     g = torch.Generator().manual_seed(4)
-    state |= {"score.0.weight": torch.randn(H, H, generator=g) / H ** 0.5, "score.0.bias": 0.1 * torch.randn(H, generator=g),
-              "score.2.weight": torch.randn(2, H, generator=g) / H ** 0.5, "score.2.bias": 0.5 * torch.randn(2, generator=g)}
+    state |= {"score.0.weight": 3 * torch.randn(H, H, generator=g) / H ** 0.5,
+              "score.0.bias": 0.1 * torch.randn(H, generator=g),
+              "score.2.weight": torch.randn(2, H, generator=g) / H ** 0.5,
+              "score.2.bias": 0.5 * torch.randn(2, generator=g)}
+    head = torch.nn.Sequential(torch.nn.Linear(H, H), torch.nn.ReLU(), torch.nn.Linear(H, 2))
+    sep_id = tok.convert_tokens_to_ids(SEP)
+    texts = {r["id"]: chat_text(tok, QWEN_PRM_SYSTEM, r["problem"], SEP.join(r["steps"]) + SEP,
+                                generation_prompt=False) for r in ROWS}
+    ids = {k: tok.encode(t) for k, t in texts.items()}
+    at_sep = {k: hidden_of(bb, v)[torch.tensor(v) == sep_id] for k, v in ids.items()}
+    # a random head saturates on these near-identical separator states: centre and scale its logit margin
+    head.load_state_dict({k[len("score."):]: v for k, v in state.items() if k.startswith("score.")})
+    with torch.no_grad():
+        margin = torch.cat([head(h) @ torch.tensor([-1.0, 1.0]) for h in at_sep.values()])
+        head[2].weight.mul_(2.0 / margin.std())
+        margin = torch.cat([head(h) @ torch.tensor([-1.0, 1.0]) for h in at_sep.values()])
+        head[2].bias[1] -= margin.mean()
+    state |= {f"score.{k}": v.detach().clone() for k, v in head.state_dict().items()}
     cfg = config.to_dict() | {"architectures": ["Qwen2ForProcessRewardModel"],
                               "auto_map": {"AutoModel": "modeling_qwen2_rm.Qwen2ForProcessRewardModel"}}
     src = tmp / "src"
     write_checkpoint(src, cfg, state, tok)
-    head = torch.nn.Sequential(torch.nn.Linear(H, H), torch.nn.ReLU(), torch.nn.Linear(H, 2))
-    head.load_state_dict({k[len("score."):]: v for k, v in state.items() if k.startswith("score.")})
-    sep_id = tok.convert_tokens_to_ids(SEP)
     ref = {}
-    for r in ROWS:
-        text = chat_text(tok, QWEN_PRM_SYSTEM, r["problem"], SEP.join(r["steps"]) + SEP, generation_prompt=False)
-        ids = tok.encode(text)
+    for r in ROWS:  # the model card: chat template with the system prompt, softmax(...)[..., 1] at <extra_0>
         with torch.no_grad():
-            probs = torch.softmax(head(hidden_of(bb, ids)), dim=-1)[:, 1]  # the model card's make_step_rewards
-        ref[r["id"]] = probs[torch.tensor(ids) == sep_id].numpy()[None]
+            probs = torch.softmax(head(hidden_of(bb, ids[r["id"]])), dim=-1)[:, 1]
+        ref[r["id"]] = probs[torch.tensor(ids[r["id"]]) == sep_id].numpy()[None]
     return tmp, src, ref
 
 
