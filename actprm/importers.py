@@ -46,6 +46,7 @@ __all__ = [
     "ImportSummary",
     "convert",
     "detect_layout",
+    "import_hint",
     "layout_defaults",
 ]
 
@@ -152,6 +153,19 @@ def detect_layout(config: dict[str, Any], state_keys: set[str] | None = None) ->
     if "ForCausalLM" in arch:
         return "math-shepherd"
     return None
+
+
+def import_hint(path: str | pathlib.Path) -> str | None:
+    """For a directory that is another project's PRM checkpoint: the `actprm import` command that converts it."""
+    cfg_path = pathlib.Path(path) / "config.json"
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    layout = detect_layout(config) if isinstance(config, dict) else None
+    if layout is None:
+        return None
+    return f"it looks like a {layout} checkpoint: convert it with actprm import --from {layout} {path} --output DIR"
 
 
 def _need(state: dict[str, torch.Tensor], key: str, layout: str) -> torch.Tensor:

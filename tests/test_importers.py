@@ -403,3 +403,12 @@ def test_anchor_file_name_is_the_trainers():
     from actprm import train
 
     assert train.ANCHOR_NAME == ANCHOR_NAME
+
+
+def test_scoring_a_foreign_checkpoint_names_the_import_command(tmp_path, token_classification, capsys):
+    _, src, _ = token_classification
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps(ROWS[0]) + "\n")
+    assert main(["score", "--input", str(data), "--output", str(tmp_path / "o"), "--model", str(src)]) == 2
+    err = capsys.readouterr().err
+    assert "actprm import --from token-classification" in err and len(err.strip().splitlines()) == 1
