@@ -165,6 +165,9 @@ def import_hint(path: str | pathlib.Path) -> str | None:
     layout = detect_layout(config) if isinstance(config, dict) else None
     if layout is None:
         return None
+    if layout == "math-shepherd":
+        return (f"a causal LM: score it as an implicit PRM (--scorer implicit), or, if it is a Math-Shepherd-style "
+                f"PRM, convert it with actprm import --from math-shepherd {path} --output DIR")
     return f"it looks like a {layout} checkpoint: convert it with actprm import --from {layout} {path} --output DIR"
 
 
@@ -362,6 +365,8 @@ def convert(src: str | pathlib.Path, output: str | pathlib.Path, layout: str | N
     config = read_config(src)
     state = read_weights(src)
     detected = detect_layout(config, set(state))
+    if layout is None and detected == "math-shepherd":  # any causal LM looks like one: make the user say so
+        raise UserError(f"{src}: a causal LM; if it is a Math-Shepherd-style PRM, pass --from math-shepherd")
     layout = layout or detected
     if layout is None:
         raise UserError(f"{src}: cannot tell its layout from config.json (architectures "

@@ -412,3 +412,9 @@ def test_scoring_a_foreign_checkpoint_names_the_import_command(tmp_path, token_c
     assert main(["score", "--input", str(data), "--output", str(tmp_path / "o"), "--model", str(src)]) == 2
     err = capsys.readouterr().err
     assert "actprm import --from token-classification" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_causal_lm_is_math_shepherd_only_when_asked(tmp_path, math_shepherd):
+    _, src, _ = math_shepherd
+    with pytest.raises(UserError, match="pass --from math-shepherd"):
+        import_model.run(ImportConfig(source=str(src), output=str(tmp_path / "o")))
