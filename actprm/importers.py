@@ -372,6 +372,8 @@ def convert(src: str | pathlib.Path, output: str | pathlib.Path, layout: str | N
         raise UserError(f"{src}: cannot tell its layout from config.json (architectures "
                         f"{config.get('architectures')}); pass --from {'|'.join(LAYOUTS)}")
     settings = layout_defaults(layout)
+    if layout == "activeprm" and config.get("rr_token"):
+        settings["separator"] = str(config["rr_token"])  # their config's step token
     sep = separator if separator is not None else settings.pop("separator")
     settings.pop("separator", None)
     for k, v in (prompt or {}).items():

@@ -55,8 +55,8 @@ from actprm.tokens import STEP_SEPARATOR
 
 __all__ = [
     "DEFAULT_BATCH_TOKENS",
-    "PROMPT_KEYS",
     "DEFAULT_MIN_PROBLEM_TOKENS",
+    "PROMPT_KEYS",
     "EncodedTrajectory",
     "ScoreResult",
     "ScoringStats",

@@ -27,8 +27,8 @@ class ImportResult:
     def summary_line(self) -> str:
         s = self.summary
         kind = {0: "linear", 1: "1-hidden-layer", 2: "MLP"}.get(s.head_layers, f"{s.head_layers}-layer")
-        parts = [f"import: {s.layout} -> {self.output}: {s.backbone_model_type} backbone, K={s.n_heads} "
-                 f"{kind} heads at {s.separator!r}"]
+        parts = [(f"import: {s.layout} -> {self.output}: {s.backbone_model_type} backbone, K={s.n_heads} "
+                  f"{kind} heads at {s.separator!r}")]
         if s.perturbed_heads:
             parts.append(f"{s.perturbed_heads} perturbed")
         if s.anchor:
@@ -38,7 +38,7 @@ class ImportResult:
         return ", ".join(parts)
 
 
-def run(cfg: ImportConfig, progress: bool = True) -> ImportResult:  # noqa: ARG001 - one step, no bar
+def run(cfg: ImportConfig, progress: bool = True) -> ImportResult:
     if not cfg.source:
         raise UserError("no source: give the checkpoint directory to import (SRC)")
     if not cfg.output:
