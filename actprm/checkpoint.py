@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from actprm.errors import UserError
 from actprm.implicit import SHIPPED_BACKBONE, load_implicit
+from actprm.importers import import_hint
 from actprm.io.writers import replaced_dir
 from actprm.model import PRM_CONFIG_NAME, default_prm_path, load_prm
 from actprm.scoring import default_batch_tokens
@@ -42,7 +43,8 @@ def load_scoring_model(path: str | None, device: str, implicit: dict | None = No
         return load_implicit(path, device, dtype=torch.bfloat16 if device == "cuda" else None, **implicit)
     path = path or str(default_prm_path())
     if not (Path(path) / PRM_CONFIG_NAME).is_file():
-        raise UserError(f"{path}: not a PRM directory (no {PRM_CONFIG_NAME}); make one with actprm init-model")
+        hint = import_hint(path) or "make one with actprm init-model"
+        raise UserError(f"{path}: not a PRM directory (no {PRM_CONFIG_NAME}); {hint}")
     dtype = torch.bfloat16 if device == "cuda" else None
     try:
         return load_prm(path, device=device, dtype=dtype)

@@ -25,8 +25,9 @@ from actprm.errors import UserError
 
 #: the verbs, in --help order: `init-model` is config.InitModelConfig (the first line of its docstring is the
 #: verb's help, the rest its description) and runs pipelines/init_model.py
-VERBS = ("generate", "validate", "init-model", "score", "filter", "annotate", "train", "evaluate", "loop", "demo",
-         "estimate", "judge-check", "inspect", "export")
+VERBS = ("generate", "validate", "init-model", "import", "score", "filter", "annotate", "train", "evaluate", "loop",
+         "demo", "estimate", "judge-check", "inspect", "export")
+JOB_MODULES = {"import": "import_model"}  # a Python keyword is no module name
 
 
 def config_model(verb: str) -> type[config.Config]:
@@ -34,7 +35,7 @@ def config_model(verb: str) -> type[config.Config]:
 
 
 def job_module(verb: str) -> str:
-    return "pipelines." + verb.replace("-", "_")
+    return "pipelines." + JOB_MODULES.get(verb, verb.replace("-", "_"))
 
 EPILOG = """\
 examples:
@@ -104,7 +105,7 @@ def add_field_flags(parser: argparse.ArgumentParser, model: type[config.Config])
         elif inner in (int, float):
             kwargs["metavar"] = "N" if inner is int else "X"
         if extra.get("positional"):
-            group.add_argument(name, **kwargs)
+            group.add_argument(name, **kwargs, **({} if field.is_required() else {"nargs": "?"}))
             continue
         flags = ["--" + name.replace("_", "-"), *extra.get("cli", {}).get("aliases", [])]
         if inner is bool:

@@ -94,6 +94,8 @@ class ScorerSettings(ImplicitSettings):
     max_length: int | None = Field(None, gt=0, description="tokens per trajectory (null: the model's maximum)")
     device: Device = Field("auto", description="auto: cuda when available")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (null: torch's)")
+    system_prompt: str | None = Field(None, description="system prompt of the scoring format (null: the PRM's own, "
+                                      "stored in its prm_config.json; an imported PRM's is its source's)")
 
     def implicit_settings(self) -> dict[str, Any] | None:
         """The implicit scorer's settings (actprm.implicit.load_implicit keywords); None for the ensemble."""
@@ -383,6 +385,8 @@ class TrainConfig(ImplicitSettings, RaySettings):
     label_weight: float | Literal["agreement"] = Field(
         1.0, description="weight of annotation labels: a number (e.g. from judge-check) or 'agreement' (vote share)")
     max_length: int | None = Field(None, gt=0, description="tokens per trajectory (null: the model's maximum)")
+    system_prompt: str | None = Field(None, description="system prompt of the training format (null: the PRM's "
+                                      "own, stored in its prm_config.json)")
     bf16: bool = Field(True, description="bf16 autocast on CUDA (CPU trains in fp32)")
     seed: int = Field(0, description="data order and the heads' masks")
     device: Device = Field("auto", description="auto: cuda when available")
@@ -532,6 +536,54 @@ class JudgeCheckConfig(ReadSettings, JudgeConfig, SpendSettings):
     limit: int | None = Field(None, gt=0, description="items per subset (a uniform sample by id hash)")
     output: str | None = Field(None, description="directory for judge_check.json, annotations.parquet and the cache")
     overwrite: bool = Field(False, description="replace an earlier check in the output directory")
+
+
+ImportLayout = Literal["activeprm", "qwen-prm", "token-classification", "math-shepherd"]
+
+
+class ImportConfig(Config):
+    """Another project's PRM checkpoint as an actprm PRM directory, exactly.
+
+    Reads SRC's config.json, safetensors weights and tokenizer (no remote code is run), maps the backbone
+    onto transformers' own class and the heads onto actprm's, stores the source's prompt format, checks the
+    mapped heads against the source head's formula on a probe text, and writes OUTPUT whole. Layouts:
+    activeprm (sail-sg/ActivePRM's ensemble), qwen-prm (Qwen2.5-Math-PRM style), token-classification
+    (TRL), math-shepherd (a causal LM read through the +/- logits at a step tag). README, "Bring your own
+    PRM"."""
+
+    examples = ("actprm import --from activeprm ActPRM/ActPRM --output models/actprm",
+                "actprm import --from qwen-prm Qwen2.5-Math-PRM-7B/ --output models/qwen-prm --n-heads 8",
+                "actprm import --from token-classification trl-prm/ --output models/trl-prm --separator '\\n'",
+                "actprm import --from math-shepherd math-shepherd-mistral-7b-prm/ --output models/shepherd")
+    source: str | None = Field(None, description="the source checkpoint directory (config.json, safetensors, "
+                               "tokenizer)", json_schema_extra={"positional": True})
+    layout: ImportLayout | None = Field(None, description="the source's layout (null: from config.json's "  # type: ignore[valid-type]
+                                        "architectures)", json_schema_extra=cli("--from"))
+    output: str | None = Field(None, description="the actprm PRM directory to write")
+    overwrite: bool = Field(False, description="replace the output directory")
+    n_heads: int | None = Field(None, gt=0, description="heads of the imported PRM (null: the source's; a "
+                                "single-head source with K > 1: K - 1 perturbed copies of its head)")
+    perturb: float = Field(0.01, ge=0.0, description="noise of the copies, times each head tensor's RMS")
+    seed: int = Field(0, description="seeds the perturbation")
+    separator: str | None = Field(None, description="the step tag token the score is read at (null: the "
+                                  "layout's: <extra_0>; token-classification a newline; math-shepherd ки)")
+    system_prompt: str | None = Field(None, description="system prompt stored with the model (null: the layout's)")
+    chat_template: bool | None = Field(None, description="format with the tokenizer's chat template (null: "
+                                       "the layout's)")
+    step_suffix: str | None = Field(None, description="text after every step, holding the separator once "
+                                    "(null: the layout's; math-shepherd ' ки\\n')")
+    middle: str | None = Field(None, description="plain format: text between problem and first step")
+    bos: bool | None = Field(None, description="plain format: start with the tokenizer's bos token")
+    tokenize: Literal["joint", "pieces"] | None = Field(None, description="joint: the formatted text at once; "
+                                                        "pieces: each part on its own (TRL)")
+    good_token: str = Field("+", description="math-shepherd: the 'correct' token (a string, or an id)")
+    bad_token: str = Field("-", description="math-shepherd: the 'wrong' token (a string, or an id)")
+    max_length: int | None = Field(None, gt=0, description="scoring length (null: the backbone's, at most 4096)")
+
+    def prompt(self) -> dict[str, Any]:
+        """The prompt settings given (actprm.scoring.PROMPT_KEYS); None values keep the layout's."""
+        return {"system_prompt": self.system_prompt, "chat_template": self.chat_template,
+                "step_suffix": self.step_suffix, "middle": self.middle, "bos": self.bos, "tokenize": self.tokenize}
 
 
 class ExportConfig(Config):

@@ -8,8 +8,10 @@ where a row has them (README, "Training rounds").
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -121,9 +123,38 @@ def join_annotations(trajectory_paths: Sequence[str], annotation_paths: Sequence
     return rows
 
 
+def labelled_from_trajectories(path: str) -> list[dict[str, Any]]:
+    """Labelled rows from a file of per-step-labelled trajectories (ActivePRM's hard_labels/soft_labels,
+    TRL's labels): the label is its first wrong step, the soft targets its `step_labels` (kept in meta)."""
+    rows = []
+    for batch in iter_batches(open_corpus([path])):
+        for r in batch.valid:
+            if r["first_error_step"] is None:
+                continue
+            meta = json.loads(r["meta"]) if r.get("meta") else {}
+            soft = meta.get("step_labels") if isinstance(meta, dict) else None
+            rows.append({"id": r["id"], "problem": r["problem"], "steps": r["steps"],
+                         "label_first_error": int(r["first_error_step"]), "label_source": "dataset",
+                         "step_labels": soft, "label_weight": 1.0})
+    return rows
+
+
+def _labelled_table(path) -> bool:
+    """A Parquet labelled table (else a trajectories file with per-step labels)."""
+    if not isinstance(path, Path) or path.suffix != ".parquet":
+        return not isinstance(path, Path)  # a remote URI: read as a labelled table, as before
+    try:
+        return "label_first_error" in pq.read_schema(path).names
+    except Exception:  # noqa: BLE001 - a corrupt file: the read below reports it
+        return True
+
+
 def read_labelled(paths: Sequence[str], counts: LabelCounts) -> list[dict[str, Any]]:
     rows = []
     for path in list_files(list(paths)):
+        if not _labelled_table(path):
+            rows.extend(labelled_from_trajectories(str(path)))  # e.g. ActivePRM or TRL training data
+            continue
         try:
             rows.extend(pq.read_table(path).to_pylist())
         except Exception as exc:  # noqa: BLE001

@@ -57,6 +57,7 @@ __all__ = [
     "FORMAT_VERSION",
     "HEADS_NAME",
     "HEAD_HIDDEN",
+    "HEAD_LAYERS",
     "PRESETS",
     "PRM_CONFIG_NAME",
     "STEP_FEATURES",
@@ -76,6 +77,8 @@ __all__ = [
 
 #: Width of the two hidden layers of every head.
 HEAD_HIDDEN = 128
+#: Hidden layers of every head (imported single-head PRMs may have fewer, actprm.importers).
+HEAD_LAYERS = 2
 #: Per-step features the heads can read besides the separator's hidden state
 #: (name -> number of values per step); see :meth:`EnsemblePRM.step_feature_values`.
 STEP_FEATURES: dict[str, int] = {"lm_logprob": 2}
@@ -149,6 +152,11 @@ class EnsembleHeads(nn.Module):
     Weights are initialised from a normal with std ``1/(2*sqrt(fan_in))`` truncated
     at +-2 std; biases are zero.  :meth:`forward` computes in float32 whatever the
     parameter or input dtype, and outside any autocast region.
+
+    ``n_layers`` (default 2) is the number of hidden ReLU layers: 1 gives
+    ``H -> D -> 1`` (``W1, b1, W2, b2``), 0 a linear head ``H -> 1`` (``W1, b1``).
+    Imported single-head PRMs use them (actprm.importers): a 2-class head is the
+    difference of its two logit rows, so ``sigmoid`` of it is the softmax's class 1.
     """
 
     def __init__(
@@ -157,25 +165,31 @@ class EnsembleHeads(nn.Module):
         n_heads: int = 8,
         head_hidden: int = HEAD_HIDDEN,
         *,
+        n_layers: int = HEAD_LAYERS,
         generator: torch.Generator | None = None,
         init: bool = True,
     ) -> None:
         super().__init__()
         if n_heads < 1:
             raise ValueError(f"n_heads must be >= 1, got {n_heads}")
+        if n_layers < 0:
+            raise ValueError(f"n_layers must be >= 0, got {n_layers}")
         self.hidden_size = int(hidden_size)
         self.n_heads = int(n_heads)
         self.head_hidden = int(head_hidden)
+        self.n_layers = int(n_layers)
         k, h, d = self.n_heads, self.hidden_size, self.head_hidden
         f32 = torch.float32
-        self.W1 = nn.Parameter(torch.zeros(k, h, d, dtype=f32))
-        self.b1 = nn.Parameter(torch.zeros(k, d, dtype=f32))
-        self.W2 = nn.Parameter(torch.zeros(k, d, d, dtype=f32))
-        self.b2 = nn.Parameter(torch.zeros(k, d, dtype=f32))
-        self.W3 = nn.Parameter(torch.zeros(k, d, 1, dtype=f32))
-        self.b3 = nn.Parameter(torch.zeros(k, 1, dtype=f32))
+        widths = [h] + [d] * self.n_layers + [1]
+        for i in range(self.n_layers + 1):
+            setattr(self, f"W{i + 1}", nn.Parameter(torch.zeros(k, widths[i], widths[i + 1], dtype=f32)))
+            setattr(self, f"b{i + 1}", nn.Parameter(torch.zeros(k, widths[i + 1], dtype=f32)))
         if init:
             self.reset_parameters(generator=generator)
+
+    def layers(self) -> list[tuple[nn.Parameter, nn.Parameter]]:
+        """``[(W, b), ...]`` from the input layer to the output layer."""
+        return [(getattr(self, f"W{i + 1}"), getattr(self, f"b{i + 1}")) for i in range(self.n_layers + 1)]
 
     @staticmethod
     def init_std(fan_in: int) -> float:
@@ -183,10 +197,11 @@ class EnsembleHeads(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        for w in (self.W1, self.W2, self.W3):
+        layers = self.layers()
+        for w, _ in layers:
             std = self.init_std(w.shape[1])  # fan_in: the input width of the layer
             nn.init.trunc_normal_(w, mean=0.0, std=std, a=-2.0 * std, b=2.0 * std, generator=generator)
-        for b in (self.b1, self.b2, self.b3):
+        for _, b in layers:
             b.zero_()
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -195,15 +210,16 @@ class EnsembleHeads(nn.Module):
             raise ValueError(f"expected hidden states of shape (N, {self.hidden_size}), got {tuple(h.shape)}")
         with _no_autocast(h.device.type):
             x = h.float()
-            W1, W2, W3 = self.W1.float(), self.W2.float(), self.W3.float()
-            b1, b2, b3 = self.b1.float(), self.b2.float(), self.b3.float()
-            z = torch.relu(torch.einsum("nh,khd->knd", x, W1) + b1.unsqueeze(1))  # (K,N,D)
-            z = torch.relu(torch.baddbmm(b2.unsqueeze(1), z, W2))  # (K,N,D)
-            out = torch.baddbmm(b3.unsqueeze(1), z, W3)  # (K,N,1)
-            return out.squeeze(-1).transpose(0, 1).contiguous()  # (N,K)
+            layers = [(w.float(), b.float()) for w, b in self.layers()]
+            w, b = layers[0]
+            z = torch.einsum("nh,khd->knd", x, w) + b.unsqueeze(1)  # (K,N,D)
+            for w, b in layers[1:]:
+                z = torch.baddbmm(b.unsqueeze(1), torch.relu(z), w)  # (K,N,D)
+            return z.squeeze(-1).transpose(0, 1).contiguous()  # (N,K)
 
     def extra_repr(self) -> str:
-        return f"hidden_size={self.hidden_size}, n_heads={self.n_heads}, head_hidden={self.head_hidden}"
+        return (f"hidden_size={self.hidden_size}, n_heads={self.n_heads}, head_hidden={self.head_hidden}, "
+                f"n_layers={self.n_layers}")
 
 
 def _no_autocast(device_type: str):
@@ -330,6 +346,9 @@ class EnsemblePRM(nn.Module):
         init_heads: bool = True,
         tokenizer: Any = None,
         step_features: Sequence[str] = (),
+        head_layers: int = HEAD_LAYERS,
+        prompt: dict[str, Any] | None = None,
+        source: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -341,7 +360,8 @@ class EnsemblePRM(nn.Module):
             raise ValueError("step feature lm_logprob needs a backbone with tied input/output embeddings")
         hidden = int(backbone.config.hidden_size)
         n_extra = sum(STEP_FEATURES[f] for f in self.step_features)
-        self.heads = EnsembleHeads(hidden + n_extra, n_heads, head_hidden, generator=generator, init=init_heads)
+        self.heads = EnsembleHeads(hidden + n_extra, n_heads, head_hidden, n_layers=head_layers, generator=generator,
+                                   init=init_heads)
         self.separator_token_id = int(separator_token_id)
         self.separator_token = separator_token
         max_pos = getattr(backbone.config, "max_position_embeddings", None)
@@ -351,6 +371,9 @@ class EnsemblePRM(nn.Module):
         self.preset = preset
         self.seed = seed
         self.tokenizer = tokenizer
+        # how trajectories become text for this model (actprm.scoring.PROMPT_KEYS); {}: the default format
+        self.prompt = dict(prompt or {})
+        self.source = source  # what an imported PRM was converted from (actprm.importers), else None
 
     # ---- properties
     @property
@@ -366,7 +389,7 @@ class EnsemblePRM(nn.Module):
         return next(self.backbone.parameters()).dtype
 
     def prm_config(self) -> dict[str, Any]:
-        return {
+        cfg = {
             "format_version": FORMAT_VERSION,
             "n_heads": self.heads.n_heads,
             "head_hidden": self.heads.head_hidden,
@@ -379,6 +402,14 @@ class EnsemblePRM(nn.Module):
             "backbone_model_type": getattr(self.backbone.config, "model_type", None),
             "step_features": list(self.step_features),
         }
+        # written only when they differ from the defaults, so a default model's file is unchanged
+        if self.heads.n_layers != HEAD_LAYERS:
+            cfg["head_layers"] = self.heads.n_layers
+        if self.prompt:
+            cfg["prompt"] = dict(self.prompt)
+        if self.source:
+            cfg["source"] = dict(self.source)
+        return cfg
 
     # ---- forward
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -525,6 +556,9 @@ class EnsemblePRM(nn.Module):
             init_heads=False,
             tokenizer=tokenizer,
             step_features=cfg.get("step_features") or (),
+            head_layers=int(cfg.get("head_layers", HEAD_LAYERS)),
+            prompt=cfg.get("prompt") or None,
+            source=cfg.get("source") or None,
         )
         state = load_file(str(path / HEADS_NAME))
         model.heads.load_state_dict(state, strict=True)

@@ -14,7 +14,13 @@ Pure torch/Python.  The pipeline per trajectory (problem + list of steps):
    problem and answer (contents are inserted verbatim).  Without a template:
    ``[bos] problem "\\n" step_1 <sep> ...``.  Text after the last separator (the
    end-of-turn tokens) is never tokenised: it cannot change any score under a
-   causal model.
+   causal model.  A PRM's own format (its ``prompt`` settings, :data:`PROMPT_KEYS`,
+   e.g. an imported model's, actprm.importers) can change the system prompt, the text
+   written after each step (``step_suffix``, holding the separator: Math-Shepherd's
+   ``" ки\\n"``), the plain format's text between problem and steps (``middle``) and its
+   ``bos``, and ``tokenize: pieces`` (TRL's way: prefix, problem, middle, every step
+   and every suffix tokenised on their own and concatenated; the score position is
+   the separator inside each suffix).
 3. **Tokenise once** (fast tokenizer, with offsets).  Step ``i``'s score position
    is the ``i``-th separator token at or after the start of the assistant text;
    separators before it (in the template or problem) are never counted.
@@ -50,12 +56,14 @@ from actprm.tokens import STEP_SEPARATOR
 __all__ = [
     "DEFAULT_BATCH_TOKENS",
     "DEFAULT_MIN_PROBLEM_TOKENS",
+    "PROMPT_KEYS",
     "EncodedTrajectory",
     "ScoreResult",
     "ScoringStats",
     "TrajectoryEncoder",
     "default_batch_tokens",
     "encode_trajectories",
+    "encoder_for",
     "neutralize",
     "plan_batches",
     "score_encoded",
@@ -73,6 +81,9 @@ BATCH_TOKENS_BY_DEVICE = {"cpu": 2048, "cuda": 32768}
 def default_batch_tokens(device: str | torch.device) -> int:
     return BATCH_TOKENS_BY_DEVICE.get(torch.device(device).type, DEFAULT_BATCH_TOKENS)
 DEFAULT_MIN_PROBLEM_TOKENS = 128
+
+#: The prompt-format settings a PRM directory may store (prm_config.json, "prompt"); see TrajectoryEncoder.
+PROMPT_KEYS = ("chat_template", "system_prompt", "step_suffix", "middle", "bos", "tokenize")
 
 _P_SENTINEL = "\ue000ACTPRM_PROBLEM\ue000"
 _A_SENTINEL = "\ue000ACTPRM_ANSWER\ue000"
@@ -213,7 +224,15 @@ class TrajectoryEncoder:
         separator: str = STEP_SEPARATOR,
         system_prompt: str | None = None,
         use_chat_template: bool | None = None,
+        step_suffix: str | None = None,
+        middle: str | None = None,
+        bos: bool = True,
+        tokenize: str = "joint",
     ) -> None:
+        """``step_suffix``: text written after every step, holding ``separator`` once (default: the
+        separator alone); ``middle``: plain format's text between problem and steps (default a
+        newline); ``bos``: the plain format starts with the tokenizer's bos token; ``tokenize``:
+        ``joint`` (the formatted text at once) or ``pieces`` (each part on its own, as TRL does)."""
         if not getattr(tokenizer, "is_fast", False):
             raise TypeError("a fast (tokenizers-backed) tokenizer is required (offset mappings)")
         ids = tokenizer.encode(separator, add_special_tokens=False)
@@ -229,9 +248,30 @@ class TrajectoryEncoder:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
         self.min_problem_tokens = max(0, int(min_problem_tokens))
         self.control_tokens = _control_tokens(tokenizer, separator)
+        self.step_suffix = separator if step_suffix is None else str(step_suffix)
+        if self.step_suffix.count(separator) != 1:
+            raise ValueError(f"step_suffix {self.step_suffix!r} must hold the separator {separator!r} exactly once")
+        if tokenize not in ("joint", "pieces"):
+            raise ValueError(f"tokenize must be 'joint' or 'pieces', got {tokenize!r}")
+        self.tokenize = tokenize
         if use_chat_template is None:
             use_chat_template = bool(getattr(tokenizer, "chat_template", None))
         self.prefix, self.middle = self._template_pieces(use_chat_template, system_prompt)
+        if not use_chat_template:
+            if middle is not None:
+                self.middle = str(middle)
+            if not bos:
+                self.prefix = (system_prompt + "\n") if system_prompt else ""
+        if tokenize == "pieces":
+            self._suffix_ids = self._ids(self.step_suffix)
+            at = [j for j, t in enumerate(self._suffix_ids) if t == self.separator_id]
+            if len(at) != 1:
+                raise ValueError(f"step_suffix {self.step_suffix!r} does not tokenise to one separator token")
+            self._suffix_at = at[0]
+            self._prefix_ids, self._middle_ids = self._ids(self.prefix), self._ids(self.middle)
+
+    def _ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
     def _template_pieces(self, use_chat_template: bool, system_prompt: str | None) -> tuple[str, str]:
         tok = self.tokenizer
@@ -257,7 +297,7 @@ class TrajectoryEncoder:
         """``(text, (problem_start, problem_end), answer_start)`` in characters."""
         ct = self.control_tokens
         problem = neutralize(problem, ct)
-        answer = "".join(neutralize(s, ct) + self.separator for s in steps)
+        answer = "".join(neutralize(s, ct) + self.step_suffix for s in steps)
         p0 = len(self.prefix)
         p1 = p0 + len(problem)
         a0 = p1 + len(self.middle)
@@ -267,6 +307,8 @@ class TrajectoryEncoder:
     def encode(self, problems: Sequence[str], steps: Sequence[Sequence[str]]) -> list[EncodedTrajectory]:
         if len(problems) != len(steps):
             raise ValueError(f"{len(problems)} problems but {len(steps)} step lists")
+        if self.tokenize == "pieces":
+            return [self._encode_pieces(p, s) for p, s in zip(problems, steps)]
         formatted = [self.format(p, s) for p, s in zip(problems, steps)]
         if not formatted:
             return []
@@ -294,8 +336,28 @@ class TrajectoryEncoder:
         i0 = bisect.bisect_left(starts, pspan[0])
         i1 = max(i0, bisect.bisect_left(starts, pspan[1]))
         i1 = min(i1, seps[0])
-        total = seps[-1] + 1
         a_tok = min(bisect.bisect_left(starts, a0), seps[0])
+        return self._fit(ids, seps, i0, i1, a_tok, n_steps)
+
+    def _encode_pieces(self, problem: str, steps: Sequence[str]) -> EncodedTrajectory:
+        """Each part tokenised on its own and concatenated (``tokenize: pieces``)."""
+        ct = self.control_tokens
+        ids = self._prefix_ids + self._ids(neutralize(problem, ct))
+        i0, i1 = len(self._prefix_ids), len(ids)
+        ids += self._middle_ids
+        a_tok = len(ids)
+        seps = []
+        for step in steps:
+            ids += self._ids(neutralize(step, ct))
+            seps.append(len(ids) + self._suffix_at)
+            ids += self._suffix_ids
+        if not steps:
+            return EncodedTrajectory([], [], 0)
+        return self._fit(ids, seps, i0, i1, min(a_tok, seps[0]), len(steps))
+
+    def _fit(self, ids: list[int], seps: list[int], i0: int, i1: int, a_tok: int, n_steps: int) -> EncodedTrajectory:
+        """Cut ``ids`` after the last separator and truncate to ``max_length`` (module docstring, 4)."""
+        total = seps[-1] + 1
         M = self.max_length
         if M is None or total <= M:
             return EncodedTrajectory(ids[:total], seps, n_steps, answer_start=a_tok)
@@ -462,21 +524,40 @@ def _results(encoded: Sequence[EncodedTrajectory], probs: Sequence[np.ndarray | 
     return results
 
 
-def _encoder(model, tokenizer, max_length, min_problem_tokens, system_prompt) -> TrajectoryEncoder:
+def encoder_for(model, tokenizer, *, max_length: int | None = None,
+                min_problem_tokens: int = DEFAULT_MIN_PROBLEM_TOKENS,
+                system_prompt: str | None = None) -> TrajectoryEncoder:
+    """The encoder of a model's own format: its separator and its ``prompt`` settings (PROMPT_KEYS).
+
+    ``max_length`` defaults to the model's; ``system_prompt`` (not None) replaces the model's.
+    """
     if max_length is None:
         max_length = getattr(model, "max_length", None)
     sep = getattr(model, "separator_token", STEP_SEPARATOR)
+    prompt = dict(getattr(model, "prompt", None) or {})
+    if system_prompt is not None:
+        prompt["system_prompt"] = system_prompt
     enc = TrajectoryEncoder(
         tokenizer,
         max_length=max_length,
         min_problem_tokens=min_problem_tokens,
         separator=sep,
-        system_prompt=system_prompt,
+        system_prompt=prompt.get("system_prompt"),
+        use_chat_template=prompt.get("chat_template"),
+        step_suffix=prompt.get("step_suffix"),
+        middle=prompt.get("middle"),
+        bos=bool(prompt.get("bos", True)),
+        tokenize=prompt.get("tokenize") or "joint",
     )
     model_sep = getattr(model, "separator_token_id", None)
     if model_sep is not None and int(model_sep) != enc.separator_id:
         raise ValueError(f"tokenizer maps {sep!r} to {enc.separator_id} but the model expects {model_sep}")
     return enc
+
+
+def _encoder(model, tokenizer, max_length, min_problem_tokens, system_prompt) -> TrajectoryEncoder:
+    return encoder_for(model, tokenizer, max_length=max_length, min_problem_tokens=min_problem_tokens,
+                       system_prompt=system_prompt)
 
 
 def score_trajectories(
@@ -495,7 +576,8 @@ def score_trajectories(
     """Score every step of every trajectory; results in input order.
 
     ``max_length`` defaults to ``model.max_length``; ``device`` (default: the
-    model's) moves the model there if needed.  Counters (tokens, forward passes,
+    model's) moves the model there if needed; the format is the model's own
+    (:func:`encoder_for`), ``system_prompt`` (not None) replacing its system prompt.  Counters (tokens, forward passes,
     padding efficiency) are added to ``stats`` when given.  ``tokenizer=None``
     uses ``model.tokenizer``.
     """

@@ -80,7 +80,8 @@ def score_rows(cfg: Any, rows: list[dict[str, Any]], loaded: tuple | None = None
     """
     device, model, tokenizer, _, batch_tokens = loaded or load_for_scoring(cfg)
     results = score_trajectories(model, tokenizer, [r["problem"] for r in rows], [r["steps"] for r in rows],
-                                 batch_tokens=batch_tokens, max_length=cfg.max_length, device=device)
+                                 batch_tokens=batch_tokens, max_length=cfg.max_length, device=device,
+                                 system_prompt=cfg.system_prompt)
     ok = [(r, res) for r, res in zip(rows, results) if res.error is None]
     return [res.probs for _, res in ok], [r["id"] for r, _ in ok]
 

@@ -48,7 +48,7 @@ from actprm.implicit import (
 )
 from actprm.labels import LabelCounts, step_targets
 from actprm.progress import JobResult, progress_bar
-from actprm.scoring import EncodedTrajectory, TrajectoryEncoder
+from actprm.scoring import EncodedTrajectory, TrajectoryEncoder, encoder_for
 
 
 class NothingToTrain(UserError):
@@ -435,7 +435,8 @@ def train_ensemble_and_save(cfg: TrainConfig, rows: list[dict[str, Any]], counts
                             wrap: Callable | None = None, progress: bool = False) -> TrainResult | None:
     """The ActPRM objective: load the start checkpoint, train the ensemble one round, save (rank 0)."""
     model, tokenizer, anchor, opt_state, prev = load_checkpoint(cfg.model, device)
-    encoder = TrajectoryEncoder(tokenizer, max_length=cfg.max_length or model.max_length)
+    encoder = encoder_for(model, tokenizer, max_length=cfg.max_length or model.max_length,
+                          system_prompt=cfg.system_prompt)  # the model's own format
     examples = build_examples(rows, encoder, counts)
     if len(examples) < world_size:
         raise NothingToTrain("nothing to train on: no labelled trajectory survived the join "

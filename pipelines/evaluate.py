@@ -67,7 +67,8 @@ def _score_subset(subset: Subset, cfg: EvaluateConfig, model, tokenizer, device:
         subset.counts.valid += len(labelled)
         results = score_trajectories(
             model, tokenizer, [r["problem"] for r in labelled], [r["steps"] for r in labelled],
-            batch_tokens=batch_tokens, max_length=cfg.max_length, device=device, stats=stats) if labelled else []
+            batch_tokens=batch_tokens, max_length=cfg.max_length, device=device, stats=stats,
+            system_prompt=cfg.system_prompt) if labelled else []
         for row, res in zip(labelled, results):
             if res.error is not None:
                 subset.unscorable += 1

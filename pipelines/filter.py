@@ -97,7 +97,8 @@ class PRMScorer:
         todo = [r for r in rows if r["_error"] is None]
         results = score_trajectories(self.model, self.tokenizer, [r["problem"] for r in todo],
                                      [r["steps"] for r in todo], batch_tokens=self.batch_tokens,
-                                     max_length=self.cfg.max_length, device=self.device)
+                                     max_length=self.cfg.max_length, device=self.device,
+                                     system_prompt=self.cfg.system_prompt)
         canonical = [{k: r[k] for k in self.trajectory_columns} for r in todo]
         scored, too_long = join_scores(canonical, results, self.cfg, self.model_name)
         origin = [{k: r[k] for k in ("_file", "_row_index", "_source_file")} for r in todo]

@@ -98,10 +98,11 @@ def round_name(r: int) -> str:
 class ScoringActor:
     """Holds a PRM; scores rows with the model of the checkpoint it is asked for (reloaded on change)."""
 
-    def __init__(self, device: str, threads: int, batch_tokens: int | None, max_length: int | None):
+    def __init__(self, device: str, threads: int, batch_tokens: int | None, max_length: int | None,
+                 system_prompt: str | None = None):
         if device == "cpu":
             torch.set_num_threads(threads)
-        self.device, self.max_length = device, max_length
+        self.device, self.max_length, self.system_prompt = device, max_length, system_prompt
         self.batch_tokens = batch_tokens or default_batch_tokens(device)
         self.path: str | None = "<none>"
 
@@ -112,7 +113,8 @@ class ScoringActor:
             self.path = (model, implicit)
         results = score_trajectories(self.model, self.tokenizer, [r["problem"] for r in rows],
                                      [r["steps"] for r in rows], batch_tokens=self.batch_tokens,
-                                     max_length=self.max_length, device=self.device)
+                                     max_length=self.max_length, device=self.device,
+                                     system_prompt=self.system_prompt)
         scored, too_long = join_scores([{"id": r["id"]} for r in rows], results, selection, model or "")
         return scored + [{"id": rows[i]["id"], "error": reason} for i, reason in too_long]
 
@@ -121,14 +123,15 @@ class ScoringPool:
     """A fixed set of scoring actors, created once per loop (or per demo) and reused by every round."""
 
     def __init__(self, actors: int | None = None, device: str = "auto", batch_tokens: int | None = None,
-                 max_length: int | None = None, batch_rows: int = 512):
+                 max_length: int | None = None, batch_rows: int = 512, system_prompt: str | None = None):
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0)) if device != "cpu" else 0
         if device == "cuda" and not gpus:
             raise UserError("--device cuda: the Ray cluster has no GPUs")
         n = actors or (gpus or max(1, min(4, int(resources.get("CPU", 1)))))
         options = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}
-        self.actors = [ScoringActor.options(**options).remote("cuda" if gpus else "cpu", 1, batch_tokens, max_length)
+        self.actors = [ScoringActor.options(**options).remote("cuda" if gpus else "cpu", 1, batch_tokens, max_length,
+                                                                    system_prompt)
                        for _ in range(n)]
         self.batch_rows = batch_rows
 
@@ -418,7 +421,9 @@ class Loop:
                                                  "seed": self.cfg.train.seed + r,
                                                  # the implicit PRM trains with the beta/reference it scores with
                                                  "beta": self.cfg.train.beta or self.cfg.beta,
-                                                 "reference": self.cfg.train.reference or self.cfg.reference})
+                                                 "reference": self.cfg.train.reference or self.cfg.reference,
+                                                 "system_prompt": self.cfg.train.system_prompt
+                                                 or self.cfg.system_prompt})
         try:
             train_and_save(tcfg, rows, counts, self.device, progress=self.progress)
         except NothingToTrain:
@@ -620,7 +625,8 @@ def run(cfg: LoopConfig, progress: bool = True, *, annotator: Annotator | None =
     own_pool = pool is None
     if own_pool:
         init_ray(cfg.address)
-        pool = ScoringPool(cfg.actors, cfg.device, cfg.batch_tokens, cfg.max_length, cfg.batch_rows)
+        pool = ScoringPool(cfg.actors, cfg.device, cfg.batch_tokens, cfg.max_length, cfg.batch_rows,
+                           cfg.system_prompt)
     try:
         last, stopped, lines = Loop(cfg, run_dir, pool, annotator, progress).execute()
     finally:

@@ -88,7 +88,8 @@ def run(cfg: ScoreConfig, progress: bool = True) -> ScoreJobResult:
                                       batch_rows=cfg.batch_rows):
                 results = score_trajectories(
                     model, tokenizer, [r["problem"] for r in batch.valid], [r["steps"] for r in batch.valid],
-                    batch_tokens=batch_tokens, max_length=cfg.max_length, device=device, stats=stats)
+                    batch_tokens=batch_tokens, max_length=cfg.max_length, device=device, stats=stats,
+                    system_prompt=cfg.system_prompt)
                 rows, too_long = scored_rows(batch, results, cfg, model_name)
                 scored.add_rows(rows)
                 errors.add_rows(batch.errors + too_long)

@@ -148,3 +148,28 @@ def test_list_files_errors(tmp_path):
         list_files([tmp_path / "x.csv"])
     with pytest.raises(UserError, match="no rows in .*no data file"):  # a directory with no data files
         list_files([tmp_path])
+
+
+def test_activeprm_soft_labels_are_step_labels_beside_the_hard_label(write_jsonl):
+    import json
+
+    from actprm.labels import LabelCounts, read_labelled, step_targets
+
+    path = write_jsonl("apm_soft.jsonl", [
+        {"question": "q1", "steps": ["a", "b", "c"], "hard_labels": [1, 0, 0], "soft_labels": [0.9, 0.25, 0.0]},
+        {"question": "q2", "steps": ["a", "b"], "hard_labels": [1, 1], "soft_labels": [1, None]},
+        {"question": "q3", "steps": ["a"], "hard_labels": [1], "soft_labels": [1.5]},  # out of [0, 1]
+        {"question": "q4", "steps": ["a"], "hard_labels": [1]},
+    ])
+    valid, errors = read_all([path])
+    assert [e["reason"].split(":")[0] for e in errors] == ["bad label"]
+    metas = [json.loads(r["meta"]) if r["meta"] else {} for r in valid]
+    assert [m.get("step_labels") for m in metas] == [[0.9, 0.25, 0.0], [1.0, None], None]
+    assert [r["first_error_step"] for r in valid] == [1, -1, -1]
+    # `actprm train --labelled` on the ActivePRM file: the soft labels are the training targets
+    rows = read_labelled([str(path)], LabelCounts())
+    assert [(r["problem"], r["label_first_error"], r["step_labels"]) for r in rows] == [
+        ("q1", 1, [0.9, 0.25, 0.0]), ("q2", -1, [1.0, None]), ("q4", -1, None)]
+    assert step_targets(rows[0]["label_first_error"], 3, rows[0]["step_labels"]) == [0.9, 0.25, 0.0]
+    assert step_targets(rows[2]["label_first_error"], 1, rows[2]["step_labels"]) == [1.0]
+

@@ -4,12 +4,15 @@
 |---------------|-------------------------------|--------------------------------------------------------------|
 | canonical     | problem, steps                | as is (see data_schemas/trajectories.yaml)                   |
 | processbench  | problem, steps, label         | label → first_error_step; source = processbench/<file stem>  |
-| activeprm     | question, steps               | question → problem; first 0 in hard_labels → first_error_step |
+| activeprm     | question, steps               | question → problem; first 0 in hard_labels → first_error_step; |
+|               |                               | soft_labels → step_labels (soft targets, kept in `meta`)     |
 | trl           | prompt, completions           | prompt → problem; completions → steps; first False in labels |
 | rollout       | problem, response             | response split into steps on a separator (default blank line)|
 
 Rows without an `id` get a content hash (`content_id`), stable across runs and machines.
-Fields with no column in the trajectories table are kept as JSON in `meta`.
+Fields with no column in the trajectories table are kept as JSON in `meta`.  Per-step soft
+labels (ActivePRM's `soft_labels`) are kept there as `step_labels`, the name `actprm train`
+trains on (soft targets win over the hard label where given).
 """
 
 from __future__ import annotations
@@ -97,6 +100,25 @@ RENAMES: dict[str, dict[str, str]] = {
 }
 # formats whose per-step labels give first_error_step: the first falsy label
 STEP_LABELS = {"activeprm": "hard_labels", "trl": "labels"}
+# formats with per-step soft labels: their column, kept in meta as step_labels
+SOFT_LABELS = {"activeprm": "soft_labels"}
+
+
+def soft_labels(values: Any) -> list[float | None] | None:
+    """Per-step soft labels: a list of numbers in [0, 1] (or nulls: that step untrained); a RowError otherwise."""
+    if values is None:
+        return None
+    if not isinstance(values, (list, tuple)):
+        raise RowError("wrong type", f"soft labels must be a list, got {type(values).__name__}")
+    out: list[float | None] = []
+    for i, v in enumerate(values):
+        if v is None:
+            out.append(None)
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
+            raise RowError("bad label", f"soft label {i} must be a number in [0, 1], got {v!r}")
+        out.append(float(v))
+    return out
 
 
 def split_response(response: Any, separator: str) -> list[str] | None:
@@ -122,11 +144,17 @@ def to_trajectory(record: dict[str, Any], fmt: str, ctx: MapContext) -> dict[str
         n_steps = len(steps) if isinstance(steps, (list, tuple)) else None
         row["first_error_step"] = first_index(record.get(STEP_LABELS[fmt]), lambda v: not v, n_steps)
         used.add(STEP_LABELS[fmt])
+    soft = None
+    if fmt in SOFT_LABELS and SOFT_LABELS[fmt] in record:
+        soft = soft_labels(record.get(SOFT_LABELS[fmt]))
+        used.add(SOFT_LABELS[fmt])
     if fmt == "processbench" and row["source"] is None:
         row["source"] = f"processbench/{ctx.file_stem}"
     if fmt == "canonical" and "meta" in record:
         row["meta"] = record["meta"]
     else:
         extra = {k: v for k, v in record.items() if k not in used}
+        if soft is not None:
+            extra["step_labels"] = soft
         row["meta"] = json.dumps(extra, ensure_ascii=False, default=repr, sort_keys=True) if extra else None
     return row
