@@ -15,13 +15,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from actprm.errors import UserError
-from actprm.implicit import SHIPPED_BACKBONE, load_implicit
+from actprm.implicit import load_implicit
 from actprm.importers import import_hint
 from actprm.io.writers import replaced_dir
-from actprm.model import PRM_CONFIG_NAME, default_prm_path, load_prm
+from actprm.model import PRM_CONFIG_NAME, load_prm
 from actprm.scoring import default_batch_tokens
+from actprm.shipped import DEFAULT_MODEL_NAME, SHIPPED_BACKBONE, default_prm_path
 
-DEFAULT_MODEL_NAME = "actprm/assets/prm"  # prm_model of rows scored by the shipped PRM (same on every machine)
 OPTIMIZER_NAME = "optimizer.safetensors"
 ANCHOR_NAME = "heads_init.safetensors"
 STATE_NAME = "trainer_state.json"

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import stats
 
 _EPS = 1e-12
 
@@ -47,7 +48,6 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[fl
     v = np.asarray(values, dtype=np.float64)
     if v.size < 2:
         return float(v.mean()) if v.size else float("nan"), float("nan")
-    from scipy import stats
 
     half = stats.t.ppf(0.5 + confidence / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)
     return float(v.mean()), float(half)

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from actprm.checkpoint import load_optimizer_state, optimizer_state_dict
 from actprm.labels import step_targets
@@ -110,8 +112,6 @@ class HeadInputs:
     # ---- disk
     def save(self, path: str | Path) -> Path:
         """One safetensors file: the tensors, and ids / errors / fingerprint in its metadata."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"x": self.x.contiguous(), "offsets": torch.from_numpy(self.offsets),
@@ -126,8 +126,6 @@ class HeadInputs:
     @classmethod
     def load(cls, path: str | Path, fingerprint: str | None = None) -> HeadInputs:
         """Read a :meth:`save` file; ValueError when `fingerprint` is given and differs (another model)."""
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             if meta.get("format") != CACHE_FORMAT:

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from actprm.io.readers import iter_batches, open_corpus
+
 SHINGLE = 5
 NUM_PERM = 64
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -84,7 +86,6 @@ class EvalIndex:
     def __init__(self, paths: list[str], threshold: float = 0.8, num_perm: int = NUM_PERM):
         from datasketch import MinHashLSH
 
-        from actprm.io.readers import iter_batches, open_corpus
 
         self.threshold = threshold
         self.num_perm = num_perm

@@ -25,16 +25,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import AutoModel, AutoTokenizer
 
 from actprm.errors import UserError
-from actprm.model import (
-    DEFAULT_MAX_LENGTH,
-    default_backbone_path,
-    ensure_separator,
-    step_token_logprobs,
-)
+from actprm.io.model_files import check_model_dir, read_json_file
+from actprm.model import DEFAULT_MAX_LENGTH, ensure_separator, step_token_logprobs
 from actprm.outcome import outcome_label
 from actprm.scoring import ScoreResult
+from actprm.shipped import SHIPPED_BACKBONE, default_backbone_path
 from actprm.tokens import STEP_SEPARATOR
 
 __all__ = [
@@ -54,8 +52,6 @@ IMPLICIT_CONFIG_NAME = "implicit_config.json"
 FORMAT_VERSION = 1
 #: `reference` value meaning "no reference model" (a uniform pi_ref).
 NO_REFERENCE = "none"
-#: How the shipped backbone is recorded as a reference (the same on every machine).
-SHIPPED_BACKBONE = "actprm/assets/backbone"
 OBJECTIVES = ("implicit-ce", "implicit-dpo")
 
 
@@ -173,10 +169,6 @@ class ImplicitPRM(nn.Module):
 
 
 def _load_lm(path: str, device: str | torch.device, dtype: torch.dtype | None):
-    from transformers import AutoModel
-
-    from actprm.io.model_files import check_model_dir
-
     check_model_dir(path)  # no model code, real safetensors, a config that matches its weights
     try:
         return AutoModel.from_pretrained(path, dtype=dtype or "auto", use_safetensors=True, trust_remote_code=False).to(device)
@@ -198,16 +190,12 @@ def load_implicit(path: str | None = None, device: str | torch.device = "cpu", *
     `actprm train --objective implicit-*`), else to 0.05 and the model itself (pi_ref = the starting
     point, as in the papers). ``reference="none"``: no reference (uniform pi_ref).
     """
-    from transformers import AutoTokenizer
-
     name = path or SHIPPED_BACKBONE
     directory = Path(_resolve(name))
     if not (directory / "config.json").is_file():
         raise UserError(f"{directory}: not a model directory (no config.json); the implicit PRM needs a causal LM")
     saved = {}
     if (directory / IMPLICIT_CONFIG_NAME).is_file():
-        from actprm.io.model_files import read_json_file
-
         saved = read_json_file(directory / IMPLICIT_CONFIG_NAME)
         if not isinstance(saved, dict):
             raise UserError(f"{directory / IMPLICIT_CONFIG_NAME}: expected a JSON object")

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
+from transformers import CONFIG_MAPPING, AutoModel, AutoTokenizer
 
 from actprm.errors import UserError
 from actprm.model import EnsemblePRM, _single_token_id
@@ -118,8 +120,6 @@ def read_config(src: pathlib.Path) -> dict[str, Any]:
 
 def read_weights(src: pathlib.Path) -> dict[str, torch.Tensor]:
     """Every tensor of the checkpoint's safetensors files (one file or an index of shards)."""
-    from safetensors.torch import load_file
-
     index = src / "model.safetensors.index.json"
     if index.is_file():
         try:
@@ -184,8 +184,6 @@ def _need(state: dict[str, torch.Tensor], key: str, layout: str) -> torch.Tensor
 
 def build_backbone(config: dict[str, Any], state: dict[str, torch.Tensor], prefix: str = "model."):
     """transformers' own base model for ``config['model_type']`` with the ``prefix`` weights loaded."""
-    from transformers import CONFIG_MAPPING, AutoModel
-
     model_type = config.get("model_type")
     if model_type not in CONFIG_MAPPING:
         raise UserError(f"backbone model_type {model_type!r} needs code transformers does not have "
@@ -356,8 +354,6 @@ def convert(src: str | pathlib.Path, output: str | pathlib.Path, layout: str | N
     layout's format.  ``n_heads``: ActivePRM keeps its own E (giving another is an
     error); a single-head source becomes ``n_heads`` heads (default 1, exact).
     """
-    from transformers import AutoTokenizer
-
     src = pathlib.Path(src)
     if not src.is_dir():
         raise UserError(f"{src}: not a directory")
@@ -433,8 +429,6 @@ def convert(src: str | pathlib.Path, output: str | pathlib.Path, layout: str | N
     out = pathlib.Path(output)
     model.save_pretrained(out)
     if anchor is not None:
-        from safetensors.torch import save_file
-
         save_file({n: t.contiguous() for n, t in anchor.items()}, str(out / ANCHOR_NAME))
     return ImportSummary(layout=layout, output=out, n_heads=k, head_layers=head_layers,
                          backbone_model_type=str(config.get("model_type")), separator=sep, prompt=settings,

@@ -48,9 +48,22 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
+from tokenizers import AddedToken
 from torch import nn
+from transformers import AutoModel, AutoTokenizer, Qwen2Config
 
-from actprm.tokens import STEP_SEPARATOR
+from actprm.errors import UserError
+from actprm.io.model_files import (
+    MAX_HEAD_HIDDEN,
+    MAX_HEADS,
+    check_model_dir,
+    positive_int,
+    read_json_file,
+    safetensors_header,
+)
+from actprm.shipped import default_backbone_path, default_prm_path
+from actprm.tokens import STEP_SEPARATOR, load_tokenizer
 
 __all__ = [
     "DEFAULT_MAX_LENGTH",
@@ -299,7 +312,6 @@ def ensure_separator(tokenizer: Any, backbone: nn.Module | None = None, separato
     sep_id = _single_token_id(tokenizer, separator)
     if sep_id is not None:
         return sep_id
-    from tokenizers import AddedToken
 
     nl_id = newline_token_id(tokenizer)
     # add_tokens(special_tokens=True) is stable across transformers 4.x/5.x (5.x renamed
@@ -477,8 +489,6 @@ class EnsemblePRM(nn.Module):
     # ---- persistence
     def save_pretrained(self, save_directory: str | os.PathLike, tokenizer: Any = None) -> pathlib.Path:
         """Write backbone (safetensors), ``heads.safetensors``, ``prm_config.json`` and tokenizer."""
-        from safetensors.torch import save_file
-
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer
         if tokenizer is None:
             raise ValueError("save_pretrained needs a tokenizer (pass tokenizer= or set model.tokenizer)")
@@ -510,15 +520,6 @@ class EnsemblePRM(nn.Module):
         ``dtype`` applies to the backbone (``None``: the dtype it was saved in);
         the heads are always float32.  The tokenizer is attached as ``model.tokenizer``.
         """
-        from safetensors.torch import load_file
-        from transformers import AutoModel, AutoTokenizer
-
-        from actprm.io.model_files import (
-            check_model_dir,
-            check_prm_config,
-            read_json_file,
-        )
-
         path = pathlib.Path(directory)
         cfg_path = path / PRM_CONFIG_NAME
         if not cfg_path.is_file():
@@ -589,8 +590,6 @@ def _seeded_generator(seed: int) -> torch.Generator:
 
 def preset_config(preset: str, vocab_size: int, **overrides: Any):
     """The ``Qwen2Config`` of a preset with the given vocabulary size."""
-    from transformers import Qwen2Config
-
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     kwargs = dict(PRESETS[preset])
@@ -615,11 +614,7 @@ def init_model(
     ``tokenizer`` defaults to the committed project tokenizer; the separator is
     added to it if missing.  The global torch RNG is left untouched.
     """
-    from transformers import AutoModel
-
     if tokenizer is None:
-        from actprm.tokens import load_tokenizer
-
         tokenizer = load_tokenizer()
     sep_id = ensure_separator(tokenizer)
     overrides: dict[str, Any] = {}
@@ -670,10 +665,6 @@ def from_backbone(
     initialising its embedding from the newline-like token.  ``dtype=None`` loads
     the backbone in the dtype it was saved in.
     """
-    from transformers import AutoModel, AutoTokenizer
-
-    from actprm.io.model_files import check_model_dir
-
     check_model_dir(name_or_path)  # no model code, real safetensors, a config that matches its weights
     from_pretrained_kwargs.pop("trust_remote_code", None)  # never True: a model's own code does not run
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False, **from_pretrained_kwargs)
@@ -711,17 +702,39 @@ def load_prm(
     return model, model.tokenizer
 
 
-def default_backbone_path() -> pathlib.Path:
-    """The world's policy backbone shipped in the package (a causal LM; pipelines/pretrain_backbone.py)."""
-    import importlib.resources
-
-    return pathlib.Path(str(importlib.resources.files("actprm") / "assets" / "backbone"))
-
-
-def default_prm_path() -> pathlib.Path:
-    """The default PRM shipped in the package: the world backbone with K=8 seeded heads."""
-    return default_backbone_path().parent / "prm"
-
-
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def check_prm_config(directory: str | os.PathLike, cfg: Any, hidden_size: int | None = None) -> None:
+    """`prm_config.json`'s sizes are sane and agree with `heads.safetensors` (read before any tensor is made)."""
+    path = pathlib.Path(directory) / PRM_CONFIG_NAME
+    if not isinstance(cfg, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
+    n_heads = positive_int(cfg, "n_heads", path, MAX_HEADS)
+    if n_heads is None:
+        raise UserError(f"{path}: n_heads is missing")
+    head_hidden = positive_int(cfg, "head_hidden", path, MAX_HEAD_HIDDEN, default=HEAD_HIDDEN)
+    if not isinstance(cfg.get("separator_token_id"), int) or isinstance(cfg.get("separator_token_id"), bool):
+        raise UserError(f"{path}: separator_token_id must be an integer")
+    max_length = cfg.get("max_length")
+    if max_length is not None:
+        positive_int(cfg, "max_length", path, 10**7)
+    features = cfg.get("step_features") or []
+    if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+        raise UserError(f"{path}: step_features must be a list of names")
+    heads = pathlib.Path(directory) / HEADS_NAME
+    if not heads.is_file():
+        raise UserError(f"{heads}: missing; not an actprm checkpoint directory")
+    shapes = {k: v["shape"] for k, v in safetensors_header(heads).items()}
+    w1 = shapes.get("W1")
+    expected_w2 = [n_heads, head_hidden, head_hidden]
+    if w1 is None or len(w1) != 3 or w1[0] != n_heads or w1[2] != head_hidden or shapes.get("W2") != expected_w2:
+        raise UserError(
+            f"{path}: n_heads {n_heads} and head_hidden {head_hidden} do not match {HEADS_NAME} "
+            f"(W1 {w1}, W2 {shapes.get('W2')})"
+        )
+    if hidden_size is not None:
+        extra = sum(STEP_FEATURES.get(f, 0) for f in features)
+        if w1[1] != hidden_size + extra:
+            raise UserError(f"{heads}: W1 reads {w1[1]} features, the backbone gives {hidden_size + extra}")

@@ -32,6 +32,10 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from actprm import __version__
+from actprm.config import judge_settings
+from actprm.errors import UserError
+from actprm.io.readers import deeper_than
+from actprm.shipped import default_prm_path
 
 METADATA_KEY = b"actprm"
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -102,15 +106,12 @@ def describe(job_name: str, cfg: Any) -> dict[str, Any]:
                               "model": None, "model_sha256": None, "judge": None}
     fields = getattr(type(cfg), "model_fields", {})
     if "model" in fields:
-        from actprm.model import default_prm_path
-
         model = getattr(cfg, "model", None) or str(default_prm_path())
         record["model"], record["model_sha256"] = str(model), model_sha256(model)
     judge = None
     if "backend" in fields:  # annotate, judge-check: the config is the judge's
         judge = cfg
     elif "judge" in fields:  # loop, demo: a judge block or a judge YAML
-        from actprm.config import judge_settings
 
         try:
             judge = judge_settings(cfg.judge)
@@ -161,9 +162,6 @@ MAX_RECORD_DEPTH = 8
 def parse_record(raw: bytes | None, where: str | os.PathLike) -> dict[str, Any] | None:
     """The `actprm` metadata value of a file as a record; None if absent; a UserError if it is not a JSON
     object (not JSON, a list, too large or nested too deep: checked before it is parsed)."""
-    from actprm.errors import UserError
-    from actprm.io.readers import deeper_than
-
     if not raw:
         return None
     problem = None
@@ -194,8 +192,6 @@ def read(path: str | os.PathLike) -> dict[str, Any] | None:
 
 def parquet_files(path: str | os.PathLike) -> list[Path]:
     """A Parquet file, or the Parquet files under a directory (recursive; hidden and staging names skipped)."""
-    from actprm.errors import UserError
-
     p = Path(path)
     if p.is_file():
         return [p]
@@ -210,8 +206,6 @@ def parquet_files(path: str | os.PathLike) -> list[Path]:
 
 def inspect(path: str | os.PathLike) -> dict[str, Any]:
     """What `actprm inspect` shows: files, rows, schema, and each distinct provenance record with its file count."""
-    from actprm.errors import UserError
-
     files = parquet_files(path)
     rows, records, schemas = 0, [], []
     for f in files:

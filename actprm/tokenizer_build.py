@@ -37,6 +37,17 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 
+from tokenizers import (
+    AddedToken,
+    Tokenizer,
+    decoders,
+    models,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
+from transformers import PreTrainedTokenizerFast
+
 from actprm.tokens import (
     BOS_TOKEN,
     EOS_TOKEN,
@@ -133,8 +144,6 @@ def arithmetic_lines(n: int = DEFAULT_ARITHMETIC_LINES, seed: int = DEFAULT_SEED
 
 def _train(texts: Sequence[str] | Iterator[str], vocab_size: int):
     """Train the raw ``tokenizers.Tokenizer``."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -168,7 +177,6 @@ def build_tokenizer(
     texts.extend(arithmetic_lines(arithmetic, seed))
     raw = _train(texts, vocab_size)
 
-    from transformers import PreTrainedTokenizerFast
 
     hf = PreTrainedTokenizerFast(
         tokenizer_object=raw,

@@ -27,6 +27,10 @@ import os
 import pathlib
 from typing import Any
 
+from transformers import AutoTokenizer
+
+from actprm.io.model_files import check_no_remote_code
+
 STEP_SEPARATOR = "<extra_0>"
 EOS_TOKEN = "<|endoftext|>"
 BOS_TOKEN = EOS_TOKEN
@@ -67,10 +71,6 @@ def load_tokenizer(name_or_path: str | os.PathLike | None = None, **kwargs: Any)
     name or another local directory may be given for real models; extra keyword
     arguments go to ``AutoTokenizer.from_pretrained``.
     """
-    from transformers import AutoTokenizer
-
-    from actprm.io.model_files import check_no_remote_code
-
     path = name_or_path or default_tokenizer_path()
     check_no_remote_code(path)
     kwargs.pop("trust_remote_code", None)  # never True: a model's own code does not run

@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import Qwen2ForCausalLM
+from transformers.utils import logging as hf_logging
 
 from actprm.config import PretrainConfig, dump_config, load_config
 from actprm.errors import UserError
@@ -169,7 +171,6 @@ def run(cfg: PretrainConfig, progress: bool = True, log=print) -> dict[str, Any]
     data_seconds = time.perf_counter() - start
 
     # 3. model: seeded random init of the `world` preset, a causal LM with tied embeddings
-    from transformers import Qwen2ForCausalLM
 
     config = preset_config(cfg.preset, len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                            eos_token_id=tokenizer.eos_token_id)
@@ -251,7 +252,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", default=None)
     parser.add_argument("--no-progress", dest="no_progress", action="store_true")
     args = parser.parse_args(argv)
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our bar and one summary line, not transformers' save/load bars
     overrides = {k: v for k, v in vars(args).items() if k in PretrainConfig.model_fields}

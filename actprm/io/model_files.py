@@ -21,6 +21,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
 from actprm.errors import UserError
 
 #: Largest safetensors header read (the format's own limit is 100 MB).
@@ -55,8 +57,6 @@ def read_json_file(path: Path, what: str | None = None, max_bytes: int = 50 * 2*
 
 
 def _known_model_types() -> set[str]:
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
-
     return set(CONFIG_MAPPING_NAMES)
 
 
@@ -146,7 +146,7 @@ def check_weights(directory: str | os.PathLike) -> int:
     return total
 
 
-def _positive_int(cfg: dict[str, Any], key: str, path: Path, limit: int, default: int | None = None) -> int | None:
+def positive_int(cfg: dict[str, Any], key: str, path: Path, limit: int, default: int | None = None) -> int | None:
     value = cfg.get(key, default)
     if value is None:
         return None
@@ -165,10 +165,10 @@ def check_backbone_sizes(directory: str | os.PathLike, weight_bytes: int) -> Non
         raise UserError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
     text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
     limit = 10**7
-    hidden = _positive_int(text, "hidden_size", path, limit)
-    layers = _positive_int(text, "num_hidden_layers", path, limit)
-    vocab = _positive_int(text, "vocab_size", path, limit)
-    inter = _positive_int(text, "intermediate_size", path, limit)
+    hidden = positive_int(text, "hidden_size", path, limit)
+    layers = positive_int(text, "num_hidden_layers", path, limit)
+    vocab = positive_int(text, "vocab_size", path, limit)
+    inter = positive_int(text, "intermediate_size", path, limit)
     if not (hidden and layers):
         return
     params = (vocab or 0) * hidden + layers * (4 * hidden * hidden + 3 * hidden * (inter or 4 * hidden))
@@ -177,44 +177,6 @@ def check_backbone_sizes(directory: str | os.PathLike, weight_bytes: int) -> Non
             f"{path}: describes a model of about {params:,} parameters but its weights hold {weight_bytes:,} bytes; "
             "the config does not match the weights"
         )
-
-
-def check_prm_config(directory: str | os.PathLike, cfg: Any, hidden_size: int | None = None) -> None:
-    """`prm_config.json`'s sizes are sane and agree with `heads.safetensors` (read before any tensor is made)."""
-    from actprm.model import HEAD_HIDDEN, HEADS_NAME, PRM_CONFIG_NAME
-
-    path = Path(directory) / PRM_CONFIG_NAME
-    if not isinstance(cfg, dict):
-        raise UserError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
-    n_heads = _positive_int(cfg, "n_heads", path, MAX_HEADS)
-    if n_heads is None:
-        raise UserError(f"{path}: n_heads is missing")
-    head_hidden = _positive_int(cfg, "head_hidden", path, MAX_HEAD_HIDDEN, default=HEAD_HIDDEN)
-    if not isinstance(cfg.get("separator_token_id"), int) or isinstance(cfg.get("separator_token_id"), bool):
-        raise UserError(f"{path}: separator_token_id must be an integer")
-    max_length = cfg.get("max_length")
-    if max_length is not None:
-        _positive_int(cfg, "max_length", path, 10**7)
-    features = cfg.get("step_features") or []
-    if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
-        raise UserError(f"{path}: step_features must be a list of names")
-    heads = Path(directory) / HEADS_NAME
-    if not heads.is_file():
-        raise UserError(f"{heads}: missing; not an actprm checkpoint directory")
-    shapes = {k: v["shape"] for k, v in safetensors_header(heads).items()}
-    w1 = shapes.get("W1")
-    expected_w2 = [n_heads, head_hidden, head_hidden]
-    if w1 is None or len(w1) != 3 or w1[0] != n_heads or w1[2] != head_hidden or shapes.get("W2") != expected_w2:
-        raise UserError(
-            f"{path}: n_heads {n_heads} and head_hidden {head_hidden} do not match {HEADS_NAME} "
-            f"(W1 {w1}, W2 {shapes.get('W2')})"
-        )
-    if hidden_size is not None:
-        from actprm.model import STEP_FEATURES
-
-        extra = sum(STEP_FEATURES.get(f, 0) for f in features)
-        if w1[1] != hidden_size + extra:
-            raise UserError(f"{heads}: W1 reads {w1[1]} features, the backbone gives {hidden_size + extra}")
 
 
 def check_model_dir(name_or_path: str | os.PathLike) -> None:
