@@ -18,12 +18,11 @@ from actprm.errors import UserError
 from actprm.implicit import load_implicit
 from actprm.importers import import_hint
 from actprm.io.writers import replaced_dir
-from actprm.model import PRM_CONFIG_NAME, load_prm
+from actprm.model import ANCHOR_NAME, PRM_CONFIG_NAME, load_prm
 from actprm.scoring import default_batch_tokens
 from actprm.shipped import DEFAULT_MODEL_NAME, SHIPPED_BACKBONE, default_prm_path
 
 OPTIMIZER_NAME = "optimizer.safetensors"
-ANCHOR_NAME = "heads_init.safetensors"
 STATE_NAME = "trainer_state.json"
 
 

@@ -41,7 +41,7 @@ from safetensors.torch import load_file, save_file
 from transformers import CONFIG_MAPPING, AutoModel, AutoTokenizer
 
 from actprm.errors import UserError
-from actprm.model import EnsemblePRM, _single_token_id
+from actprm.model import ANCHOR_NAME, EnsemblePRM, _single_token_id
 from actprm.scoring import PROMPT_KEYS
 
 __all__ = [
@@ -56,7 +56,6 @@ __all__ = [
 
 LAYOUTS = ("activeprm", "qwen-prm", "token-classification", "math-shepherd")
 #: The trainer's anchor file (heads the ActPRM penalty pulls towards; checkpoint layout of `actprm train`).
-ANCHOR_NAME = "heads_init.safetensors"
 
 #: ActivePRM's evaluation system prompt (their worker's default for a model not in its table).
 ACTIVEPRM_SYSTEM = ("You are a helpful and harmless assistant. You should think step-by-step and put your "

@@ -103,6 +103,8 @@ FORMAT_VERSION = 1
 DEFAULT_MAX_LENGTH = 4096
 PRM_CONFIG_NAME = "prm_config.json"
 HEADS_NAME = "heads.safetensors"
+#: the heads a training round anchors to (written by the trainer, or by an import from ActivePRM's reg_model)
+ANCHOR_NAME = "heads_init.safetensors"
 
 _COMMON = {"hidden_act": "silu", "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "use_cache": False}
 

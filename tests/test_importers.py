@@ -399,12 +399,6 @@ def test_bad_sources_are_one_line_user_errors(tmp_path, qwen_prm):
         import_model.run(ImportConfig(layout="qwen-prm", source=str(foreign), output=str(tmp_path / "o")))
 
 
-def test_anchor_file_name_is_the_trainers():
-    from actprm import train
-
-    assert train.ANCHOR_NAME == ANCHOR_NAME
-
-
 def test_scoring_a_foreign_checkpoint_names_the_import_command(tmp_path, token_classification, capsys):
     _, src, _ = token_classification
     data = tmp_path / "rows.jsonl"
