@@ -34,10 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from actprm.config import AnnotateConfig
-from actprm.errors import UserError
+from actprm.io.lock import output_lock
 from actprm.io.readers import iter_batches, known_rows
 from actprm.io.writers import ShardWriter, StagedOutput
 from actprm.judge import Annotator, error_kind, make_annotator
+from actprm.judge.budget import check_spend_settings as budget_settings
+from actprm.judge.interrupt import graceful_interrupt
 from actprm.progress import RowCounts, progress_bar
 from actprm.validate import check_paths
 
@@ -116,12 +118,7 @@ BUDGET_KIND = "budget exhausted"  # the error kind of rows the budget left unann
 
 def check_spend_settings(cfg: AnnotateConfig) -> None:
     """--max-spend / --max-calls limit what the openai judge is paid; a user error where they cannot."""
-    if cfg.max_spend is None and cfg.max_calls is None:
-        return
-    if cfg.backend == "verifier":
-        raise UserError(f"--max-spend/--max-calls limit what a paid judge costs; the {cfg.backend} backend is free")
-    if cfg.max_spend is not None and cfg.price_in == 0 and cfg.price_out == 0:
-        raise UserError("--max-spend needs the judge's prices: --price-in and --price-out (USD per million tokens)")
+    budget_settings(cfg)
 
 
 def check_contract(rows: list[dict[str, Any]], out: list[dict[str, Any]], annotator: Annotator) -> None:
@@ -153,16 +150,19 @@ async def _annotate_all(cfg: AnnotateConfig, sources: list, annotator: Annotator
             bar.set_postfix(postfix(), refresh=False)
 
         try:
-            for batch in iter_batches(sources, limits=cfg.limits, step_separator=cfg.step_separator,
-                                      batch_rows=cfg.batch_rows):
-                rows = await annotator.annotate_async(batch.valid, on_row) if batch.valid else []
-                check_contract(batch.valid, rows, annotator)
-                annotations.add_rows(rows)
-                errors.add_rows(batch.errors)
-                counts.read += batch.n_read
-                counts.valid += len(batch.valid)
-                counts.add_errors(batch.errors)
-                bar.update(batch.n_read - len(batch.valid))
+            async with graceful_interrupt(annotator, cfg.interrupt_grace_s) as stop:  # Ctrl-C: drain, exit 130
+                for batch in iter_batches(sources, limits=cfg.limits, step_separator=cfg.step_separator,
+                                          batch_rows=cfg.batch_rows):
+                    stop.check()
+                    rows = await annotator.annotate_async(batch.valid, on_row) if batch.valid else []
+                    stop.check()
+                    check_contract(batch.valid, rows, annotator)
+                    annotations.add_rows(rows)
+                    errors.add_rows(batch.errors)
+                    counts.read += batch.n_read
+                    counts.valid += len(batch.valid)
+                    counts.add_errors(batch.errors)
+                    bar.update(batch.n_read - len(batch.valid))
         finally:
             await annotator.aclose()
 
@@ -193,14 +193,19 @@ def run_annotate(cfg: AnnotateConfig, progress: bool = True, annotator: Annotato
     start = time.perf_counter()
     sources = check_paths(cfg)
     check_spend_settings(cfg)
-    annotator = annotator or make_annotator(cfg)
+    mine = annotator is None
+    annotator = annotator or make_annotator(cfg)  # its cache, if any, is locked while open
     counts, done = RowCounts(), AnnotationCounts()
-    with staged_output(cfg) as out:
-        asyncio.run(_annotate_all(cfg, sources, annotator, out, counts, done, progress))
-        seconds = time.perf_counter() - start
-        stats = getattr(annotator, "stats", None)
-        spend = getattr(annotator, "budget", None)
-        budget = spend.as_dict() if spend is not None else None
-        write_summary(out.path("summary.json"), cfg, sources, annotator.judge, annotator.prompt_version,
-                      counts, done, stats, seconds, budget)
+    try:
+        with output_lock(cfg.output), staged_output(cfg) as out:  # one run per output at a time
+            asyncio.run(_annotate_all(cfg, sources, annotator, out, counts, done, progress))
+            seconds = time.perf_counter() - start
+            stats = getattr(annotator, "stats", None)
+            spend = getattr(annotator, "budget", None)
+            budget = spend.as_dict() if spend is not None else None
+            write_summary(out.path("summary.json"), cfg, sources, annotator.judge, annotator.prompt_version,
+                          counts, done, stats, seconds, budget)
+    finally:
+        if mine and getattr(annotator, "cache", None) is not None:
+            annotator.cache.close()  # and its lock
     return AnnotateResult(counts, done, annotator.judge, seconds, Path(cfg.output), stats, budget)

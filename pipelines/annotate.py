@@ -59,6 +59,7 @@ from actprm.annotate import (
 from actprm.config import AnnotateConfig
 from actprm.errors import UserError
 from actprm.io.formats import content_id
+from actprm.io.lock import job_locks
 from actprm.io.readers import iter_batches, known_rows
 from actprm.io.writers import ShardWriter
 from actprm.judge import cache_path, make_annotator
@@ -154,7 +155,7 @@ class AnnotatorActor:
         self.cache = None
         if cfg.backend in PAID_BACKENDS:
             main = cache_path(cfg)
-            self.cache = LayeredCache(AnswerCache(segments_dir(main) / f"{name}.sqlite"),
+            self.cache = LayeredCache(AnswerCache(segments_dir(main) / f"{name}.sqlite", lock=False),
                                       AnswerCache(main, read_only=True))
             budget = GateBudget(gate) if cfg.max_spend is not None or cfg.max_calls is not None else None
             cls = RolloutAnnotator if cfg.backend == "rollout" else OpenAIJudge
@@ -269,38 +270,39 @@ def run(cfg: AnnotateConfig, address: str | None = None, progress: bool = True) 
     # the settings are checked here, before any actor starts; this one names the judge
     judge = OpenAIJudge(cfg) if cfg.backend == "openai" else make_annotator(cfg)
     main = cache_path(cfg) if cfg.backend in PAID_BACKENDS else None
-    _merge_segments(main)  # what a killed run left
-    init_ray(address)
-    cpus = ray.cluster_resources().get("CPU", 0)
-    if cpus < cfg.actors:
-        raise UserError(f"--actors {cfg.actors} needs {cfg.actors} CPUs (one per actor); the Ray cluster has {cpus:g}")
-    counts, done = RowCounts(), AnnotationCounts()
-    with staged_output(cfg) as out:
-        # every actor's waiting requests (at most `concurrency` each) and releases fit in the gate
-        gate = JudgeGate.options(max_concurrency=2 * cfg.actors * cfg.concurrency + 16).remote(
-            cfg.concurrency, cfg.requests_per_minute, cfg.tokens_per_minute, cfg.max_spend, cfg.max_calls)
-        run_id = uuid.uuid4().hex[:8]
-        actors = [AnnotatorActor.options(max_concurrency=1000).remote(cfg, f"{run_id}-{i}", gate)
-                  for i in range(cfg.actors)]
-        try:
-            _annotate_all(cfg, sources, actors, out, counts, done, progress, judge)
-            per_actor = _get([a.stats.remote() for a in actors])
-            stats = None
-            if cfg.backend in PAID_BACKENDS:
-                stats = JudgeStats()
-                for s in per_actor:
-                    stats.add(s)
-                stats.max_in_flight = _get(gate.max_in_flight.remote())
-            budget = _get(gate.budget_state.remote())
-        finally:
-            with suppress(Exception):  # a dead actor's segment is merged all the same
-                ray.get([a.close.remote() for a in actors], timeout=60)
-            for handle in [*actors, gate]:
-                ray.kill(handle)
-            _merge_segments(main)
-        seconds = time.perf_counter() - start
-        write_summary(out.path("summary.json"), cfg, sources, judge.judge, judge.prompt_version,
-                      counts, done, stats, seconds, budget)
+    with job_locks(cfg.output, main):  # one run per output and per cache at a time (exit 2 naming the holder)
+        _merge_segments(main)  # what a killed run left
+        init_ray(address)
+        cpus = ray.cluster_resources().get("CPU", 0)
+        if cpus < cfg.actors:
+            raise UserError(f"--actors {cfg.actors} needs {cfg.actors} CPUs (one per actor); the Ray cluster has {cpus:g}")
+        counts, done = RowCounts(), AnnotationCounts()
+        with staged_output(cfg) as out:
+            # every actor's waiting requests (at most `concurrency` each) and releases fit in the gate
+            gate = JudgeGate.options(max_concurrency=2 * cfg.actors * cfg.concurrency + 16).remote(
+                cfg.concurrency, cfg.requests_per_minute, cfg.tokens_per_minute, cfg.max_spend, cfg.max_calls)
+            run_id = uuid.uuid4().hex[:8]
+            actors = [AnnotatorActor.options(max_concurrency=1000).remote(cfg, f"{run_id}-{i}", gate)
+                      for i in range(cfg.actors)]
+            try:
+                _annotate_all(cfg, sources, actors, out, counts, done, progress, judge)
+                per_actor = _get([a.stats.remote() for a in actors])
+                stats = None
+                if cfg.backend in PAID_BACKENDS:
+                    stats = JudgeStats()
+                    for s in per_actor:
+                        stats.add(s)
+                    stats.max_in_flight = _get(gate.max_in_flight.remote())
+                budget = _get(gate.budget_state.remote())
+            finally:
+                with suppress(Exception):  # a dead actor's segment is merged all the same
+                    ray.get([a.close.remote() for a in actors], timeout=60)
+                for handle in [*actors, gate]:
+                    ray.kill(handle)
+                _merge_segments(main)
+            seconds = time.perf_counter() - start
+            write_summary(out.path("summary.json"), cfg, sources, judge.judge, judge.prompt_version,
+                          counts, done, stats, seconds, budget)
     return AnnotateResult(counts, done, judge.judge, seconds, Path(cfg.output), stats, budget)
 
 

@@ -50,13 +50,17 @@ def _answer_cache(cfg: Any) -> Any:
 def _openai(cfg: Any, budget: Any = None) -> Annotator:
     from actprm.judge.openai_judge import OpenAIJudge
 
-    return OpenAIJudge(cfg, cache=_answer_cache(cfg), budget=budget)
+    judge = OpenAIJudge(cfg, cache=None, budget=budget)  # the settings are checked before the cache is made
+    judge.cache = _answer_cache(cfg)
+    return judge
 
 
 def _rollout(cfg: Any, budget: Any = None) -> Annotator:
     from actprm.judge.rollout import RolloutAnnotator
 
-    return RolloutAnnotator(cfg, cache=_answer_cache(cfg), budget=budget)
+    judge = RolloutAnnotator(cfg, cache=None, budget=budget)
+    judge.cache = _answer_cache(cfg)
+    return judge
 
 
 # backend name -> factory taking the job config (actprm.config.JudgeConfig or a subclass) and a
