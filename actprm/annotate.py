@@ -39,7 +39,7 @@ from actprm.io.readers import iter_batches, known_rows
 from actprm.io.writers import ShardWriter, StagedOutput
 from actprm.judge import Annotator, error_kind, make_annotator
 from actprm.judge.budget import check_spend_settings as budget_settings
-from actprm.judge.interrupt import graceful_interrupt
+from actprm.judge.interrupt import GracefulInterrupt
 from actprm.progress import RowCounts, progress_bar
 from actprm.validate import check_paths
 
@@ -150,7 +150,7 @@ async def _annotate_all(cfg: AnnotateConfig, sources: list, annotator: Annotator
             bar.set_postfix(postfix(), refresh=False)
 
         try:
-            async with graceful_interrupt(annotator, cfg.interrupt_grace_s) as stop:  # Ctrl-C: drain, exit 130
+            async with GracefulInterrupt(annotator, cfg.interrupt_grace_s) as stop:  # Ctrl-C: drain, exit 130
                 for batch in iter_batches(sources, limits=cfg.limits, step_separator=cfg.step_separator,
                                           batch_rows=cfg.batch_rows):
                     stop.check()

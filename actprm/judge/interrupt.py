@@ -1,7 +1,7 @@
 """Ctrl-C in a paid job: stop sending, let the requests in flight finish and be cached, then exit.
 
 Without this, a SIGINT ends the job at once while the judge still finishes (and bills) the requests
-in flight, and the rerun pays for them again. `graceful_interrupt` is the job's side; the
+in flight, and the rerun pays for them again. `GracefulInterrupt` is the job's side; the
 annotator's side is `request_stop()` (actprm.judge.openai_judge.OpenAIJudge: requests waiting for a
 slot, the budget or a retry are not sent; those on the wire finish and are cached on arrival).
 """
@@ -14,8 +14,8 @@ import sys
 from typing import Any
 
 
-class graceful_interrupt:  # noqa: N801 - used as a context manager, like contextlib's
-    """`async with graceful_interrupt(annotator, grace_s) as stop:` around a job's annotating loop.
+class GracefulInterrupt:
+    """`async with GracefulInterrupt(annotator, grace_s) as stop:` around a job's annotating loop.
 
     First SIGINT: the annotator sends nothing new (`request_stop`, where it has one), the requests
     in flight finish (and are cached) within `grace_s` seconds, said on stderr; the loop calls
@@ -71,7 +71,7 @@ class graceful_interrupt:  # noqa: N801 - used as a context manager, like contex
             self.cancelled = True
             self._task.cancel()
 
-    async def __aenter__(self) -> graceful_interrupt:
+    async def __aenter__(self) -> GracefulInterrupt:
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
         try:
@@ -80,7 +80,7 @@ class graceful_interrupt:  # noqa: N801 - used as a context manager, like contex
             self._loop = None
         return self
 
-    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
         if self._timer is not None:
             self._timer.cancel()
         if self._loop is not None:

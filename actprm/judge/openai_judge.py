@@ -46,10 +46,10 @@ Money and time are spent only here, so the rules are strict:
   row's `votes` hold the real answers only.
 - Size: an answer longer than `max_answer_chars` (reasoning included) is not kept: it is cached
   as `too_large` (paid once) and its sample fails `too large: ...`.
-- Ctrl-C (actprm.judge.interrupt.graceful_interrupt, used by the annotate job): the first SIGINT stops sending (requests
-  waiting for a slot or a retry are not sent), lets the requests in flight finish within
-  `interrupt_grace_s` and caches their answers, then the job exits 130; a second SIGINT, or the
-  end of the grace, cancels what is left at once.
+- Ctrl-C (`request_stop`; the job's side is actprm.judge.interrupt.GracefulInterrupt): the first
+  SIGINT stops sending (requests waiting for a slot or a retry are not sent), lets the requests in
+  flight finish within `interrupt_grace_s` and caches their answers, then the job exits 130; a
+  second SIGINT, or the end of the grace, cancels what is left at once.
 
 The same machinery (limits, retries, budget, cache, accounting) serves text completions: a prompt
 given as a string goes to `completions.create` (the rollout annotator's prover, actprm.judge.rollout,
@@ -81,7 +81,13 @@ from tenacity import (
 
 from actprm.errors import UserError
 from actprm.judge.base import Annotator, majority
-from actprm.judge.budget import BudgetExhausted, SpendBudget, checked_usage, output_bound, worst_case_usd
+from actprm.judge.budget import (
+    BudgetExhausted,
+    SpendBudget,
+    checked_usage,
+    output_bound,
+    worst_case_usd,
+)
 from actprm.judge.cache import Answer, AnswerCache, answer_key
 from actprm.judge.prompt import (
     PROMPT_VERSION,
@@ -343,7 +349,7 @@ class OpenAIJudge(Annotator):
 
     def request_stop(self) -> None:
         """Send nothing new: requests waiting for a slot, the budget or a retry fail `interrupted`;
-        those in flight finish and are cached (see `graceful_interrupt`)."""
+        those in flight finish and are cached (see `GracefulInterrupt`)."""
         self.stopping = True
         if self._loop is not None:
             self._stop_event.set()
