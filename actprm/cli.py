@@ -16,6 +16,7 @@ from typing import Any
 
 from actprm import __version__
 from actprm.errors import UserError
+from actprm.redact import redact
 
 EPILOG = """\
 verbs:
@@ -796,7 +797,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except UserError as exc:
-        print(f"actprm: error: {exc}", file=sys.stderr)
+        print(f"actprm: error: {redact(str(exc))}", file=sys.stderr)  # no secret in any line printed
         return UserError.exit_code
     except KeyboardInterrupt:
         print("actprm: interrupted", file=sys.stderr)
