@@ -4,9 +4,10 @@
 `raw_output`, an error row, a summary, a log line, the CLI's one-line error):
 
 - every registered secret (`register`): the judge's API key, and the credentials of its
-  `--base-url` (`http://user:SECRET@host/v1`, and query values such as `?api_key=...`), each also
-  in its percent-encoded and decoded form; secrets under 4 characters are not registered (they
-  would mangle ordinary text, and no real key is that short);
+  `--base-url` (`http://user:SECRET@host/v1`, `https://TOKEN@host/v1`, and query values such as
+  `?api_key=...`), each also in its percent-encoded and decoded form, wherever they occur (a
+  password that is an ordinary word is redacted as a word too); secrets under 4 characters are
+  not registered (they would mangle ordinary text, and no real key is that short);
 - whatever looks like a credential even when it was never registered: the userinfo of any URL
   (`scheme://user:pass@` -> `scheme://[redacted]@`) and `Bearer <token>`.
 
@@ -36,12 +37,13 @@ def _forms(secret: str) -> set[str]:
 
 
 def url_secrets(url: str | None) -> list[str]:
-    """The credentials a URL carries: its user name and password, and secret-looking query values."""
+    """The credentials a URL carries: its password (or a user name standing alone, which is a token:
+    `https://TOKEN@host`), and secret-looking query values (`?api_key=...`)."""
     if not url:
         return []
     try:
         parts = urlsplit(url)
-        found = [parts.username or "", parts.password or ""]
+        found = [parts.password or parts.username or ""]
     except ValueError:
         return []
     found += [value for name, value in parse_qsl(parts.query, keep_blank_values=True) if _SECRET_PARAM.search(name)]

@@ -171,6 +171,18 @@ class AnnotatorActor:
     async def stats(self) -> JudgeStats | None:
         return getattr(self.annotator, "stats", None)
 
+    async def drain(self, grace_s: float) -> int:
+        """Ctrl-C in the driver: send nothing new, wait (at most `grace_s`) for the requests in flight,
+        whose answers go to this actor's segment; returns how many were still in flight."""
+        stop = getattr(self.annotator, "request_stop", None)
+        if stop is not None:
+            stop()
+        stats = getattr(self.annotator, "stats", None)
+        deadline = time.monotonic() + grace_s
+        while stats is not None and stats.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return stats.in_flight if stats is not None else 0
+
     async def close(self) -> None:
         await self.annotator.aclose()
         if self.cache is not None:
@@ -285,7 +297,16 @@ def run(cfg: AnnotateConfig, address: str | None = None, progress: bool = True) 
             actors = [AnnotatorActor.options(max_concurrency=1000).remote(cfg, f"{run_id}-{i}", gate)
                       for i in range(cfg.actors)]
             try:
-                _annotate_all(cfg, sources, actors, out, counts, done, progress, judge)
+                try:
+                    _annotate_all(cfg, sources, actors, out, counts, done, progress, judge)
+                except KeyboardInterrupt:  # first Ctrl-C: the answers in flight are cached, then exit 130
+                    print(f"actprm: interrupted: sending no new requests; waiting up to {cfg.interrupt_grace_s:g}s "
+                          "for those in flight (their answers are cached); Ctrl-C again to stop now",
+                          file=sys.stderr, flush=True)
+                    with suppress(Exception):
+                        ray.get([a.drain.remote(cfg.interrupt_grace_s) for a in actors],
+                                timeout=cfg.interrupt_grace_s + 10)
+                    raise
                 per_actor = _get([a.stats.remote() for a in actors])
                 stats = None
                 if cfg.backend in PAID_BACKENDS:

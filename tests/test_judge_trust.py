@@ -272,8 +272,8 @@ def test_replies_without_choices_are_billed_calls(served, tmp_path):
 
 
 def test_redaction_of_keys_and_url_credentials():
-    assert url_secrets("http://user:hunter2-pass@host:8000/v1?api_key=abcd1234&x=1") == \
-        ["user", "hunter2-pass", "abcd1234"]
+    assert url_secrets("http://user:hunter2-pass@host:8000/v1?api_key=abcd1234&x=1") == ["hunter2-pass", "abcd1234"]
+    assert url_secrets("https://tok-1234567@host/v1") == ["tok-1234567"] and url_secrets("http://h:80/v1") == []
     assert display_url("http://user:hunter2-pass@host:8000/v1?api_key=abcd1234&x=1") == \
         "http://[redacted]@host:8000/v1?api_key=[redacted]&x=1"
     text = "key sk-abc123456 at https://bob:pw%40rd@h/v1 with Authorization: Bearer tok.en-123"
@@ -387,6 +387,23 @@ def test_every_delimiter_is_neutralised_after_nfkc(trick):
     assert seen.lower().count("[problem]") == 1 and seen.lower().count("[solution]") == 1
     assert seen.count("\\boxed") == 3  # the template's own: \boxed{}, \boxed{2}, \boxed{-1}
     assert escape("x² + ½ < y, \uff21") == "x² + ½ < y, \uff21"  # other text is kept as written
+
+
+def test_the_fast_path_of_escape_misses_no_delimiter():
+    import random
+
+    from actprm.judge.prompt import _escape_view
+
+    pieces = ["<", "\uff1c", "\ufe64", "/", " ", "\u3000", "paragraph_", "\uff50\uff41ragraph\uff3f", "\u200b",
+              "\u00ad", "\\", "\uff3c", "boxed", "box\u2060ed", "\uff42oxed", "{", "[", "\uff3b", "problem",
+              "Solution", "]", "\uff3d", "\u00e9", "\u0307", "d", "x\u00b2", "\u2460"]
+    rng = random.Random(0)
+    changed = 0
+    for _ in range(3000):
+        text = "\u00e9" + "".join(rng.choice(pieces) for _ in range(rng.randint(1, 12)))
+        assert escape(text) == _escape_view(text), text
+        changed += escape(text) != text
+    assert changed > 100  # the draw does hit delimiters
 
 
 def test_tricks_do_not_change_the_verdict_of_a_gullible_server(serve_cli, tmp_path):

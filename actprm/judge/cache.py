@@ -168,9 +168,17 @@ class AnswerCache:
         db = getattr(self, "_db", None)
         if db is not None:
             db.close()
-        if self._lock is not None:
+        if getattr(self, "_lock", None) is not None:
             self._lock.release()
             self._lock = None
+
+    def __del__(self) -> None:  # a cache dropped without close() gives its lock back
+        try:
+            if getattr(self, "_lock", None) is not None:
+                self._lock.release()
+                self._lock = None
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
 
 
 class LayeredCache:

@@ -63,6 +63,7 @@ _BOXED = re.compile(r"\\boxed(?![A-Za-z])")  # not \boxedfoo
 # the template's delimiters, as found in a text's NFKC form: a paragraph tag, a box, a section header
 _DELIMITER = re.compile(r"(?P<tag><\s*/?\s*paragraph_)|(?P<box>\\boxed(?![A-Za-z]))"
                         r"|(?P<header>\[\s*(?:problem|solution)\s*\])", re.IGNORECASE)
+_MAYBE = re.compile(r"<\s*/?\s*paragraph_|\\boxed|\[\s*(?:problem|solution)\s*\]", re.IGNORECASE)  # looser
 # default-ignorable code points (invisible: a delimiter split by one still reads as the delimiter)
 _IGNORABLE = re.compile("[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
                         "\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\U0001bca0-\U0001bca3"
@@ -95,6 +96,13 @@ def escape(text: str) -> str:
     """User text as it goes into the prompt: none of the template's delimiters (see the module docstring)."""
     if text.isascii():
         return _DELIMITER.sub(lambda m: _escaped(m.lastgroup or "", m.group()), text)
+    if not _MAYBE.search(unicodedata.normalize("NFKD", _IGNORABLE.sub("", text))):
+        return text  # fast: NFKD keeps every ASCII character NFKC would give, so no delimiter can hide here
+    return _escape_view(text)
+
+
+def _escape_view(text: str) -> str:
+    """`escape` of any text through its normal view (the slow path)."""
     view, origin = _normal_view(text)
     out, last = [], 0
     for m in _DELIMITER.finditer(view):
