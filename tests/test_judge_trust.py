@@ -26,7 +26,13 @@ from actprm.io.lock import LOCK_NAME, LockHeld, RunLock
 from actprm.judge.budget import checked_usage
 from actprm.judge.cache import AnswerCache
 from actprm.judge.openai_judge import OpenAIJudge
-from actprm.judge.prompt import ParseError, build_messages, escape, parse_verdict, render_prompt
+from actprm.judge.prompt import (
+    ParseError,
+    build_messages,
+    escape,
+    parse_verdict,
+    render_prompt,
+)
 from actprm.redact import display_url, redact, url_secrets
 from actprm.testing.judge_server import FakeJudge, JudgeServer, truth_from_rows
 from actprm.world.arith import Generator
@@ -102,7 +108,7 @@ def test_a_lock_refuses_a_second_process_naming_the_holder_and_a_dead_holders_lo
 
 
 def test_two_annotate_runs_into_one_output_or_one_cache_the_second_exits_2_naming_the_first(served, tmp_path):
-    rows, fake, server, data = served(n=16, delay_s=1.0)
+    _, fake, server, data = served(n=16, delay_s=1.0)
     out = tmp_path / "ann"
     first = subprocess.Popen(cli(server.url, data, out, "--concurrency", "2"), env=ENV,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -164,7 +170,7 @@ def _config_file(tmp_path: Path, **settings) -> Path:
 
 
 def test_first_sigint_waits_for_the_requests_in_flight_and_caches_them(served, tmp_path):
-    rows, fake, server, data = served(n=12, fault_rates={"slow": 1.0}, slow_s=1.5)
+    _, fake, server, data = served(n=12, fault_rates={"slow": 1.0}, slow_s=1.5)
     out = tmp_path / "ann"
     cmd = cli(server.url, data, out, "--concurrency", "4", "--config", str(_config_file(tmp_path, interrupt_grace_s=30)))
     job = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -286,7 +292,7 @@ def test_redaction_of_keys_and_url_credentials():
 @pytest.mark.parametrize("raw_output", [True, False])
 def test_a_judge_that_echoes_the_key_gets_it_written_nowhere(serve_cli, tmp_path, raw_output, monkeypatch):
     monkeypatch.setenv("TRUST_KEY", SECRET)
-    rows, fake, server, data = serve_cli(n=6, fault_rates={"echo_key": 1.0})
+    _, fake, server, data = serve_cli(n=6, fault_rates={"echo_key": 1.0})
     out = tmp_path / "ann"
     argv = ["annotate", "--backend", "openai", "--base-url", server.url, "--judge-model", "fake-judge",
             "--api-key-env", "TRUST_KEY", "--input", str(data), "--output", str(out), "--no-progress",
@@ -356,6 +362,7 @@ def test_a_judge_that_repeats_the_prompt_is_not_read_as_its_example_box(serve_cl
     rows, fake, server, _ = serve_cli(n=2, faults=["echo_prompt"])
     out = OpenAIJudge(judge_cfg(server.url, concurrency=1), cache=None).annotate(rows)
     assert out[0]["first_error_step"] is None and out[0]["error"] == "parse: no \\boxed{} in the answer"
+    assert fake.faults_served["echo_prompt"] == 1 and out[1]["first_error_step"] == rows[1]["first_error_step"]
     prompt = render_prompt("p", ["a", "b", "c"])
     assert parse_verdict(prompt + "\n\nParagraph 1 is wrong: \\boxed{1}", 3) == 1
     assert parse_verdict("\\boxed{2}\n" + prompt.replace("\n", "  \n"), 3) == 2  # an echo after the answer

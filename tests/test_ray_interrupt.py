@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_first_sigint_in_a_ray_job_caches_the_answers_in_flight(served, tmp_path):
-    rows, fake, server, data = served(n=12, fault_rates={"slow": 1.0}, slow_s=4.0)
+    _, fake, server, data = served(n=12, fault_rates={"slow": 1.0}, slow_s=4.0)
     out = tmp_path / "ann"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONPATH": str(REPO)}
     job = subprocess.Popen([sys.executable, "-m", "actprm.cli", "annotate", "--ray", "--actors", "2",

@@ -28,6 +28,7 @@ every read, so a better parser relabels old answers without paying for them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -173,12 +174,10 @@ class AnswerCache:
             self._lock = None
 
     def __del__(self) -> None:  # a cache dropped without close() gives its lock back
-        try:
+        with contextlib.suppress(Exception):  # at interpreter shutdown, modules may be gone
             if getattr(self, "_lock", None) is not None:
                 self._lock.release()
                 self._lock = None
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass
 
 
 class LayeredCache:

@@ -659,4 +659,3 @@ class OpenAIJudge(Annotator):
 def _clip(text: str, n: int = 300) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= n else text[: n - 3] + "..."
-
