@@ -106,9 +106,11 @@ class AnnotateResult:
                                      f"{j.prompt_tokens + j.completion_tokens} tokens, ${j.cost_usd:.2f}), "
                                      f"{j.cached} from cache")
         stop = ""
+        if j is not None and getattr(j, "usage_invalid", 0):
+            stop += f"; {j.usage_invalid} replies without valid usage, charged at their worst case"
         if self.budget and self.budget["exhausted"]:
-            stop = (f"; budget exhausted, {a.failed[BUDGET_KIND]} rows not annotated (rerun with a higher "
-                    f"--max-spend/--max-calls to continue from the cache)")
+            stop += (f"; budget exhausted, {a.failed[BUDGET_KIND]} rows not annotated (rerun with a higher "
+                     f"--max-spend/--max-calls to continue from the cache)")
         return (f"annotate: {c.read} rows, {a.labelled} labelled, {a.n_failed} failed{_kinds(a.failed)}, "
                 f"{c.n_errors} invalid{_kinds(c.errors)}{paid} in {self.seconds:.1f}s -> {self.output}{stop}")
 

@@ -247,6 +247,7 @@ def test_a_server_with_bad_usage_cannot_spend_past_the_budget(served, tmp_path, 
     spent = sum(r["cost_usd"] for r in got)
     assert spent <= limit and limit - spent < worst  # within one request of the budget, never over
     assert result.budget["charged_usd"] == pytest.approx(spent)
+    assert f"{len(labelled)} replies without valid usage, charged at their worst case" in result.summary_line()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["replies_with_invalid_usage"] == len(labelled) and summary["spent_usd"] > 0
 
