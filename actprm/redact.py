@@ -75,8 +75,9 @@ def redact(text: str | None, extra: Iterable[str | None] = ()) -> str | None:
     for secret in sorted(secrets, key=len, reverse=True):  # longest first: a secret inside another
         if secret in text:
             text = text.replace(secret, REDACTED)
-    text = _USERINFO.sub(lambda m: m.group("scheme") + REDACTED + "@", text)
-    return _BEARER.sub(lambda m: m.group("word") + REDACTED, text)
+    if "://" in text:
+        text = _USERINFO.sub(lambda m: m.group("scheme") + REDACTED + "@", text)
+    return _BEARER.sub(lambda m: m.group("word") + REDACTED, text) if "Bearer" in text else text
 
 
 def display_url(url: str | None) -> str | None:
