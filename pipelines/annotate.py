@@ -30,7 +30,7 @@ Run:  python -m pipelines.annotate --backend openai --base-url URL --judge-model
  or:  actprm annotate --ray ...
 On a cluster, --output (and --cache) must be on a filesystem every node can reach, and the
 API key's variable (--api-key-env) must be set where the actors run: the key is read there and
-never travels through Ray. Do not share a --cache with a job that runs at the same time.
+never travels through Ray. A --cache in use by another run is refused (exit 2): see actprm.io.lock.
 """
 
 from __future__ import annotations

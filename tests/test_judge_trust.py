@@ -108,7 +108,7 @@ def test_a_lock_refuses_a_second_process_naming_the_holder_and_a_dead_holders_lo
 
 
 def test_two_annotate_runs_into_one_output_or_one_cache_the_second_exits_2_naming_the_first(served, tmp_path):
-    _, fake, server, data = served(n=16, delay_s=1.0)
+    _, fake, server, data = served(n=16, fault_rates={"slow": 1.0}, slow_s=600)  # until released
     out = tmp_path / "ann"
     first = subprocess.Popen(cli(server.url, data, out, "--concurrency", "2"), env=ENV,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -122,6 +122,7 @@ def test_two_annotate_runs_into_one_output_or_one_cache_the_second_exits_2_namin
             assert second.returncode == 2 and "in use by another actprm run" in err and f"pid {first.pid}" in err
             assert err.count("\n") == 1 and "Traceback" not in err
         assert first.poll() is None  # the refusals came while the first run was still running
+        fake.release_slow()
         assert first.wait(timeout=120) == 0
     finally:
         first.kill()

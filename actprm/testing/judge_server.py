@@ -22,7 +22,8 @@ careless or hostile server does: `no_usage` (no `usage` in the body), `negative_
 (-100000 tokens each), `absurd_usage` (10**15 tokens each), `echo_key` (the answer and its
 reasoning repeat the Authorization header), `ignore_n` (one choice whatever `n` asks for), `huge`
 (an answer of `huge_chars` characters before the verdict), `echo_prompt` (the answer is the
-prompt itself: the template's example boxes), `slow` (answers after `slow_s` seconds). Answers come in
+prompt itself: the template's example boxes), `slow` (answers after `slow_s` seconds, or when
+`release_slow()` is called). Answers come in
 the content, in <think> tags (`reasoning="think"`) or in a `reasoning_content` field
 (`reasoning="field"`); the reasoning holds a decoy \\boxed{} that a parser must not read.
 
@@ -100,6 +101,7 @@ class FakeJudge:
         self.hang_s = hang_s
         self.huge_chars = huge_chars
         self.slow_s = slow_s
+        self._released = False
         self.rng = random.Random(seed)
         self.requests = 0
         self.statuses: Counter = Counter()
@@ -108,6 +110,11 @@ class FakeJudge:
         self.headers_seen: list[dict[str, str]] = []
         self.max_in_flight = 0
         self._in_flight = 0
+
+    def release_slow(self) -> None:
+        """Answer every `slow` request now, and no more slow ones."""
+        self._released = True
+        self.fault_rates.pop("slow", None)
 
     @property
     def total_paid(self) -> int:
@@ -182,8 +189,10 @@ class FakeJudge:
             self.faults_served[fault] += 1
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
-        if fault == "slow":
-            await asyncio.sleep(self.slow_s)
+        if fault == "slow":  # until slow_s has passed or release_slow() was called
+            end = time.monotonic() + self.slow_s
+            while time.monotonic() < end and not self._released:
+                await asyncio.sleep(0.02)
         if fault == "429":
             return self._error(429, "rate limit reached, slow down", headers={"Retry-After": self.retry_after})
         if fault == "500":
