@@ -22,6 +22,7 @@ from pydantic.fields import FieldInfo
 
 from actprm import __version__, config, provenance
 from actprm.errors import UserError
+from actprm.redact import redact
 
 #: the verbs, in --help order: `init-model` is config.InitModelConfig (the first line of its docstring is the
 #: verb's help, the rest its description) and runs pipelines/init_model.py
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_verb(args.verb, args)
     except UserError as exc:
-        print(f"actprm: error: {exc}", file=sys.stderr)
+        print(f"actprm: error: {redact(str(exc))}", file=sys.stderr)  # no secret in any line printed
         return UserError.exit_code
     except KeyboardInterrupt:
         print("actprm: interrupted", file=sys.stderr)

@@ -164,6 +164,10 @@ class JudgeConfig(Config):
     price_out: float = Field(0.0, ge=0.0, description="USD per million completion tokens")
     cache: str | None = Field(None, description="answer cache (null: OUTPUT/judge_cache.sqlite)")
     raw_output: bool = Field(True, description="keep the judge's answer text in the annotations")
+    max_answer_chars: int = Field(1_000_000, ge=1, description="an answer (reasoning included) longer than "
+                                  "this is not kept: its sample fails `too large` (it is paid, so cached as such)")
+    interrupt_grace_s: float = Field(30.0, ge=0, description="on Ctrl-C, seconds to wait for the requests in flight "
+                                     "(their answers are cached) before exiting; a second Ctrl-C exits at once")
     # rollout: Math-Shepherd / PAV step values from a prover policy's completions (actprm.judge.rollout);
     # it shares the endpoint, limits, retries, temperature/top_p/max_tokens (null: 512), prices and cache above
     rollouts: int = Field(8, ge=1, description="rollout: completions per step prefix (k)")

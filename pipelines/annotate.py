@@ -45,7 +45,7 @@ what the endpoint sees is still one client:
 
 On a cluster, --output (and --cache) must be on a filesystem every node can reach, and the
 API key's variable (--api-key-env) must be set where the actors run: the key is read there and
-never travels through Ray. Do not share a --cache with a job that runs at the same time.
+never travels through Ray. A --cache in use by another run is refused (exit 2): see actprm.io.lock.
 """
 
 from __future__ import annotations
@@ -68,18 +68,14 @@ import ray
 from actprm.config import AnnotateConfig
 from actprm.errors import UserError
 from actprm.io.formats import content_id
+from actprm.io.lock import job_locks, output_lock
 from actprm.io.readers import check_paths, iter_batches, known_rows
 from actprm.io.writers import ShardWriter, StagedOutput
-from actprm.judge import (
-    Annotator,
-    cache_path,
-    check_spend_settings,
-    error_kind,
-    make_annotator,
-)
+from actprm.judge import Annotator, cache_path, error_kind, make_annotator
 from actprm.judge.base import check_contract
-from actprm.judge.budget import SpendBudget
+from actprm.judge.budget import SpendBudget, check_spend_settings
 from actprm.judge.cache import AnswerCache, LayeredCache, segments_dir
+from actprm.judge.interrupt import GracefulInterrupt
 from actprm.judge.openai_judge import JudgeStats, LocalLimits, OpenAIJudge
 from actprm.judge.rollout import RolloutAnnotator
 from actprm.progress import JobResult, RowCounts, progress_bar
@@ -150,9 +146,11 @@ class AnnotateResult(JobResult):
                                      f"{j.prompt_tokens + j.completion_tokens} tokens, ${j.cost_usd:.2f}), "
                                      f"{j.cached} from cache")
         stop = ""
+        if j is not None and getattr(j, "usage_invalid", 0):
+            stop += f"; {j.usage_invalid} replies without valid usage, charged at their worst case"
         if self.budget and self.budget["exhausted"]:
-            stop = (f"; budget exhausted, {a.failed[BUDGET_KIND]} rows not annotated (rerun with a higher "
-                    f"--max-spend/--max-calls to continue from the cache)")
+            stop += (f"; budget exhausted, {a.failed[BUDGET_KIND]} rows not annotated (rerun with a higher "
+                     f"--max-spend/--max-calls to continue from the cache)")
         return (f"annotate: {c.read} rows, {a.labelled} labelled, {a.n_failed} failed{_kinds(a.failed)}, "
                 f"{c.n_errors} invalid{_kinds(c.errors)}{paid} in {self.seconds:.1f}s -> {self.output}{stop}")
 
@@ -182,16 +180,19 @@ async def _annotate_all(cfg: AnnotateConfig, sources: list, annotator: Annotator
             bar.set_postfix(postfix(), refresh=False)
 
         try:
-            for batch in iter_batches(sources, limits=cfg.limits, step_separator=cfg.step_separator,
-                                      batch_rows=cfg.batch_rows):
-                rows = await annotator.annotate_async(batch.valid, on_row) if batch.valid else []
-                check_contract(batch.valid, rows, annotator)
-                annotations.add_rows(rows)
-                errors.add_rows(batch.errors)
-                counts.read += batch.n_read
-                counts.valid += len(batch.valid)
-                counts.add_errors(batch.errors)
-                bar.update(batch.n_read - len(batch.valid))
+            async with GracefulInterrupt(annotator, cfg.interrupt_grace_s) as stop:  # Ctrl-C: drain, exit 130
+                for batch in iter_batches(sources, limits=cfg.limits, step_separator=cfg.step_separator,
+                                          batch_rows=cfg.batch_rows):
+                    stop.check()
+                    rows = await annotator.annotate_async(batch.valid, on_row) if batch.valid else []
+                    stop.check()
+                    check_contract(batch.valid, rows, annotator)
+                    annotations.add_rows(rows)
+                    errors.add_rows(batch.errors)
+                    counts.read += batch.n_read
+                    counts.valid += len(batch.valid)
+                    counts.add_errors(batch.errors)
+                    bar.update(batch.n_read - len(batch.valid))
         finally:
             await annotator.aclose()
 
@@ -224,16 +225,21 @@ def run(cfg: AnnotateConfig, progress: bool = True, annotator: Annotator | None 
     start = time.perf_counter()
     sources = check_paths(cfg)
     check_spend_settings(cfg)
-    annotator = annotator or make_annotator(cfg)
+    mine = annotator is None
+    annotator = annotator or make_annotator(cfg)  # its cache, if any, is locked while open
     counts, done = RowCounts(), AnnotationCounts()
-    with staged_output(cfg) as out:
-        asyncio.run(_annotate_all(cfg, sources, annotator, out, counts, done, progress))
-        seconds = time.perf_counter() - start
-        stats = getattr(annotator, "stats", None)
-        spend = getattr(annotator, "budget", None)
-        budget = spend.as_dict() if spend is not None else None
-        write_summary(out.path("summary.json"), cfg, sources, annotator.judge, annotator.prompt_version,
-                      counts, done, stats, seconds, budget)
+    try:
+        with output_lock(cfg.output), staged_output(cfg) as out:  # one run per output at a time
+            asyncio.run(_annotate_all(cfg, sources, annotator, out, counts, done, progress))
+            seconds = time.perf_counter() - start
+            stats = getattr(annotator, "stats", None)
+            spend = getattr(annotator, "budget", None)
+            budget = spend.as_dict() if spend is not None else None
+            write_summary(out.path("summary.json"), cfg, sources, annotator.judge, annotator.prompt_version,
+                          counts, done, stats, seconds, budget)
+    finally:
+        if mine and getattr(annotator, "cache", None) is not None:
+            annotator.cache.close()  # and its lock
     return AnnotateResult(counts, done, annotator.judge, seconds, Path(cfg.output), stats, budget)
 
 
@@ -321,7 +327,7 @@ class AnnotatorActor:
         self.cache = None
         if cfg.backend in PAID_BACKENDS:
             main = cache_path(cfg)
-            self.cache = LayeredCache(AnswerCache(segments_dir(main) / f"{name}.sqlite"),
+            self.cache = LayeredCache(AnswerCache(segments_dir(main) / f"{name}.sqlite", lock=False),
                                       AnswerCache(main, read_only=True))
             budget = GateBudget(gate) if cfg.max_spend is not None or cfg.max_calls is not None else None
             cls = RolloutAnnotator if cfg.backend == "rollout" else OpenAIJudge
@@ -336,6 +342,18 @@ class AnnotatorActor:
 
     async def stats(self) -> JudgeStats | None:
         return getattr(self.annotator, "stats", None)
+
+    async def drain(self, grace_s: float) -> int:
+        """Ctrl-C in the driver: send nothing new, wait (at most `grace_s`) for the requests in flight,
+        whose answers go to this actor's segment; returns how many were still in flight."""
+        stop = getattr(self.annotator, "request_stop", None)
+        if stop is not None:
+            stop()
+        stats = getattr(self.annotator, "stats", None)
+        deadline = time.monotonic() + grace_s
+        while stats is not None and stats.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return stats.in_flight if stats is not None else 0
 
     async def close(self) -> None:
         await self.annotator.aclose()
@@ -436,38 +454,48 @@ def run_on_ray(cfg: AnnotateConfig, progress: bool = True) -> AnnotateResult:
     # the settings are checked here, before any actor starts; this one names the judge
     judge = OpenAIJudge(cfg) if cfg.backend == "openai" else make_annotator(cfg)
     main = cache_path(cfg) if cfg.backend in PAID_BACKENDS else None
-    _merge_segments(main)  # what a killed run left
-    init_ray(cfg.address)
-    cpus = ray.cluster_resources().get("CPU", 0)
-    if cpus < cfg.actors:
-        raise UserError(f"--actors {cfg.actors} needs {cfg.actors} CPUs (one per actor); the Ray cluster has {cpus:g}")
-    counts, done = RowCounts(), AnnotationCounts()
-    with staged_output(cfg) as out:
-        # every actor's waiting requests (at most `concurrency` each) and releases fit in the gate
-        gate = JudgeGate.options(max_concurrency=2 * cfg.actors * cfg.concurrency + 16).remote(
-            cfg.concurrency, cfg.requests_per_minute, cfg.tokens_per_minute, cfg.max_spend, cfg.max_calls)
-        run_id = uuid.uuid4().hex[:8]
-        actors = [AnnotatorActor.options(max_concurrency=1000).remote(cfg, f"{run_id}-{i}", gate)
-                  for i in range(cfg.actors)]
-        try:
-            _annotate_on_actors(cfg, sources, actors, out, counts, done, progress, judge)
-            per_actor = _get([a.stats.remote() for a in actors])
-            stats = None
-            if cfg.backend in PAID_BACKENDS:
-                stats = JudgeStats()
-                for s in per_actor:
-                    stats.add(s)
-                stats.max_in_flight = _get(gate.max_in_flight.remote())
-            budget = _get(gate.budget_state.remote())
-        finally:
-            with suppress(Exception):  # a dead actor's segment is merged all the same
-                ray.get([a.close.remote() for a in actors], timeout=60)
-            for handle in [*actors, gate]:
-                ray.kill(handle)
-            _merge_segments(main)
-        seconds = time.perf_counter() - start
-        write_summary(out.path("summary.json"), cfg, sources, judge.judge, judge.prompt_version,
-                      counts, done, stats, seconds, budget)
+    with job_locks(cfg.output, main):  # one run per output and per cache at a time (exit 2 naming the holder)
+        _merge_segments(main)  # what a killed run left
+        init_ray(cfg.address)
+        cpus = ray.cluster_resources().get("CPU", 0)
+        if cpus < cfg.actors:
+            raise UserError(f"--actors {cfg.actors} needs {cfg.actors} CPUs (one per actor); the Ray cluster has {cpus:g}")
+        counts, done = RowCounts(), AnnotationCounts()
+        with staged_output(cfg) as out:
+            # every actor's waiting requests (at most `concurrency` each) and releases fit in the gate
+            gate = JudgeGate.options(max_concurrency=2 * cfg.actors * cfg.concurrency + 16).remote(
+                cfg.concurrency, cfg.requests_per_minute, cfg.tokens_per_minute, cfg.max_spend, cfg.max_calls)
+            run_id = uuid.uuid4().hex[:8]
+            actors = [AnnotatorActor.options(max_concurrency=1000).remote(cfg, f"{run_id}-{i}", gate)
+                      for i in range(cfg.actors)]
+            try:
+                try:
+                    _annotate_on_actors(cfg, sources, actors, out, counts, done, progress, judge)
+                except KeyboardInterrupt:  # first Ctrl-C: the answers in flight are cached, then exit 130
+                    print(f"actprm: interrupted: sending no new requests; waiting up to {cfg.interrupt_grace_s:g}s "
+                          "for those in flight (their answers are cached); Ctrl-C again to stop now",
+                          file=sys.stderr, flush=True)
+                    with suppress(Exception):
+                        ray.get([a.drain.remote(cfg.interrupt_grace_s) for a in actors],
+                                timeout=cfg.interrupt_grace_s + 10)
+                    raise
+                per_actor = _get([a.stats.remote() for a in actors])
+                stats = None
+                if cfg.backend in PAID_BACKENDS:
+                    stats = JudgeStats()
+                    for s in per_actor:
+                        stats.add(s)
+                    stats.max_in_flight = _get(gate.max_in_flight.remote())
+                budget = _get(gate.budget_state.remote())
+            finally:
+                with suppress(Exception):  # a dead actor's segment is merged all the same
+                    ray.get([a.close.remote() for a in actors], timeout=60)
+                for handle in [*actors, gate]:
+                    ray.kill(handle)
+                _merge_segments(main)
+            seconds = time.perf_counter() - start
+            write_summary(out.path("summary.json"), cfg, sources, judge.judge, judge.prompt_version,
+                          counts, done, stats, seconds, budget)
     return AnnotateResult(counts, done, judge.judge, seconds, Path(cfg.output), stats, budget)
 
 

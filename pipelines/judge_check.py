@@ -30,7 +30,8 @@ from actprm.errors import UserError
 from actprm.io.readers import iter_batches
 from actprm.io.subsets import resolve_subsets
 from actprm.io.writers import StagedOutput, write_parquet_atomic
-from actprm.judge import check_spend_settings, error_kind, make_annotator
+from actprm.judge import error_kind, make_annotator
+from actprm.judge.budget import check_spend_settings
 from actprm.metrics import f1_table, mean_f1, processbench_scores
 from actprm.progress import JobResult
 from actprm.sample import BottomK

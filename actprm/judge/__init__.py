@@ -50,13 +50,17 @@ def _answer_cache(cfg: Any) -> Any:
 def _openai(cfg: Any, budget: Any = None) -> Annotator:
     from actprm.judge.openai_judge import OpenAIJudge
 
-    return OpenAIJudge(cfg, cache=_answer_cache(cfg), budget=budget)
+    judge = OpenAIJudge(cfg, cache=None, budget=budget)  # the settings are checked before the cache is made
+    judge.cache = _answer_cache(cfg)
+    return judge
 
 
 def _rollout(cfg: Any, budget: Any = None) -> Annotator:
     from actprm.judge.rollout import RolloutAnnotator
 
-    return RolloutAnnotator(cfg, cache=_answer_cache(cfg), budget=budget)
+    judge = RolloutAnnotator(cfg, cache=None, budget=budget)
+    judge.cache = _answer_cache(cfg)
+    return judge
 
 
 # backend name -> factory taking the job config (actprm.config.JudgeConfig or a subclass) and a
@@ -91,13 +95,3 @@ __all__ = [
     "majority",
     "make_annotator",
 ]
-
-
-def check_spend_settings(cfg) -> None:
-    """--max-spend / --max-calls limit what the openai judge is paid; a user error where they cannot."""
-    if cfg.max_spend is None and cfg.max_calls is None:
-        return
-    if cfg.backend == "verifier":
-        raise UserError(f"--max-spend/--max-calls limit what a paid judge costs; the {cfg.backend} backend is free")
-    if cfg.max_spend is not None and cfg.price_in == 0 and cfg.price_out == 0:
-        raise UserError("--max-spend needs the judge's prices: --price-in and --price-out (USD per million tokens)")

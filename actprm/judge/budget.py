@@ -14,7 +14,16 @@
   and it still does not fit, the budget is *exhausted*: this and every later request is not
   sent, and its row fails with `budget exhausted: ...` (actprm.judge.openai_judge);
 - a call is a request; a request that brings no answer (429, 5xx, timeout) is not counted
-  as paid and gives its call back.
+  as paid and gives its call back; a 200 reply without choices is billed like any answer, so it
+  counts as a call (each retry of it too) at what its usage says;
+- what a reply costs comes from its `usage`, checked first (`checked_usage`): token counts must be
+  integers, non-negative and within what the request allows (the prompt's bytes x 2 + 8192; the
+  output bound x n + 64). A reply with usage missing or invalid is charged at the request's worst
+  case (the reservation: prompt bytes + 16, n x the output bound), so a server that omits usage or
+  reports negative counts cannot spend past the budget;
+- the output bound is `max_tokens` (or `max_completion_tokens` in `extra_body`, OpenAI's name for
+  reasoning models): without one a completion has no worst case, so a dollar budget (`max_spend`)
+  without it is refused (`check_spend_settings`, one line, exit 2).
 
 What the budget counts is the cost of the labels the job delivers: answers paid now and answers
 taken from the answer cache (at what they cost when they were paid; `charge`). So a rerun with
@@ -30,13 +39,68 @@ per job (e.g. `SpendBudget(max_usd=limit - spent_so_far)`) and pass it to
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
+from actprm.errors import UserError
+
 PROMPT_OVERHEAD_TOKENS = 16  # chat template around the one user message
+MAX_OUTPUT_TOKENS = 1 << 20  # no model writes more per answer: the bound of usage without max_tokens
 
 
 class BudgetExhausted(Exception):
     """The request was not sent: the budget cannot pay for it (str: why, for the failed row)."""
+
+
+def output_bound(sampling: dict[str, Any] | None) -> int | None:
+    """The most tokens one completion may have under these sampling settings: `max_tokens`, else
+    `extra_body.max_completion_tokens`; None when neither is set (the server's own limit)."""
+    sampling = sampling or {}
+    bound = sampling.get("max_tokens") or (sampling.get("extra_body") or {}).get("max_completion_tokens")
+    return int(bound) if bound else None
+
+
+def check_spend_settings(cfg: Any) -> None:
+    """--max-spend / --max-calls limit what a paid judge is paid; a user error where they cannot."""
+    max_spend, max_calls = getattr(cfg, "max_spend", None), getattr(cfg, "max_calls", None)
+    if max_spend is None and max_calls is None:
+        return
+    if cfg.backend == "verifier":
+        raise UserError(f"--max-spend/--max-calls limit what a paid judge costs; the {cfg.backend} backend is free")
+    if max_spend is None:
+        return
+    if cfg.price_in == 0 and cfg.price_out == 0:
+        raise UserError("--max-spend needs the judge's prices: --price-in and --price-out (USD per million tokens)")
+    bounded = cfg.max_tokens or (cfg.extra_body or {}).get("max_completion_tokens")
+    if not bounded and cfg.backend != "rollout":  # the rollout backend's completions default to 512 tokens
+        raise UserError("--max-spend needs a bound on each answer's length: set --max-tokens (or "
+                        "max_completion_tokens in extra_body), else one answer could cost more than the budget")
+
+
+def _count(value: Any) -> int | None:
+    """A token count as reported, if it is one: an integer (or integral float), finite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and (not math.isfinite(value) or not value.is_integer()):
+        return None
+    return int(value)
+
+
+def checked_usage(usage: Any, prompt_bytes: int, n: int, bound: int | None, mean_output_tokens: int
+                  ) -> tuple[int, int, bool]:
+    """(prompt_tokens, completion_tokens, valid) to charge for a reply with this `usage` (an object
+    or a mapping) to a request of `n` samples whose prompt has `prompt_bytes` UTF-8 bytes.
+
+    Valid usage is charged as reported; missing, non-integer, negative or beyond what the request
+    allows is charged at the request's worst case (see the module docstring)."""
+    worst_prompt = prompt_bytes + PROMPT_OVERHEAD_TOKENS
+    worst_completion = n * (bound or mean_output_tokens)
+    get = usage.get if isinstance(usage, dict) else (lambda name: getattr(usage, name, None))
+    pt, ct = (None, None) if usage is None else (_count(get("prompt_tokens")), _count(get("completion_tokens")))
+    if (pt is not None and ct is not None and 0 <= pt <= 2 * worst_prompt + 8192
+            and 0 <= ct <= n * (bound or MAX_OUTPUT_TOKENS) + 64):
+        return pt, ct, True
+    return worst_prompt, worst_completion, False
 
 
 def worst_case_usd(prompt_chars_bytes: int, n: int, max_tokens: int | None, mean_output_tokens: int,

@@ -16,7 +16,11 @@ The key (`answer_key`) is a SHA-256 of everything that decides the answer's dist
 problem, the steps, the judge model, the prompt version, the sampling parameters, and the
 sample index. Row ids are not in the key (the same trajectory under another id is not paid
 twice) but are kept beside the answer for audits. The API key and the endpoint URL are never
-stored.
+stored, and answers are redacted before they are (actprm.judge.redact: a judge may echo the key).
+
+One run at a time: opening a cache for writing takes its lock (`<cache>.lock`, actprm.io.lock),
+held until `close()`; a second run on the same cache exits 2 naming the holder's pid, and a
+killed run's lock is taken over. Read-only opens and the Ray actors' segments do not lock.
 
 Every answer the server returned is cached, whether it parses or not: parsing happens again on
 every read, so a better parser relabels old answers without paying for them.
@@ -24,6 +28,7 @@ every read, so a better parser relabels old answers without paying for them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -33,6 +38,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from actprm.errors import UserError
+from actprm.io.lock import cache_lock
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
@@ -82,20 +90,32 @@ class AnswerCache:
 
     `read_only`: open an existing cache as an immutable file (no locks, no shared memory, the
     WAL ignored: checkpoint it first, see `checkpoint`); nothing may write it meanwhile.
+    `lock`: take the cache's run lock while open (see the module docstring; off for a segment,
+    which has one writer by construction).
     """
 
-    def __init__(self, path: str | os.PathLike, read_only: bool = False):
+    def __init__(self, path: str | os.PathLike, read_only: bool = False, lock: bool = True):
         self.path = Path(path)
+        self._lock = None
         if read_only:
             uri = self.path.resolve().as_uri() + "?mode=ro&immutable=1"
             self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=30000")
-        self._db.execute(SCHEMA)
+        if lock:
+            self._lock = cache_lock(self.path).acquire()
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=30000")
+            self._db.execute(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise UserError(f"{self.path}: not a judge answer cache ({exc}); choose another --cache") from None
+        except BaseException:
+            self.close()
+            raise
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Answer]:
         keys = list(keys)
@@ -146,7 +166,18 @@ class AnswerCache:
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
-        self._db.close()
+        db = getattr(self, "_db", None)
+        if db is not None:
+            db.close()
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __del__(self) -> None:  # a cache dropped without close() gives its lock back
+        with contextlib.suppress(Exception):  # at interpreter shutdown, modules may be gone
+            if getattr(self, "_lock", None) is not None:
+                self._lock.release()
+                self._lock = None
 
 
 class LayeredCache:

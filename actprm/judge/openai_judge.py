@@ -36,7 +36,20 @@ Money and time are spent only here, so the rules are strict:
   and OpenAI support it), else one request each; the label is the majority of the parseable
   answers (ties: the earliest step, see actprm.judge.base.majority).
 - Secrets: the key is read from the environment variable named by `api_key_env` and is never
-  written anywhere; error messages that reach a table or the terminal have it redacted.
+  written anywhere: it and the credentials of `base_url` are registered with actprm.redact, and
+  every answer (before it is cached or kept as `raw_output`) and every error message is redacted.
+- Usage: what a reply costs comes from its `usage`, checked (actprm.judge.budget.checked_usage);
+  missing or invalid usage is charged at the request's worst case. A 200 reply without choices
+  is billed (and counts as a call against `max_calls`) before it is retried.
+- Short replies: a server that returns fewer choices than `n` asked for (it ignores `n`) is asked
+  again for the missing samples one request each, and the job stops using `n` from then on; the
+  row's `votes` hold the real answers only.
+- Size: an answer longer than `max_answer_chars` (reasoning included) is not kept: it is cached
+  as `too_large` (paid once) and its sample fails `too large: ...`.
+- Ctrl-C (`request_stop`; the job's side is actprm.judge.interrupt.GracefulInterrupt): the first
+  SIGINT stops sending (requests waiting for a slot or a retry are not sent), lets the requests in
+  flight finish within `interrupt_grace_s` and caches their answers, then the job exits 130; a
+  second SIGINT, or the end of the grace, cancels what is left at once.
 
 The same machinery (limits, retries, budget, cache, accounting) serves text completions: a prompt
 given as a string goes to `completions.create` (the rollout annotator's prover, actprm.judge.rollout,
@@ -68,7 +81,13 @@ from tenacity import (
 
 from actprm.errors import UserError
 from actprm.judge.base import Annotator, majority
-from actprm.judge.budget import BudgetExhausted, SpendBudget, worst_case_usd
+from actprm.judge.budget import (
+    BudgetExhausted,
+    SpendBudget,
+    checked_usage,
+    output_bound,
+    worst_case_usd,
+)
 from actprm.judge.cache import Answer, AnswerCache, answer_key
 from actprm.judge.prompt import (
     PROMPT_VERSION,
@@ -77,6 +96,7 @@ from actprm.judge.prompt import (
     parse_verdict,
     split_reasoning,
 )
+from actprm.redact import display_url, redact, register_endpoint
 
 Prompt = str | list[dict[str, str]]  # a text prompt (completions) or chat messages
 
@@ -92,6 +112,22 @@ MAX_RETRY_AFTER_S = 600.0
 
 class MalformedResponse(Exception):
     """A 200 response whose body is not a usable chat completion (cut off, not JSON, no choices)."""
+
+
+class EmptyReply(MalformedResponse):
+    """A 200 response with no choices: billed like an answer (its usage), then retried."""
+
+    def __init__(self, message: str, response: Any):
+        super().__init__(message)
+        self.response = response
+
+
+class JudgeStopped(Exception):
+    """The job was interrupted (Ctrl-C): this request is not sent."""
+
+
+SHORT = "short"  # a sample the server's reply had no choice for (it ignored n): asked for again
+TOO_LARGE = "too_large"  # finish_reason of a cached answer that exceeded max_answer_chars (its text not kept)
 
 
 class FatalEndpointError(UserError):
@@ -211,16 +247,23 @@ class JudgeStats:
     in_flight: int = 0
     max_in_flight: int = 0
     retries: Counter = field(default_factory=Counter)  # by exception type
+    usage_invalid: int = 0     # paid replies whose usage was missing or invalid (charged at the worst case)
+    empty_replies: int = 0     # paid replies without choices
+    short_replies: int = 0     # replies with fewer choices than n asked for (the server ignores n)
+    too_large: int = 0         # answers beyond max_answer_chars (not kept)
 
     def as_dict(self) -> dict[str, Any]:
         return {"requests": self.requests, "answers_paid": self.answers, "samples_from_cache": self.cached,
                 "spent_prompt_tokens": self.prompt_tokens, "spent_completion_tokens": self.completion_tokens,
                 "spent_usd": round(self.cost_usd, 6), "max_in_flight": self.max_in_flight,
-                "retries_by_kind": dict(self.retries.most_common())}
+                "retries_by_kind": dict(self.retries.most_common()),
+                "replies_with_invalid_usage": self.usage_invalid, "replies_without_choices": self.empty_replies,
+                "replies_short_of_n": self.short_replies, "answers_too_large": self.too_large}
 
     def add(self, other: JudgeStats) -> JudgeStats:
         """Add another annotator's counts (e.g. one Ray actor's); max_in_flight is left to the caller."""
-        for name in ("requests", "answers", "cached", "prompt_tokens", "completion_tokens", "cost_usd"):
+        for name in ("requests", "answers", "cached", "prompt_tokens", "completion_tokens", "cost_usd",
+                     "usage_invalid", "empty_replies", "short_replies", "too_large"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.retries.update(other.retries)
         return self
@@ -264,6 +307,10 @@ class OpenAIJudge(Annotator):
         self.stats = JudgeStats()
         self._key_env = cfg.api_key_env
         self._api_key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
+        register_endpoint(self._api_key, cfg.base_url)  # redacted from all this process writes or prints
+        self.max_answer_chars = int(getattr(cfg, "max_answer_chars", 0) or 0) or None
+        self.use_n = bool(cfg.use_n)  # turned off for the rest of the job when the server ignores n
+        self.stopping = False  # Ctrl-C: send nothing new (request_stop)
         self._shared_limits = limits
         self.budget = budget if budget is not None else SpendBudget.from_config(cfg)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -278,6 +325,9 @@ class OpenAIJudge(Annotator):
             return
         self._loop = loop
         self._pending: dict[str, asyncio.Future] = {}  # cache key -> the answer being fetched
+        self._stop_event = asyncio.Event()
+        if self.stopping:
+            self._stop_event.set()
         self._client = self._make_client()
         self._limits = self._shared_limits or LocalLimits(
             self.cfg.concurrency, self.cfg.requests_per_minute, self.cfg.tokens_per_minute)
@@ -294,8 +344,29 @@ class OpenAIJudge(Annotator):
         self._client, self._loop = None, None
 
     def redact(self, text: str) -> str:
-        """`text` with the API key removed (error bodies may echo what was sent)."""
-        return text.replace(self._api_key, "[redacted]") if len(self._api_key) >= 4 else text
+        """`text` with the API key, the URL's credentials and anything credential-like removed (actprm.redact)."""
+        return redact(text, [self._api_key])
+
+    def request_stop(self) -> None:
+        """Send nothing new: requests waiting for a slot, the budget or a retry fail `interrupted`;
+        those in flight finish and are cached (see `GracefulInterrupt`)."""
+        self.stopping = True
+        if self._loop is not None:
+            self._stop_event.set()
+
+    def _check_stop(self) -> None:
+        if self.stopping:
+            raise JudgeStopped("the job was interrupted before this request was sent")
+
+    async def _sleep(self, seconds: float) -> None:
+        """tenacity's wait between attempts, cut short by `request_stop`."""
+        if self._loop is None:
+            await asyncio.sleep(seconds)
+            return
+        try:
+            await asyncio.wait_for(self._stop_event.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            pass
 
     # ------------------------------------------------------------------- one request
 
@@ -309,26 +380,49 @@ class OpenAIJudge(Annotator):
 
     def _worst_case_usd(self, messages: Prompt, n: int) -> float:
         prompt_bytes = len(prompt_text(messages).encode("utf-8"))
-        return worst_case_usd(prompt_bytes, n, self.sampling.get("max_tokens"), self.cfg.mean_output_tokens,
+        return worst_case_usd(prompt_bytes, n, output_bound(self.sampling), self.cfg.mean_output_tokens,
                               self.cfg.price_in, self.cfg.price_out)
 
-    async def _send(self, messages: Prompt, n: int, extra: dict[str, Any] | None = None) -> Any:
-        """One HTTP request under the limits and the budget; a usable completion or an exception."""
+    def _billed(self, response: Any, messages: Prompt, n: int) -> tuple[int, int]:
+        """The (prompt, completion) tokens a paid reply is charged: its usage if valid, else the worst case."""
+        usage = getattr(response, "usage", None)
+        pt, ct, valid = checked_usage(usage, len(prompt_text(messages).encode("utf-8")), n,
+                                      output_bound(self.sampling), self.cfg.mean_output_tokens)
+        self.stats.usage_invalid += not valid
+        self.stats.prompt_tokens += pt
+        self.stats.completion_tokens += ct
+        self.stats.cost_usd += self._cost(pt, ct)
+        return pt, ct
+
+    async def _send(self, messages: Prompt, n: int, extra: dict[str, Any] | None = None
+                    ) -> tuple[Any, tuple[int, int]]:
+        """One HTTP request under the limits and the budget: a usable completion and the tokens it is
+        charged, or an exception (an EmptyReply is charged before it is raised)."""
+        self._check_stop()
         async with self._limits.slot(self._token_estimate(messages, n)):
-            if self.budget is None:
-                return await self._post(messages, n, extra)
-            reserved = self._worst_case_usd(messages, n)
-            if not await self.budget.reserve(reserved):  # checked right before the request is sent
-                raise BudgetExhausted(self.budget.why())
+            self._check_stop()
+            reserved = None
+            if self.budget is not None:
+                reserved = self._worst_case_usd(messages, n)
+                if not await self.budget.reserve(reserved):  # checked right before the request is sent
+                    raise BudgetExhausted(self.budget.why())
             try:
                 response = await self._post(messages, n, extra)
-            except BaseException:
-                await self.budget.settle(reserved, 0.0, False)
+            except EmptyReply as exc:  # billed: counts as a call
+                self.stats.empty_replies += 1
+                billed = self._billed(exc.response, messages, n)
+                if reserved is not None:
+                    await self.budget.settle(reserved, self._cost(*billed), True)
+                exc.billed = billed  # type: ignore[attr-defined]
                 raise
-            usage = getattr(response, "usage", None)
-            await self.budget.settle(reserved, self._cost(int(getattr(usage, "prompt_tokens", 0) or 0),
-                                                          int(getattr(usage, "completion_tokens", 0) or 0)), True)
-            return response
+            except BaseException:
+                if reserved is not None:
+                    await self.budget.settle(reserved, 0.0, False)
+                raise
+            billed = self._billed(response, messages, n)
+            if reserved is not None:
+                await self.budget.settle(reserved, self._cost(*billed), True)
+            return response, billed
 
     async def _post(self, messages: Prompt, n: int, extra: dict[str, Any] | None = None) -> Any:
         """The HTTP request itself (inside its slot): chat completions for a list of messages,
@@ -356,7 +450,9 @@ class OpenAIJudge(Annotator):
             self.stats.in_flight -= 1
         choices = getattr(response, "choices", None)
         field = "message" if chat else "text"
-        if not choices or any(getattr(c, field, None) is None for c in choices):
+        if not choices:
+            raise EmptyReply("the response has no choices", response)
+        if any(getattr(c, field, None) is None for c in choices):
             raise MalformedResponse(f"the response has no choices/{field}")
         return response
 
@@ -366,47 +462,56 @@ class OpenAIJudge(Annotator):
 
     async def _request(self, row: dict[str, Any], messages: Prompt,
                        samples: list[int], keys: list[str]) -> tuple[dict[int, _Sample], int]:
-        """Answers for `samples` of one row (one request with n, or one per sample), cached on arrival."""
+        """Answers for `samples` of one row (one request with n, or one per sample), cached on arrival.
+
+        A sample the reply has no choice for (the server ignored n) comes back with error SHORT."""
         attempts = 0
+        wasted = [0, 0]  # tokens billed for replies without choices: charged to this request's first answer
         try:
             async for attempt in AsyncRetrying(
                     stop=stop_after_attempt(self.cfg.max_attempts),
-                    wait=WaitRetryAfterOrBackoff(self.cfg.max_backoff_s),
+                    wait=WaitRetryAfterOrBackoff(self.cfg.max_backoff_s), sleep=self._sleep,
                     retry=retry_if_exception(is_transient), reraise=True):
                 with attempt:
                     attempts += 1
                     try:
-                        response = await self._send(messages, len(samples), self._request_params(samples, keys))
+                        response, (prompt_tokens, completion_tokens) = await self._send(
+                            messages, len(samples), self._request_params(samples, keys))
                     except Exception as exc:
+                        if isinstance(exc, EmptyReply):
+                            wasted[0] += exc.billed[0]  # type: ignore[attr-defined]
+                            wasted[1] += exc.billed[1]  # type: ignore[attr-defined]
                         if is_transient(exc):
                             self.stats.retries[type(exc).__name__] += 1
                         raise
         except Exception as exc:  # noqa: BLE001 - every failure of a request becomes a failed row
             return {s: _Sample(error=self._request_error(exc, attempts)) for s in samples}, attempts
-        usage = getattr(response, "usage", None)
-        prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
-        completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
-        self.stats.prompt_tokens += prompt_tokens
-        self.stats.completion_tokens += completion_tokens
-        self.stats.cost_usd += self._cost(prompt_tokens, completion_tokens)
         out: dict[int, _Sample] = {}
         choices = list(response.choices)
+        if len(choices) < len(samples):
+            self.stats.short_replies += 1
+        kept = min(len(choices), len(samples))
         for j, s in enumerate(samples):
             if j >= len(choices):
-                out[s] = _Sample(error=f"request: the server returned {len(choices)} of {len(samples)} choices")
+                out[s] = _Sample(error=SHORT)
                 continue
             # usage is per request: the prompt is billed to the first answer, completions split evenly
-            pt = prompt_tokens if j == 0 else 0
-            ct = completion_tokens // len(choices) + (completion_tokens % len(choices) if j == 0 else 0)
+            pt = prompt_tokens + wasted[0] if j == 0 else 0
+            ct = completion_tokens // kept + (completion_tokens % kept + wasted[1] if j == 0 else 0)
             message = getattr(choices[j], "message", None)
             if message is None:  # a text completion
                 content, reasoning = choices[j].text, None
             else:
                 content = message.content
                 reasoning = getattr(message, "reasoning_content", None) or getattr(message, "reasoning", None)
-            answer = Answer(content=content, reasoning=reasoning if isinstance(reasoning, str) else None,
-                            finish_reason=choices[j].finish_reason, prompt_tokens=pt, completion_tokens=ct,
-                            cost_usd=self._cost(pt, ct))
+            content = content if isinstance(content, str) else None
+            reasoning = reasoning if isinstance(reasoning, str) else None
+            finish = choices[j].finish_reason
+            if self.max_answer_chars and len(content or "") + len(reasoning or "") > self.max_answer_chars:
+                self.stats.too_large += 1
+                content, reasoning, finish = None, None, TOO_LARGE  # paid, so cached, but not kept
+            answer = Answer(content=self.redact(content), reasoning=self.redact(reasoning), finish_reason=finish,
+                            prompt_tokens=pt, completion_tokens=ct, cost_usd=self._cost(pt, ct))
             if self.cache is not None:
                 self.cache.put(keys[s], answer, row_id=row.get("id"), sample=s, model=self.model,
                                prompt_version=self.prompt_version)
@@ -417,6 +522,8 @@ class OpenAIJudge(Annotator):
     def _request_error(self, exc: BaseException, attempts: int) -> str:
         if isinstance(exc, BudgetExhausted):
             return f"budget exhausted: {exc}"
+        if isinstance(exc, JudgeStopped):
+            return f"interrupted: {exc}"
         if isinstance(exc, openai.APIStatusError) and exc.status_code in (401, 403, 404):
             raise FatalEndpointError(self._endpoint_hint(exc)) from None
         if isinstance(exc, openai.APIStatusError) and not is_transient(exc):
@@ -425,7 +532,7 @@ class OpenAIJudge(Annotator):
         return f"request: gave up after {attempts} attempt{'s' * (attempts != 1)} ({what})"
 
     def _endpoint_hint(self, exc: openai.APIStatusError) -> str:
-        where = self.cfg.base_url or "the default OpenAI endpoint"
+        where = display_url(self.cfg.base_url) or "the default OpenAI endpoint"
         if exc.status_code in (401, 403):
             key = (f"${self._key_env} is {'set' if self._api_key else 'not set'}" if self._key_env
                    else "no --api-key-env was given")
@@ -443,6 +550,9 @@ class OpenAIJudge(Annotator):
                           f"{answer.completion_tokens} tokens); raise max_tokens")
         if answer.finish_reason == "content_filter":
             return None, "refusal: the endpoint's content filter stopped the answer"
+        if answer.finish_reason == TOO_LARGE:
+            return None, (f"too large: the answer was longer than max_answer_chars ({self.max_answer_chars or 0:,}); "
+                          "its text was not kept")
         _, text = split_reasoning(answer.content, answer.reasoning)
         try:
             return parse_verdict(text, n_steps), None
@@ -459,7 +569,7 @@ class OpenAIJudge(Annotator):
         self.stats.cached += len(got)
         if self.budget is not None and got:  # labels from the cache count at what they cost when paid
             await self.budget.charge(sum(x.answer.cost_usd for x in got.values()),
-                                     1 if self.cfg.use_n else len(got))
+                                     1 if self.use_n else len(got))
         missing = [s for s in range(len(keys)) if s not in got]
         # the same trajectory under another id may be on the wire right now: wait for its answer
         theirs = {s: self._pending[keys[s]] for s in missing if keys[s] in self._pending}
@@ -469,11 +579,18 @@ class OpenAIJudge(Annotator):
             futures = {s: asyncio.get_running_loop().create_future() for s in mine}
             self._pending.update({keys[s]: futures[s] for s in mine})
             try:
-                groups = [mine] if self.cfg.use_n else [[s] for s in mine]
+                groups = [mine] if self.use_n and len(mine) > 1 else [[s] for s in mine]
                 for answers, n_attempts in await asyncio.gather(
                         *(self._request(row, messages, g, keys) for g in groups)):
                     got.update(answers)
                     attempts += n_attempts
+                short = [s for s in mine if got[s].error == SHORT]
+                if short:  # the server ignores n: one request per missing sample, and no n from now on
+                    self.use_n = False
+                    for answers, n_attempts in await asyncio.gather(
+                            *(self._request(row, messages, [s], keys) for s in short)):
+                        got.update(answers)
+                        attempts += n_attempts
             finally:
                 for s, future in futures.items():
                     del self._pending[keys[s]]

@@ -17,7 +17,13 @@ It reads the prompt the way a judge model would (actprm.judge.prompt's layout: t
 Faults, one per request: `faults` (a queue the test fills; consumed first) or `fault_rates`
 (seeded random draws): `429` (with Retry-After), `500`, `hang` (sleeps `hang_s`, then 503),
 `malformed` (a 200 whose JSON body is cut off), `empty` (a 200 with no choices), `400`, `401`,
-`no_boxed`, `out_of_range`, `length` (finish_reason "length", cut mid-reasoning). Answers come in
+`no_boxed`, `out_of_range`, `length` (finish_reason "length", cut mid-reasoning); and what a
+careless or hostile server does: `no_usage` (no `usage` in the body), `negative_usage`
+(-100000 tokens each), `absurd_usage` (10**15 tokens each), `echo_key` (the answer and its
+reasoning repeat the Authorization header), `ignore_n` (one choice whatever `n` asks for), `huge`
+(an answer of `huge_chars` characters before the verdict), `echo_prompt` (the answer is the
+prompt itself: the template's example boxes), `slow` (answers after `slow_s` seconds, or when
+`release_slow()` is called). Answers come in
 the content, in <think> tags (`reasoning="think"`) or in a `reasoning_content` field
 (`reasoning="field"`); the reasoning holds a decoy \\boxed{} that a parser must not read.
 
@@ -48,7 +54,8 @@ from typing import Any
 from aiohttp import web
 
 FAULTS = ("429", "500", "hang", "malformed", "empty", "400", "401",
-          "no_boxed", "out_of_range", "length")
+          "no_boxed", "out_of_range", "length",
+          "no_usage", "negative_usage", "absurd_usage", "echo_key", "ignore_n", "huge", "echo_prompt", "slow")
 
 _PROBLEM = re.compile(r"\[Problem\]\n(.*?)\n\n\[Solution\]\n", re.DOTALL)
 _PARAGRAPH = re.compile(r"<paragraph_(\d+)>\n(.*?)\n</paragraph_\1>", re.DOTALL)
@@ -78,7 +85,8 @@ class FakeJudge:
     def __init__(self, truth: Mapping[str, tuple[int, int]] | None = None, *, delay_s: float = 0.0,
                  faults: Iterable[str] = (), fault_rates: Mapping[str, float] | None = None,
                  wrong_rate: float = 0.0, reasoning: str = "none", retry_after: str = "1",
-                 hang_s: float = 30.0, seed: int = 0, prover: Any = None):
+                 hang_s: float = 30.0, seed: int = 0, prover: Any = None, huge_chars: int = 2_000_000,
+                 slow_s: float = 2.0):
         for fault in list(faults) + list(fault_rates or {}):
             if fault not in FAULTS:
                 raise ValueError(f"unknown fault {fault!r}; choose from {', '.join(FAULTS)}")
@@ -91,6 +99,9 @@ class FakeJudge:
         self.reasoning = reasoning
         self.retry_after = retry_after
         self.hang_s = hang_s
+        self.huge_chars = huge_chars
+        self.slow_s = slow_s
+        self._released = False
         self.rng = random.Random(seed)
         self.requests = 0
         self.statuses: Counter = Counter()
@@ -99,6 +110,11 @@ class FakeJudge:
         self.headers_seen: list[dict[str, str]] = []
         self.max_in_flight = 0
         self._in_flight = 0
+
+    def release_slow(self) -> None:
+        """Answer every `slow` request now, and no more slow ones."""
+        self._released = True
+        self.fault_rates.pop("slow", None)
 
     @property
     def total_paid(self) -> int:
@@ -173,6 +189,10 @@ class FakeJudge:
             self.faults_served[fault] += 1
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
+        if fault == "slow":  # until slow_s has passed or release_slow() was called
+            end = time.monotonic() + self.slow_s
+            while time.monotonic() < end and not self._released:
+                await asyncio.sleep(0.02)
         if fault == "429":
             return self._error(429, "rate limit reached, slow down", headers={"Retry-After": self.retry_after})
         if fault == "500":
@@ -189,22 +209,39 @@ class FakeJudge:
             self.statuses[200] += 1
             return web.Response(status=200, content_type="application/json",
                                 text='{"id": "chatcmpl-x", "object": "chat.completion", "choices": [{"ind')
-        n = int(body.get("n") or 1)
+        n = 1 if fault == "ignore_n" else int(body.get("n") or 1)
         if fault == "empty":
             choices: list[dict[str, Any]] = []
         else:
             label, n_paragraphs = self.verdict(prompt)
             choices = [self.choice(i, label, n_paragraphs, fault) for i in range(n)]
+        for c in choices:
+            message = c["message"]
+            if fault == "echo_key":  # what a judge told to repeat its instructions might do
+                key = request.headers.get("Authorization", "")
+                message["content"] = f"My credentials are {key} ({key.split()[-1]}).\n{message['content']}"
+                message["reasoning_content"] = f"The key is {key.split()[-1]}."
+            elif fault == "huge":
+                message["content"] = "x" * self.huge_chars + "\n" + message["content"]
+            elif fault == "echo_prompt":
+                message["content"] = prompt
         text_out = sum(len(c["message"].get("content") or "") + len(c["message"].get("reasoning_content") or "")
                        for c in choices)
-        usage = {"prompt_tokens": len(prompt) // 4 + 1, "completion_tokens": text_out // 4 + 1}
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        usage: dict[str, Any] | None = {"prompt_tokens": len(prompt) // 4 + 1, "completion_tokens": text_out // 4 + 1}
+        if fault == "negative_usage":
+            usage = {"prompt_tokens": -100000, "completion_tokens": -100000}
+        elif fault == "absurd_usage":
+            usage = {"prompt_tokens": 10**15, "completion_tokens": 10**15}
+        elif fault == "no_usage":
+            usage = None
         self.statuses[200] += 1
         if choices:
             self.paid[hashlib.sha256(prompt.encode()).hexdigest()] += len(choices)
-        return web.json_response({"id": f"chatcmpl-{self.requests}", "object": "chat.completion",
-                                  "created": int(time.time()), "model": body.get("model", "judge"),
-                                  "choices": choices, "usage": usage})
+        reply = {"id": f"chatcmpl-{self.requests}", "object": "chat.completion", "created": int(time.time()),
+                 "model": body.get("model", "judge"), "choices": choices}
+        if usage is not None:
+            reply["usage"] = {**usage, "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}
+        return web.json_response(reply)
 
     async def handle_completion(self, request: web.Request) -> web.StreamResponse:
         """POST /v1/completions: n completions of the prompt from `self.prover`."""

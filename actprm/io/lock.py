@@ -1,0 +1,172 @@
+"""One run at a time per output directory or judge cache: an exclusive lock held for the whole job.
+
+    with RunLock(Path(output) / LOCK_NAME, f"output {output}"):
+        ...  # a second run on the same path exits 2: "output X is in use by another actprm run (pid N ...)"
+
+The lock is a small file holding the holder's pid and host, locked with `fcntl.flock`
+(exclusive, non-blocking). The kernel drops a flock when its process dies, however it dies, so a
+lock file left by a killed run is stale by construction: the next run takes it over and writes its
+own pid. On a filesystem without flock (some network mounts) the pid is checked instead: a lock
+whose pid is alive on this host refuses, any other is taken over.
+
+Within one process the lock is re-entrant (a count per path): a job that holds its cache may
+open it again (the Ray recipe's driver merges segments into the cache it holds). The file is
+removed on release; an acquirer that locked a file just removed by its holder notices (the path
+no longer names the inode it locked) and tries again, so two runs never both hold a path.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import threading
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from actprm.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: the pid check alone
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_NAME = ".actprm.lock"  # an output directory's lock file
+
+_HELD: dict[str, list[Any]] = {}  # resolved path -> [fd, count] of the locks this process holds
+_GUARD = threading.Lock()
+
+
+class LockHeld(UserError):
+    """Another live run holds the lock (exit 2); `pid` is the holder's (None if unreadable)."""
+
+    def __init__(self, message: str, pid: int | None):
+        super().__init__(message)
+        self.pid = pid
+
+
+def lock_path_for_cache(cache: str | os.PathLike) -> Path:
+    """The lock file of a judge cache: `<cache>.lock` beside it."""
+    return Path(f"{cache}.lock")
+
+
+def _holder(path: Path) -> tuple[int | None, str]:
+    """(pid, host) written in a lock file; (None, "") when it cannot be read."""
+    try:
+        words = path.read_text(errors="replace").split()
+    except OSError:
+        return None, ""
+    pid = int(words[0]) if words and words[0].isdigit() else None
+    return pid, words[1] if len(words) > 1 else ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+class RunLock:
+    """An exclusive, re-entrant-per-process lock on `path` (a lock file); `what` names it in the error."""
+
+    def __init__(self, path: str | os.PathLike, what: str):
+        self.path = Path(path)
+        self.what = what
+        self._key = str(self.path.resolve())
+
+    def _refuse(self) -> None:
+        pid, host = _holder(self.path)
+        who = f"pid {pid}" if pid is not None else "an unknown pid"
+        if host and host != socket.gethostname():
+            who += f" on {host}"
+        raise LockHeld(f"{self.what} is in use by another actprm run ({who}); wait for it to finish or stop it",
+                       pid)
+
+    def acquire(self) -> RunLock:
+        with _GUARD:
+            held = _HELD.get(self._key)
+            if held is not None:
+                held[1] += 1
+                return self
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            while True:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    if not self._lock(fd):
+                        self._refuse()
+                    try:  # the holder may have removed the file between our open and our lock
+                        same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+                    except FileNotFoundError:
+                        same = False
+                except BaseException:
+                    os.close(fd)
+                    raise
+                if same:
+                    break
+                os.close(fd)
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+            _HELD[self._key] = [fd, 1]
+            return self
+
+    def _lock(self, fd: int) -> bool:
+        """True: locked (a dead holder's lock is free); False: a live holder has it."""
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                return False
+            except OSError as exc:
+                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    raise
+        pid, host = _holder(self.path)  # no flock here: trust a live pid on this host
+        return not (pid is not None and pid != os.getpid() and host in ("", socket.gethostname()) and _alive(pid))
+
+    def release(self) -> None:
+        with _GUARD:
+            held = _HELD.get(self._key)
+            if held is None:
+                return
+            held[1] -= 1
+            if held[1] > 0:
+                return
+            del _HELD[self._key]
+            try:
+                self.path.unlink(missing_ok=True)  # while still locked: see the module docstring
+            finally:
+                os.close(held[0])
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def output_lock(directory: str | os.PathLike) -> RunLock:
+    """The lock of an output directory: `DIR/.actprm.lock`."""
+    return RunLock(Path(directory) / LOCK_NAME, f"output {directory}")
+
+
+def cache_lock(cache: str | os.PathLike) -> RunLock:
+    """The lock of a judge answer cache: `<cache>.lock`."""
+    return RunLock(lock_path_for_cache(cache), f"judge cache {cache}")
+
+
+def job_locks(output: str | os.PathLike, cache: str | os.PathLike | None = None) -> ExitStack:
+    """The locks of a job that writes `output` (and pays into the judge cache `cache`): enter to hold both."""
+    stack = ExitStack()
+    try:
+        if cache is not None:
+            stack.enter_context(cache_lock(cache))
+        stack.enter_context(output_lock(output))
+    except BaseException:
+        stack.close()
+        raise
+    return stack

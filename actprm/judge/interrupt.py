@@ -1,0 +1,92 @@
+"""Ctrl-C in a paid job: stop sending, let the requests in flight finish and be cached, then exit.
+
+Without this, a SIGINT ends the job at once while the judge still finishes (and bills) the requests
+in flight, and the rerun pays for them again. `GracefulInterrupt` is the job's side; the
+annotator's side is `request_stop()` (actprm.judge.openai_judge.OpenAIJudge: requests waiting for a
+slot, the budget or a retry are not sent; those on the wire finish and are cached on arrival).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from typing import Any
+
+
+class GracefulInterrupt:
+    """`async with GracefulInterrupt(annotator, grace_s) as stop:` around a job's annotating loop.
+
+    First SIGINT: the annotator sends nothing new (`request_stop`, where it has one), the requests
+    in flight finish (and are cached) within `grace_s` seconds, said on stderr; the loop calls
+    `stop.check()` between batches, which raises KeyboardInterrupt (the CLI exits 130) instead of
+    writing more. A second SIGINT, or the end of the grace, cancels the job at once; it ends with
+    KeyboardInterrupt as well. Without a main-thread event loop (Ray actors, threads) it does nothing.
+    """
+
+    def __init__(self, annotator: Any, grace_s: float, stream: Any = None):
+        self.annotator = annotator
+        self.grace_s = float(grace_s)
+        self.stream = stream
+        self.signals = 0
+        self.cancelled = False
+        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signals > 0
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt once a stop was asked for (call between batches)."""
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def _say(self, text: str) -> None:
+        print(f"actprm: {text}", file=self.stream or sys.stderr, flush=True)
+
+    def _on_sigint(self) -> None:
+        self.signals += 1
+        if self.signals > 1:
+            self._say("interrupted again: stopping now; the answers of requests still in flight are lost")
+            self._cancel()
+            return
+        stats = getattr(self.annotator, "stats", None)
+        in_flight = getattr(stats, "in_flight", 0)
+        self._say(f"interrupted: sending no new requests; waiting up to {self.grace_s:g}s for {in_flight} "
+                  "in flight (their answers are cached); Ctrl-C again to stop now")
+        stop = getattr(self.annotator, "request_stop", None)
+        if stop is not None:
+            stop()
+        assert self._loop is not None
+        self._timer = self._loop.call_later(self.grace_s, self._grace_over)
+
+    def _grace_over(self) -> None:
+        self._say(f"interrupted: the {self.grace_s:g}s grace is over; stopping now")
+        self._cancel()
+
+    def _cancel(self) -> None:
+        if self._task is not None and not self.cancelled:
+            self.cancelled = True
+            self._task.cancel()
+
+    async def __aenter__(self) -> GracefulInterrupt:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        try:
+            self._loop.add_signal_handler(signal.SIGINT, self._on_sigint)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
+            self._loop = None
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._loop is not None:
+            self._loop.remove_signal_handler(signal.SIGINT)
+        if self.cancelled and exc_type is asyncio.CancelledError:
+            if self._task is not None:
+                self._task.uncancel()
+            raise KeyboardInterrupt
+        return False

@@ -1,0 +1,96 @@
+"""Secrets never reach anything actprm writes or prints: one redaction function for every boundary.
+
+`redact(text)` replaces, in any text about to be written (an answer before it is cached or put in
+`raw_output`, an error row, a summary, a log line, the CLI's one-line error):
+
+- every registered secret (`register`): the judge's API key, and the credentials of its
+  `--base-url` (`http://user:SECRET@host/v1`, `https://TOKEN@host/v1`, and query values such as
+  `?api_key=...`), each also in its percent-encoded and decoded form, wherever they occur (a
+  password that is an ordinary word is redacted as a word too); secrets under 4 characters are
+  not registered (they would mangle ordinary text, and no real key is that short);
+- whatever looks like a credential even when it was never registered: the userinfo of any URL
+  (`scheme://user:pass@` -> `scheme://[redacted]@`) and `Bearer <token>`.
+
+`display_url(url)` is a URL as it may be shown: userinfo and secret-looking query values removed.
+The registry is per process: each Ray actor registers what it reads from its own environment.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+
+REDACTED = "[redacted]"
+MIN_SECRET_CHARS = 4
+
+_SECRETS: set[str] = set()
+_GUARD = threading.Lock()
+_SECRET_PARAM = re.compile(r"key|token|secret|password|passwd|pwd|sig|signature|credential|auth", re.IGNORECASE)
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@?#]+@")
+_BEARER = re.compile(r"(?P<word>\bBearer\s+)[A-Za-z0-9._~+/=-]{4,}")
+
+
+def _forms(secret: str) -> set[str]:
+    return {s for s in (secret, quote(secret, safe=""), unquote(secret)) if len(s) >= MIN_SECRET_CHARS}
+
+
+def url_secrets(url: str | None) -> list[str]:
+    """The credentials a URL carries: its password (or a user name standing alone, which is a token:
+    `https://TOKEN@host`), and secret-looking query values (`?api_key=...`)."""
+    if not url:
+        return []
+    try:
+        parts = urlsplit(url)
+        found = [parts.password or parts.username or ""]
+    except ValueError:
+        return []
+    found += [value for name, value in parse_qsl(parts.query, keep_blank_values=True) if _SECRET_PARAM.search(name)]
+    return [s for s in found if s]
+
+
+def register(*secrets: str | None) -> None:
+    """Add secrets to this process's registry (each with its URL-encoded and decoded forms)."""
+    with _GUARD:
+        for secret in secrets:
+            if secret:
+                _SECRETS.update(_forms(secret))
+
+
+def register_endpoint(api_key: str | None, base_url: str | None) -> None:
+    """Register an endpoint's API key and the credentials in its URL."""
+    register(api_key, *url_secrets(base_url))
+
+
+def redact(text: str | None, extra: Iterable[str | None] = ()) -> str | None:
+    """`text` with every registered secret (and `extra`), URL userinfo and bearer tokens replaced."""
+    if not text:
+        return text
+    with _GUARD:
+        secrets = set(_SECRETS)
+    for secret in extra:
+        if secret:
+            secrets.update(_forms(secret))
+    for secret in sorted(secrets, key=len, reverse=True):  # longest first: a secret inside another
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    if "://" in text:
+        text = _USERINFO.sub(lambda m: m.group("scheme") + REDACTED + "@", text)
+    return _BEARER.sub(lambda m: m.group("word") + REDACTED, text) if "Bearer" in text else text
+
+
+def display_url(url: str | None) -> str | None:
+    """A URL as it may be printed: no userinfo, secret-looking query values replaced."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        if "@" in parts.netloc:
+            netloc = f"{REDACTED}@{netloc}"
+        query = urlencode([(k, REDACTED if _SECRET_PARAM.search(k) else v)
+                           for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="[]")
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        return redact(url)
