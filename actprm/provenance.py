@@ -35,7 +35,7 @@ from actprm import __version__
 from actprm.config import judge_settings
 from actprm.errors import UserError
 from actprm.io.readers import deeper_than
-from actprm.shipped import default_prm_path
+from actprm.shipped import SHIPPED_BACKBONE, default_prm_path
 
 METADATA_KEY = b"actprm"
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -90,10 +90,10 @@ def judge_name(cfg: Any) -> str | None:
     backend = getattr(cfg, "backend", None)
     if backend == "openai":
         return getattr(cfg, "judge_model", None)
-    if backend == "rollout":
-        from actprm.judge.rollout import judge_name as rollout_name
-
-        return rollout_name(cfg)
+    if backend == "rollout":  # the prover and what sets its labels
+        model = cfg.prover_model or (SHIPPED_BACKBONE if cfg.prover == "local" else None)
+        return (f"rollout(prover={model},k={int(cfg.rollouts)},threshold={float(cfg.rollout_threshold):g},"
+                f"labels={cfg.rollout_labels},temperature={cfg.temperature})")
     if backend == "verifier":
         return (f"verifier(wrong_rate={cfg.wrong_rate:g},refusal_rate={cfg.refusal_rate:g},"
                 f"seed={cfg.seed})")

@@ -13,18 +13,14 @@ The annotations table is data_schemas/annotations.yaml.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 from pathlib import Path
 from typing import Any
 
 from actprm.errors import UserError
 from actprm.judge.base import Annotator, error_kind, failed_row, labelled_row, majority
+from actprm.judge.cache import AnswerCache, segments_dir
 from actprm.judge.verifier import VerifierAnnotator
-
-
-def _verifier(cfg: Any, budget: Any = None) -> Annotator:  # free: a budget has nothing to stop
-    return VerifierAnnotator(wrong_rate=cfg.wrong_rate, refusal_rate=cfg.refusal_rate,
-                             samples=cfg.samples, seed=cfg.seed)
 
 
 def cache_path(cfg: Any) -> Path | None:
@@ -38,8 +34,6 @@ def cache_path(cfg: Any) -> Path | None:
 
 def _answer_cache(cfg: Any) -> Any:
     """The answer cache at `cache_path(cfg)` (None without one), with what a killed Ray run left merged in."""
-    from actprm.judge.cache import AnswerCache, segments_dir
-
     path = cache_path(cfg)
     cache = AnswerCache(path) if path is not None else None
     if cache is not None:  # what a killed Ray run (pipelines/annotate.py) left in its segments
@@ -47,30 +41,15 @@ def _answer_cache(cfg: Any) -> Any:
     return cache
 
 
-def _openai(cfg: Any, budget: Any = None) -> Annotator:
-    from actprm.judge.openai_judge import OpenAIJudge
-
-    judge = OpenAIJudge(cfg, cache=None, budget=budget)  # the settings are checked before the cache is made
-    judge.cache = _answer_cache(cfg)
-    return judge
-
-
-def _rollout(cfg: Any, budget: Any = None) -> Annotator:
-    from actprm.judge.rollout import RolloutAnnotator
-
-    judge = RolloutAnnotator(cfg, cache=None, budget=budget)
-    judge.cache = _answer_cache(cfg)
-    return judge
-
-
-# backend name -> factory taking the job config (actprm.config.JudgeConfig or a subclass) and a
-# spend budget (actprm.judge.budget.SpendBudget or None: from the config's max_spend/max_calls).
-# A new backend adds its factory here, importing its module inside the factory so that its
-# dependencies load only when used, and its name to JudgeConfig.backend in actprm/config.py.
-BACKENDS: dict[str, Callable[..., Annotator]] = {
-    "verifier": _verifier,
-    "openai": _openai,
-    "rollout": _rollout,
+# backend name -> "module:class" of its annotator. The class is built from the job config (JudgeConfig or a
+# subclass) and a spend budget (SpendBudget or None: from the config's max_spend/max_calls); a paid backend
+# gets its answer cache after its settings were checked. A backend's module is loaded when it is used (a
+# local prover brings torch and transformers); a new backend adds its line here and its name to
+# JudgeConfig.backend in actprm/config.py.
+BACKENDS: dict[str, str] = {
+    "verifier": "actprm.judge.verifier:VerifierAnnotator",
+    "openai": "actprm.judge.openai_judge:OpenAIJudge",
+    "rollout": "actprm.judge.rollout:RolloutAnnotator",
 }
 
 
@@ -78,10 +57,15 @@ def make_annotator(cfg: Any, *, budget: Any = None) -> Annotator:
     """The annotator named by `cfg.backend`, built from the config's settings; `budget` a SpendBudget
     shared with other work (default: one from the config's `max_spend` / `max_calls`, if set)."""
     name = getattr(cfg, "backend", None)
-    factory = BACKENDS.get(name)  # type: ignore[arg-type]
-    if factory is None:
+    if name not in BACKENDS:
         raise UserError(f"unknown annotator backend {name!r}; choose one of: {', '.join(BACKENDS)}")
-    return factory(cfg, budget)
+    if name == "verifier":  # free: a budget has nothing to stop, no answer to cache
+        return VerifierAnnotator(wrong_rate=cfg.wrong_rate, refusal_rate=cfg.refusal_rate,
+                                 samples=cfg.samples, seed=cfg.seed)
+    module, cls = BACKENDS[name].split(":")
+    judge = getattr(importlib.import_module(module), cls)(cfg, cache=None, budget=budget)
+    judge.cache = _answer_cache(cfg)
+    return judge
 
 
 __all__ = [

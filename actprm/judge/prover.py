@@ -35,8 +35,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
+from transformers import AutoModelForCausalLM, LogitsProcessorList, StoppingCriteriaList
 
 from actprm.answers import extract_answer
+from actprm.io.model_files import check_model_dir
+from actprm.shipped import default_backbone_path
+from actprm.tokens import STEP_SEPARATOR, load_tokenizer
 
 # the assistant turn of ChatML (the world backbone's and Qwen's template), filled with the steps so far
 CHATML_PROMPT = "<|im_start|>user\n{problem}<|im_end|>\n<|im_start|>assistant\n{prefix}"
@@ -115,18 +119,12 @@ class LocalProver:
 
     def __init__(self, model: str | None = None, *, device: str = "cpu", threads: int | None = None,
                  stop_after_answer: bool = True):
-        from transformers import AutoModelForCausalLM
-
-        from actprm.model import default_backbone_path
-        from actprm.tokens import STEP_SEPARATOR, load_tokenizer
-
         if threads:
             torch.set_num_threads(int(threads))
         path = str(model or default_backbone_path())
         self.name = path if model else "actprm/assets/backbone"
         self.tokenizer = load_tokenizer(path)
         self.tokenizer.padding_side = "left"
-        from actprm.io.model_files import check_model_dir
 
         check_model_dir(path)  # no model code from the directory, real safetensors
         self.model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True,
@@ -146,8 +144,6 @@ class LocalProver:
     def generate(self, prompts: Sequence[str], seeds: Sequence[int], *, max_tokens: int, temperature: float = 1.0,
                  top_p: float = 1.0, stop: Sequence[str] = ()) -> list[Completion]:
         """One completion per prompt; sequence i samples from the uniforms of generator `seeds[i]`."""
-        from transformers import LogitsProcessorList, StoppingCriteriaList
-
         if not prompts:
             return []
         enc = self.tokenizer(list(prompts), add_special_tokens=False, padding=True, return_tensors="pt")

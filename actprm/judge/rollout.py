@@ -37,18 +37,20 @@ import time
 from typing import Any
 
 from actprm.answers import answers_match, extract_answer
+from actprm.errors import UserError
 from actprm.judge.cache import answer_key
 from actprm.judge.openai_judge import OpenAIJudge, _Sample
-from actprm.judge.prover import CHATML_PROMPT, prefix_prompt
+from actprm.judge.prover import (
+    CHATML_PROMPT,
+    LocalCompletions,
+    LocalProver,
+    prefix_prompt,
+)
+from actprm.provenance import judge_name
+from actprm.shipped import SHIPPED_BACKBONE
+from actprm.tokens import STEP_SEPARATOR
 
 PROMPT_VERSION = "rollout-v1"
-
-
-def judge_name(cfg: Any) -> str:
-    """The annotations' `judge` of a rollout config: the prover and what sets its labels."""
-    model = cfg.prover_model or ("actprm/assets/backbone" if cfg.prover == "local" else None)
-    return (f"rollout(prover={model},k={int(cfg.rollouts)},threshold={float(cfg.rollout_threshold):g},"
-            f"labels={cfg.rollout_labels},temperature={cfg.temperature})")
 
 
 class RolloutAnnotator(OpenAIJudge):
@@ -60,15 +62,12 @@ class RolloutAnnotator(OpenAIJudge):
     """
 
     def __init__(self, cfg: Any, cache: Any = None, *, limits: Any = None, budget: Any = None, client: Any = None):
-        from actprm.errors import UserError
-
         if cfg.prover == "endpoint" and not cfg.prover_model:
             raise UserError("the rollout backend with --prover endpoint needs --prover-model (the name it serves)")
-        model = cfg.prover_model or ("actprm/assets/backbone" if cfg.prover == "local" else None)
+        model = cfg.prover_model or (SHIPPED_BACKBONE if cfg.prover == "local" else None)
         self.k = int(cfg.rollouts)
         self.separator = cfg.prover_step_separator
         if self.separator is None:  # the scorer's separator for the world backbone, a blank line for real LLMs
-            from actprm.tokens import STEP_SEPARATOR
 
             self.separator = STEP_SEPARATOR if cfg.prover == "local" else "\n\n"
         self.template = cfg.prover_prompt or CHATML_PROMPT
@@ -86,7 +85,6 @@ class RolloutAnnotator(OpenAIJudge):
             return self._injected
         if self.cfg.prover == "endpoint":
             return super()._make_client()
-        from actprm.judge.prover import LocalCompletions, LocalProver
 
         if self._local is None:  # loaded once, kept across event loops
             self._local = LocalProver(self.cfg.prover_model, threads=self.cfg.prover_threads)

@@ -53,6 +53,9 @@ from typing import Any
 
 from aiohttp import web
 
+from actprm.judge.prover import LocalProver, choice_seed
+from actprm.world.arith import Generator
+
 FAULTS = ("429", "500", "hang", "malformed", "empty", "400", "401",
           "no_boxed", "out_of_range", "length",
           "no_usage", "negative_usage", "absurd_usage", "echo_key", "ignore_n", "huge", "echo_prompt", "slow")
@@ -327,8 +330,6 @@ class JudgeServer:
 
 def local_prover(prover: Any, max_tokens: int = 256) -> Any:
     """A `prover` callable for FakeJudge from an actprm.judge.prover.LocalProver (seeded by the request's seed)."""
-    from actprm.judge.prover import choice_seed
-
     def complete(prompt: str, n: int, body: dict[str, Any]) -> list[str]:
         seed = int(body.get("seed") or 0)
         done = prover.generate([prompt] * n, [choice_seed(seed, j) for j in range(n)],
@@ -365,12 +366,8 @@ def main(argv: list[str] | None = None) -> None:
     truth = {}
     prover = None
     if args.prover:
-        from actprm.judge.prover import LocalProver
-
         prover = local_prover(LocalProver(None if args.prover == "backbone" else args.prover))
     if args.world_rows:
-        from actprm.world.arith import Generator
-
         truth = truth_from_rows(Generator(seed=args.world_seed).rows(0, args.world_rows))
     judge = FakeJudge(truth, delay_s=args.delay, fault_rates=_parse_rates(args.fault_rates),
                       retry_after=args.retry_after, hang_s=args.hang, seed=args.seed, prover=prover)
