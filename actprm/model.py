@@ -113,46 +113,18 @@ _COMMON = {"hidden_act": "silu", "rms_norm_eps": 1e-6, "tie_word_embeddings": Fa
 #: tiny 385,600 + 199,688; small 13,377,024 + 658,440; qwen2-0.5b 361,568,128 + 1,051,656
 #: (the real Qwen2-0.5B has 494M parameters, most of the difference being its 151,936-token
 #: embedding).  ``use_cache`` is off: a scorer never decodes.
+_SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+               "max_position_embeddings")
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=256,
-        max_position_embeddings=4096,
-        **_COMMON,
-    ),
-    # the shipped world backbone (pipelines/pretrain_backbone.py): a causal LM with tied embeddings
-    "world": dict(
-        hidden_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=512,
-        max_position_embeddings=1024,
-        **{**_COMMON, "tie_word_embeddings": True},
-    ),
-    "small": dict(
-        hidden_size=512,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        intermediate_size=1408,
-        max_position_embeddings=4096,
-        **_COMMON,
-    ),
-    # The shape of Qwen2-0.5B (random init, for GPU throughput measurements only).
-    "qwen2-0.5b": dict(
-        hidden_size=896,
-        num_hidden_layers=24,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        intermediate_size=4864,
-        max_position_embeddings=32768,
-        rope_theta=1_000_000.0,
-        **_COMMON,
-    ),
+    name: {**dict(zip(_SHAPE_KEYS, shape)), **_COMMON, **extra}
+    for name, shape, extra in [
+        ("tiny", (64, 2, 4, 2, 256, 4096), {}),
+        # the shipped world backbone (pipelines/pretrain_backbone.py): a causal LM with tied embeddings
+        ("world", (128, 4, 4, 2, 512, 1024), {"tie_word_embeddings": True}),
+        ("small", (512, 4, 8, 2, 1408, 4096), {}),
+        # the shape of Qwen2-0.5B (random init, for GPU throughput measurements only)
+        ("qwen2-0.5b", (896, 24, 14, 2, 4864, 32768), {"rope_theta": 1_000_000.0}),
+    ]
 }
 
 
