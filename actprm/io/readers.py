@@ -286,7 +286,8 @@ class BadRecord:
     text: str
 
 
-_STRUCT = re.compile(rb'["\[\]{},]')
+# a quote, a comma, or a run of opening / closing brackets (a run is one step: 200,000 `[` cost one match)
+_STRUCT = re.compile(rb'"|,|[\[{](?:\s*[\[{])*|[\]}](?:\s*[\]}])*')
 _STRING_BODY = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*', re.DOTALL)
 _OPEN, _CLOSE, _QUOTE, _COMMA = ord("["), ord("]"), ord('"'), ord(",")
 _OPEN_OBJ, _CLOSE_OBJ = ord("{"), ord("}")
@@ -307,12 +308,17 @@ def deeper_than(data: bytes, cap: int) -> bool:
         if c == _QUOTE:
             i = _STRING_BODY.match(data, i).end() + 1
         elif c == _OPEN or c == _OPEN_OBJ:
-            depth += 1
+            depth += _brackets(m.group())
             if depth > cap:
                 return True
         elif c == _CLOSE or c == _CLOSE_OBJ:
-            depth -= 1
+            depth -= _brackets(m.group())
     return False
+
+
+def _brackets(run: bytes) -> int:
+    """Brackets in a run matched by _STRUCT (whitespace may separate them)."""
+    return len(run) if len(run) == 1 or not any(ch in run for ch in b" \t\r\n") else len(run.translate(None, b" \t\r\n"))
 
 
 def _text(data: bytes, limit: int = 100_000) -> str:
@@ -470,20 +476,30 @@ class _ArrayScanner:
                 break
             k = m.start()
             c = buf[k]
-            i = k + 1
+            i = m.end()
             if c == _QUOTE:
                 self.in_string = True
             elif c == _OPEN or c == _OPEN_OBJ:
-                self.depth += 1
+                self.depth += _brackets(m.group())
                 if self.depth - 1 > self.max_depth:
                     self.deep = True
             elif c == _CLOSE or c == _CLOSE_OBJ:
-                self.depth -= 1
-                if self.depth == 0:
-                    self._take(buf[start:k])
-                    yield from self._element(last=True)
-                    self.ended = True
-                    start = i
+                closes = _brackets(m.group())
+                if closes < self.depth:
+                    self.depth -= closes
+                    continue
+                # the run closes the array: find its closing bracket, the run's depth-th
+                seen = 0
+                for j in range(k, i):
+                    if buf[j] in (_CLOSE, _CLOSE_OBJ):
+                        seen += 1
+                        if seen == self.depth:
+                            break
+                self.depth = 0
+                self._take(buf[start:j])
+                yield from self._element(last=True)
+                self.ended = True
+                i = start = j + 1
             elif c == _COMMA and self.depth == 1:
                 self._take(buf[start:k])
                 yield from self._element(last=False)
