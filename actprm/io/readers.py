@@ -24,6 +24,7 @@ import glob
 import json
 import os
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -164,7 +165,7 @@ def _sniff_json(path: Location) -> str:
 
 #: A JSONL file whose first line is not JSON is parsed whole (up to this size) to tell a pretty-printed
 #: JSON value, which is a file error, from a JSONL file with a bad first line.
-WHOLE_FILE_CHECK_BYTES = 64 * 2**20
+WHOLE_FILE_CHECK_BYTES = 16 * 2**20
 
 
 def _whole_json(path: Location) -> bool:
@@ -196,7 +197,7 @@ def _first_record(path: Location, kind: str, limits: Limits) -> dict[str, Any] |
             return "empty"
         raise UserError(f"{path}: no line is a JSON object: not JSON Lines (expected one JSON object per line)")
     with open_binary(path) as f:
-        for _, record in _array_records(f, limits, path):
+        for _, record in _array_records(f, limits):
             return record if isinstance(record, dict) else None
     return "empty"
 
@@ -228,7 +229,7 @@ def inspect_file(path: Location, fmt: str = "auto", limits: Limits = Limits()) -
             columns = list(first)
     except UserError:
         raise
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zlib.error) as exc:
         raise UserError(f"{path}: cannot be read as {_kind_name(path)} ({_short(exc)})") from None
 
     if fmt == "auto":
@@ -527,7 +528,7 @@ def iter_json_array(f, max_depth: int, max_bytes: int, chunk: int = READ_CHUNK) 
         raise ValueError(f"text after the end of the array: {scanner.trailing[:40]!r}")
 
 
-def _array_records(f, limits: Limits, path: Location) -> Iterator[tuple[int, Any]]:
+def _array_records(f, limits: Limits) -> Iterator[tuple[int, Any]]:
     for index, element in enumerate(iter_json_array(f, limits.max_depth, limits.max_row_bytes)):
         yield index, element if isinstance(element, BadRecord) else parse_row(element, limits)
 
@@ -547,7 +548,7 @@ def iter_raw(src: SourceFile, batch_rows: int = 2048, limits: Limits = Limits()
             raise ValueError(f"unknown file kind {src.kind!r}")
         out: list[tuple[int, Any]] = []
         with open_binary(src.path) as f:
-            records = (_jsonl_records(f, limits) if src.kind == "jsonl" else _array_records(f, limits, src.path))
+            records = (_jsonl_records(f, limits) if src.kind == "jsonl" else _array_records(f, limits))
             for item in records:
                 out.append(item)
                 if len(out) >= batch_rows:
@@ -555,7 +556,7 @@ def iter_raw(src: SourceFile, batch_rows: int = 2048, limits: Limits = Limits()
                     out = []
         if out:
             yield out
-    except (OSError, EOFError, ValueError) as exc:
+    except (OSError, EOFError, ValueError, zlib.error) as exc:
         raise UserError(f"{src.path}: cannot be read as {_kind_name(src.path)} ({_short(exc)})") from None
 
 
