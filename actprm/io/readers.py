@@ -61,26 +61,34 @@ def _has_suffix(path: Location, suffixes: tuple[str, ...]) -> bool:
 
 
 #: The tables a verb writes under its --output, in the order a next verb takes them: a directory
-#: holding only these (and files a verb writes beside them) is read as the first table it holds.
+#: holding one of these is read as the first it holds, unless it also holds data files elsewhere.
 VERB_TABLES = ("selected", "annotations", "valid", "scored", "labelled")
-#: What else a verb's output directory may hold (never read as rows).
-VERB_EXTRAS = ("errors", "summary.json", "selection.png", "estimate.json", "judge_check.json")
+#: Files a verb writes beside its tables (JSON, but not rows).
+VERB_FILES = ("summary.json", "estimate.json", "judge_check.json", "metrics.json")
 
 
 def verb_output_part(directory: Path) -> Path:
     """The table of a verb's output directory that the next verb reads, or `directory` itself.
 
     `annotate`'s `ann` -> `ann/annotations`, `validate`'s `out` -> `out/valid`, `filter`'s `out` ->
-    `out/selected`, `score`'s `out` -> `out/scored`. A directory with anything else in it (a user's
-    own folder of data files) is read as it is.
+    `out/selected`, `score`'s `out` -> `out/scored`; `errors/` is never read as rows. What else a verb
+    writes there (summary.json, a plot, the judge's cache) is no data file. A directory with data files
+    anywhere else (a user's own folder that happens to have a `valid/`) is read as it is.
     """
     try:
-        names = {p.name for p in directory.iterdir() if not p.name.startswith((".", "_"))}
+        entries = [p for p in directory.iterdir() if not p.name.startswith((".", "_"))]
     except OSError:
         return directory
     tables = [t for t in VERB_TABLES if (directory / t).is_dir()]
-    if not tables or not names <= set(VERB_TABLES) | set(VERB_EXTRAS):
+    if not tables:
         return directory
+    for entry in entries:
+        if entry.name in VERB_TABLES or entry.name in VERB_FILES or entry.name == "errors":
+            continue
+        if entry.is_file() and _has_suffix(entry, DATA_SUFFIXES):
+            return directory
+        if entry.is_dir() and any(p.is_file() and _has_suffix(p, DATA_SUFFIXES) for p in entry.rglob("*")):
+            return directory
     return directory / tables[0]
 
 
