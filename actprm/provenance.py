@@ -73,15 +73,18 @@ def model_sha256(path: str | os.PathLike) -> str | None:
     files = sorted(directory.glob("*.safetensors")) if directory.is_dir() else []
     if not files:
         return None
-    key = (str(directory.resolve()), tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
-    if key not in _model_hashes:
-        digest = hashlib.sha256()
-        for f in files:
-            digest.update(f.name.encode() + b"\0")
-            with open(f, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
-        _model_hashes[key] = digest.hexdigest()
+    try:
+        key = (str(directory.resolve()), tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+        if key not in _model_hashes:
+            digest = hashlib.sha256()
+            for f in files:
+                digest.update(f.name.encode() + b"\0")
+                with open(f, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        digest.update(block)
+            _model_hashes[key] = digest.hexdigest()
+    except OSError:  # a dangling link, an unreadable file: no hash; loading the model says what is wrong
+        return None
     return _model_hashes[key]
 
 

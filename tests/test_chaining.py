@@ -46,12 +46,15 @@ def test_which_table_a_verb_output_directory_stands_for(tmp_path):
         return d
 
     assert verb_output_part(make("val", ["valid", "errors", "summary.json"])).name == "valid"
-    assert verb_output_part(make("ann", ["annotations", "errors", "summary.json"])).name == "annotations"
+    assert verb_output_part(make("ann", ["annotations", "errors", "summary.json", "judge_cache.sqlite",
+                                         "judge_cache.sqlite-wal", "segments/0.sqlite"])).name == "annotations"
     assert verb_output_part(make("flt", ["scored", "selected", "errors", "summary.json"])).name == "selected"
     assert verb_output_part(make("sc", ["scored", "errors", "summary.json", "selection.png"])).name == "scored"
     mine = make("mine", ["valid", "more"])  # a user's own folder: read as it is, every data file
     assert verb_output_part(mine) == mine
     assert len(list_files([mine])) == 2
+    loose = make("loose", ["valid", "extra.jsonl"])
+    assert verb_output_part(loose) == loose
     assert [p.parent.name for p in list_files([tmp_path / "ann"])] == ["annotations"]
     only_errors = make("bad", ["errors", "summary.json"])
     assert verb_output_part(only_errors) == only_errors  # no table to stand for: read as it is

@@ -200,3 +200,18 @@ def test_empty_jsonl_and_gz_are_no_rows(tmp_path, capsys, name, content):
     path.write_bytes(gzip.compress(b"") if content is None else content.encode())
     assert main(["validate", "--input", str(path), "--output", str(tmp_path / "o")]) == 2
     assert f"no rows in {path}" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 1 << 20])
+def test_scanner_bracket_runs_with_spaces_and_the_array_end(chunk):
+    import io
+
+    deep = b"[ " * 100 + b"] " * 100
+    data = b'[{"a": [[1], [2]]}, ' + deep + b', {"b": {"c": [ ]}}]'
+    out = list(iter_json_array(io.BytesIO(data), max_depth=64, max_bytes=1 << 20, chunk=chunk))
+    assert json.loads(out[0]) == {"a": [[1], [2]]} and out[1].kind == "too deep"
+    assert json.loads(out[2]) == {"b": {"c": []}} and len(out) == 3
+    with pytest.raises(ValueError, match="text after the end"):
+        list(iter_json_array(io.BytesIO(b"[[1]]]"), 64, 1 << 20, chunk=chunk))
+    assert [json.loads(e) for e in iter_json_array(io.BytesIO(b" [ [[1]] ,[[2]]]  \n"), 64, 100, chunk=chunk)] == [
+        [[1]], [[2]]]

@@ -182,3 +182,13 @@ def test_the_shipped_models_pass_the_checks():
 
     check_model_dir(default_prm_path())
     check_model_dir(default_backbone_path())
+
+
+def test_dangling_weights_link_is_one_line(tmp_path, corpus, capsys):
+    model = tmp_path / "m"
+    shutil.copytree(default_prm_path(), model)
+    (model / "model.safetensors").unlink()
+    (model / "model.safetensors").symlink_to(tmp_path / "gone.safetensors")
+    assert _score(tmp_path, corpus, model) == 2
+    err = capsys.readouterr().err.strip()
+    assert "model.safetensors" in err and len(err.splitlines()) == 1, err

@@ -24,6 +24,7 @@ import glob
 import json
 import os
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -60,26 +61,34 @@ def _has_suffix(path: Location, suffixes: tuple[str, ...]) -> bool:
 
 
 #: The tables a verb writes under its --output, in the order a next verb takes them: a directory
-#: holding only these (and files a verb writes beside them) is read as the first table it holds.
+#: holding one of these is read as the first it holds, unless it also holds data files elsewhere.
 VERB_TABLES = ("selected", "annotations", "valid", "scored", "labelled")
-#: What else a verb's output directory may hold (never read as rows).
-VERB_EXTRAS = ("errors", "summary.json", "selection.png", "estimate.json", "judge_check.json")
+#: Files a verb writes beside its tables (JSON, but not rows).
+VERB_FILES = ("summary.json", "estimate.json", "judge_check.json", "metrics.json")
 
 
 def verb_output_part(directory: Path) -> Path:
     """The table of a verb's output directory that the next verb reads, or `directory` itself.
 
     `annotate`'s `ann` -> `ann/annotations`, `validate`'s `out` -> `out/valid`, `filter`'s `out` ->
-    `out/selected`, `score`'s `out` -> `out/scored`. A directory with anything else in it (a user's
-    own folder of data files) is read as it is.
+    `out/selected`, `score`'s `out` -> `out/scored`; `errors/` is never read as rows. What else a verb
+    writes there (summary.json, a plot, the judge's cache) is no data file. A directory with data files
+    anywhere else (a user's own folder that happens to have a `valid/`) is read as it is.
     """
     try:
-        names = {p.name for p in directory.iterdir() if not p.name.startswith((".", "_"))}
+        entries = [p for p in directory.iterdir() if not p.name.startswith((".", "_"))]
     except OSError:
         return directory
     tables = [t for t in VERB_TABLES if (directory / t).is_dir()]
-    if not tables or not names <= set(VERB_TABLES) | set(VERB_EXTRAS):
+    if not tables:
         return directory
+    for entry in entries:
+        if entry.name in VERB_TABLES or entry.name in VERB_FILES or entry.name == "errors":
+            continue
+        if entry.is_file() and _has_suffix(entry, DATA_SUFFIXES):
+            return directory
+        if entry.is_dir() and any(p.is_file() and _has_suffix(p, DATA_SUFFIXES) for p in entry.rglob("*")):
+            return directory
     return directory / tables[0]
 
 
@@ -164,7 +173,7 @@ def _sniff_json(path: Location) -> str:
 
 #: A JSONL file whose first line is not JSON is parsed whole (up to this size) to tell a pretty-printed
 #: JSON value, which is a file error, from a JSONL file with a bad first line.
-WHOLE_FILE_CHECK_BYTES = 64 * 2**20
+WHOLE_FILE_CHECK_BYTES = 16 * 2**20
 
 
 def _whole_json(path: Location) -> bool:
@@ -196,7 +205,7 @@ def _first_record(path: Location, kind: str, limits: Limits) -> dict[str, Any] |
             return "empty"
         raise UserError(f"{path}: no line is a JSON object: not JSON Lines (expected one JSON object per line)")
     with open_binary(path) as f:
-        for _, record in _array_records(f, limits, path):
+        for _, record in _array_records(f, limits):
             return record if isinstance(record, dict) else None
     return "empty"
 
@@ -228,7 +237,7 @@ def inspect_file(path: Location, fmt: str = "auto", limits: Limits = Limits()) -
             columns = list(first)
     except UserError:
         raise
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zlib.error) as exc:
         raise UserError(f"{path}: cannot be read as {_kind_name(path)} ({_short(exc)})") from None
 
     if fmt == "auto":
@@ -286,7 +295,8 @@ class BadRecord:
     text: str
 
 
-_STRUCT = re.compile(rb'["\[\]{},]')
+# a quote, a comma, or a run of opening / closing brackets (a run is one step: 200,000 `[` cost one match)
+_STRUCT = re.compile(rb'"|,|[\[{](?:\s*[\[{])*|[\]}](?:\s*[\]}])*')
 _STRING_BODY = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*', re.DOTALL)
 _OPEN, _CLOSE, _QUOTE, _COMMA = ord("["), ord("]"), ord('"'), ord(",")
 _OPEN_OBJ, _CLOSE_OBJ = ord("{"), ord("}")
@@ -307,12 +317,17 @@ def deeper_than(data: bytes, cap: int) -> bool:
         if c == _QUOTE:
             i = _STRING_BODY.match(data, i).end() + 1
         elif c == _OPEN or c == _OPEN_OBJ:
-            depth += 1
+            depth += _brackets(m.group())
             if depth > cap:
                 return True
         elif c == _CLOSE or c == _CLOSE_OBJ:
-            depth -= 1
+            depth -= _brackets(m.group())
     return False
+
+
+def _brackets(run: bytes) -> int:
+    """Brackets in a run matched by _STRUCT (whitespace may separate them)."""
+    return len(run) if len(run) == 1 or not any(ch in run for ch in b" \t\r\n") else len(run.translate(None, b" \t\r\n"))
 
 
 def _text(data: bytes, limit: int = 100_000) -> str:
@@ -470,20 +485,30 @@ class _ArrayScanner:
                 break
             k = m.start()
             c = buf[k]
-            i = k + 1
+            i = m.end()
             if c == _QUOTE:
                 self.in_string = True
             elif c == _OPEN or c == _OPEN_OBJ:
-                self.depth += 1
+                self.depth += _brackets(m.group())
                 if self.depth - 1 > self.max_depth:
                     self.deep = True
             elif c == _CLOSE or c == _CLOSE_OBJ:
-                self.depth -= 1
-                if self.depth == 0:
-                    self._take(buf[start:k])
-                    yield from self._element(last=True)
-                    self.ended = True
-                    start = i
+                closes = _brackets(m.group())
+                if closes < self.depth:
+                    self.depth -= closes
+                    continue
+                # the run closes the array: find its closing bracket, the run's depth-th
+                seen = 0
+                for j in range(k, i):
+                    if buf[j] in (_CLOSE, _CLOSE_OBJ):
+                        seen += 1
+                        if seen == self.depth:
+                            break
+                self.depth = 0
+                self._take(buf[start:j])
+                yield from self._element(last=True)
+                self.ended = True
+                i = start = j + 1
             elif c == _COMMA and self.depth == 1:
                 self._take(buf[start:k])
                 yield from self._element(last=False)
@@ -511,7 +536,7 @@ def iter_json_array(f, max_depth: int, max_bytes: int, chunk: int = READ_CHUNK) 
         raise ValueError(f"text after the end of the array: {scanner.trailing[:40]!r}")
 
 
-def _array_records(f, limits: Limits, path: Location) -> Iterator[tuple[int, Any]]:
+def _array_records(f, limits: Limits) -> Iterator[tuple[int, Any]]:
     for index, element in enumerate(iter_json_array(f, limits.max_depth, limits.max_row_bytes)):
         yield index, element if isinstance(element, BadRecord) else parse_row(element, limits)
 
@@ -531,7 +556,7 @@ def iter_raw(src: SourceFile, batch_rows: int = 2048, limits: Limits = Limits()
             raise ValueError(f"unknown file kind {src.kind!r}")
         out: list[tuple[int, Any]] = []
         with open_binary(src.path) as f:
-            records = (_jsonl_records(f, limits) if src.kind == "jsonl" else _array_records(f, limits, src.path))
+            records = (_jsonl_records(f, limits) if src.kind == "jsonl" else _array_records(f, limits))
             for item in records:
                 out.append(item)
                 if len(out) >= batch_rows:
@@ -539,7 +564,7 @@ def iter_raw(src: SourceFile, batch_rows: int = 2048, limits: Limits = Limits()
                     out = []
         if out:
             yield out
-    except (OSError, EOFError, ValueError) as exc:
+    except (OSError, EOFError, ValueError, zlib.error) as exc:
         raise UserError(f"{src.path}: cannot be read as {_kind_name(src.path)} ({_short(exc)})") from None
 
 
