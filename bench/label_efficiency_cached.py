@@ -121,6 +121,10 @@ def run_world(args, world: str, strategies: list[str], seeds: list[int]) -> None
     truth = np.array(ptruth["first_error_step"])
     e_truth = np.array(etruth["first_error_step"])
     step_lab, step_ev = step_labels_of(e_truth, np.diff(ev.offsets))
+    if args.standardize:  # inputs standardised by the (unlabelled) pool's mean and std: foldable into W1, b1
+        mu, sd = pool.x.mean(0), pool.x.std(0).clamp_min(1e-6)
+        pool.x = (pool.x - mu) / sd
+        ev.x = (ev.x - mu) / sd
     assert all(e is None for e in pool.errors) and (np.diff(pool.offsets) > 0).all(), "every world row fits"
     N = len(pool)
     base_cfg = TrainConfig(backbone="frozen", head_lr=args.head_lr, epochs=args.epochs, batch_size=16,
@@ -342,6 +346,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--learning-probability", type=float, default=1.0)
     p.add_argument("--feature-dropout", type=float, default=0.0)
     p.add_argument("--bootstrap", action="store_true")
+    p.add_argument("--standardize", action="store_true", help="heads read inputs standardised by the pool's "
+                   "mean and std (label-free; folds into the first layer)")
     p.add_argument("--target-rate", type=float, default=0.3, help="held deltas: calibrated after round 1")
     p.add_argument("--work", default=str(WORK))
     p.add_argument("--results", type=Path, default=RESULTS)
