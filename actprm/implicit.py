@@ -60,12 +60,11 @@ class ImplicitPRM(nn.Module):
 
     ``forward(input_ids, attention_mask, separator_mask, answer_start)`` returns ``(S, 2)``
     float32 ``[q_k, r_k]`` at the separators in row-major order, like `EnsemblePRM` returns its
-    logits; `actprm.scoring` passes them through unchanged (``raw_outputs``) and
+    logits; `actprm.scoring` passes them through unchanged (``step_outputs``) and
     :meth:`finish_results` turns them into step probabilities.
     """
 
-    raw_outputs = True
-    n_outputs = 2
+    n_outputs = 2  # [q_k, r_k] per step, as a Scorer (actprm.scoring)
 
     def __init__(self, policy: nn.Module, reference: nn.Module | None, *, beta: float = DEFAULT_BETA,
                  separator_token_id: int, separator_token: str = STEP_SEPARATOR, max_length: int | None = None,
@@ -133,6 +132,10 @@ class ImplicitPRM(nn.Module):
         """``r(y) = beta * log pi_theta(y) / pi_ref(y)`` per row, ``(B,)`` (differentiable)."""
         r, rows = self.step_log_ratios(input_ids, separator_mask, answer_start)
         return r.new_zeros(input_ids.shape[0]).index_add(0, rows, r)
+
+    def step_outputs(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The values as they are: `finish_results` makes step probabilities of them."""
+        return outputs
 
     def finish_results(self, results: list[ScoreResult]) -> list[ScoreResult]:
         """`actprm.scoring`'s results of ``[q, r]`` rows -> ``probs`` ``(n, 1)``, the step probability (one

@@ -366,6 +366,17 @@ class EnsemblePRM(nn.Module):
     def n_heads(self) -> int:
         return self.heads.n_heads
 
+    # ---- as a Scorer (actprm.scoring): K head probabilities per step
+    @property
+    def n_outputs(self) -> int:
+        return self.n_heads
+
+    def step_outputs(self, outputs: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(outputs)
+
+    def finish_results(self, results: list) -> list:
+        return results
+
     @property
     def device(self) -> torch.device:
         return next(self.backbone.parameters()).device

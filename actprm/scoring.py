@@ -46,7 +46,7 @@ import bisect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -87,6 +87,31 @@ PROMPT_KEYS = ("chat_template", "system_prompt", "step_suffix", "middle", "bos",
 
 _P_SENTINEL = "\ue000ACTPRM_PROBLEM\ue000"
 _A_SENTINEL = "\ue000ACTPRM_ANSWER\ue000"
+
+
+# --------------------------------------------------------------------------- the scorer
+
+
+class Scorer(Protocol):
+    """What scoring needs of a model: the ensemble PRM (actprm.model) and the implicit PRM (actprm.implicit)
+    both are one. ``forward`` gives one row of ``n_outputs`` values per scored separator (row-major);
+    ``step_outputs`` turns them into what ``ScoreResult.probs`` holds, and ``finish_results`` completes the
+    results (the implicit PRM: its values become step probabilities)."""
+
+    tokenizer: Any
+    max_length: int
+    separator_token: str
+    separator_token_id: int
+
+    @property
+    def n_outputs(self) -> int: ...
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, separator_mask: torch.Tensor,
+                 answer_start: torch.Tensor) -> torch.Tensor: ...
+
+    def step_outputs(self, outputs: torch.Tensor) -> torch.Tensor: ...
+
+    def finish_results(self, results: list[ScoreResult]) -> list[ScoreResult]: ...
 
 
 # --------------------------------------------------------------------------- results
@@ -447,7 +472,7 @@ class _EvalMode:
 
 
 def score_encoded(
-    model: torch.nn.Module,
+    model: Scorer,
     encoded: Sequence[EncodedTrajectory],
     *,
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
@@ -458,9 +483,7 @@ def score_encoded(
     """Probabilities ``(n_scored_steps, K)`` per encoded trajectory (``None`` for errors), input order."""
     stats = stats if stats is not None else ScoringStats()
     dev = _resolve_device(model, device)
-    # a model with `raw_outputs` (actprm.implicit.ImplicitPRM) gives its step values as they are, no sigmoid
-    raw = bool(getattr(model, "raw_outputs", False))
-    n_heads = model.n_outputs if raw else model.n_heads
+    n_heads = model.n_outputs
     out: list[np.ndarray | None] = [None] * len(encoded)
     live = []
     for i, e in enumerate(encoded):
@@ -495,7 +518,7 @@ def score_encoded(
                 torch.from_numpy(sep).to(dev),
                 torch.from_numpy(answer).to(dev),
             )
-            probs = (logits.float() if raw else torch.sigmoid(logits.float())).cpu().numpy().astype(np.float32, copy=False)
+            probs = model.step_outputs(logits.float()).cpu().numpy().astype(np.float32, copy=False)
             row = 0
             for i in idx:  # the mask is row-major: trajectory by trajectory, positions ascending
                 k = encoded[i].n_scored_steps
@@ -561,7 +584,7 @@ def _encoder(model, tokenizer, max_length, min_problem_tokens, system_prompt) ->
 
 
 def score_trajectories(
-    model: torch.nn.Module,
+    model: Scorer,
     tokenizer: Any,
     problems: Sequence[str],
     steps: Sequence[Sequence[str]],
@@ -590,8 +613,7 @@ def score_trajectories(
         model, encoded, batch_tokens=batch_tokens, pad_token_id=_pad_id(tokenizer), device=device, stats=stats
     )
     results = _results(encoded, probs, stats)
-    finish = getattr(model, "finish_results", None)  # the implicit PRM: (q, r) values -> step probabilities
-    return finish(results) if finish is not None else results
+    return model.finish_results(results)
 
 
 def score_naive_prefixes(
@@ -628,7 +650,7 @@ def score_naive_prefixes(
                 sep = torch.zeros_like(ids, dtype=torch.bool)
                 sep[0, [q for q in e.sep_positions if q <= pos]] = True  # step features need the step bounds
                 start = torch.tensor([e.answer_start], device=dev)
-                rows.append(torch.sigmoid(model(ids, torch.ones_like(ids), sep, start)[-1:].float()).cpu())
+                rows.append(model.step_outputs(model(ids, torch.ones_like(ids), sep, start)[-1:].float()).cpu())
                 stats.n_forward += 1
                 stats.real_tokens += pos + 1
                 stats.computed_tokens += pos + 1
