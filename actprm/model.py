@@ -614,19 +614,18 @@ def init_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         backbone = AutoModel.from_config(config, **kwargs)
-    model = EnsemblePRM(
-        backbone,
-        n_heads=n_heads,
-        separator_token_id=sep_id,
-        max_length=max_length,
-        preset=preset,
-        seed=seed,
-        generator=_seeded_generator(seed + 1),
-        tokenizer=tokenizer,
-        step_features=step_features,
-    )
     if dtype is not None:
-        model.backbone.to(_resolve_dtype(dtype))
+        backbone.to(_resolve_dtype(dtype))
+    return _with_heads(backbone, tokenizer, sep_id, n_heads, seed, max_length, preset, step_features, device)
+
+
+def _with_heads(backbone: nn.Module, tokenizer: Any, sep_id: int, n_heads: int, seed: int, max_length: int | None,
+                preset: str | None, step_features: Sequence[str], device: str | torch.device
+                ) -> tuple[EnsemblePRM, Any]:
+    """A PRM of `backbone` with K fresh heads seeded from `seed` + 1, in eval mode on `device`."""
+    model = EnsemblePRM(backbone, n_heads=n_heads, separator_token_id=sep_id, max_length=max_length, preset=preset,
+                        seed=seed, generator=_seeded_generator(seed + 1), tokenizer=tokenizer,
+                        step_features=step_features)
     model.to(device)
     model.eval()
     return model, tokenizer
@@ -660,20 +659,7 @@ def from_backbone(
         kwargs["attn_implementation"] = attn_implementation
     backbone = AutoModel.from_pretrained(name_or_path, trust_remote_code=False, **kwargs)
     sep_id = ensure_separator(tokenizer, backbone)
-    model = EnsemblePRM(
-        backbone,
-        n_heads=n_heads,
-        separator_token_id=sep_id,
-        max_length=max_length,
-        preset=None,
-        seed=seed,
-        generator=_seeded_generator(seed + 1),
-        tokenizer=tokenizer,
-        step_features=step_features,
-    )
-    model.to(device)
-    model.eval()
-    return model, tokenizer
+    return _with_heads(backbone, tokenizer, sep_id, n_heads, seed, max_length, None, step_features, device)
 
 
 def load_prm(
