@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "hostile_inputs.json"))
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="hostile-"))
-    row = lambda i: {"id": f"t{i}", "problem": f"What is {i} + 1?", "steps": [f"{i} + 1 = {i + 1}"]}  # noqa: E731
+    row = lambda i: {"id": f"t{i}", "problem": f"What is {i} + 1?", "steps": [f"{i} + 1 = {i + 1}"]}
     deep = tmp / "deep.json"
     deep.write_text("[" + json.dumps(row(0)) + ',{"id":"d","problem":"p","steps":["a"],"x":'
                     + "[" * 200_000 + "]" * 200_000 + "}," + json.dumps(row(1)) + "]")

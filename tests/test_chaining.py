@@ -4,10 +4,10 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import good_row
 
 from actprm.cli import main
 from actprm.io.readers import list_files, verb_output_part
-from conftest import good_row
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +70,18 @@ def _rows(tmp_path):
     path = tmp_path / "in.jsonl"
     path.write_text("".join(json.dumps(good_row(i)) + "\n" for i in range(3)))
     return path
+
+
+def test_annotate_with_a_judge_then_train_reads_only_the_annotations(served, tmp_path, capsys, monkeypatch):
+    """The openai backend leaves its cache beside the tables (ann/judge_cache.sqlite): `ann` still chains."""
+    monkeypatch.setenv("CHAIN_JUDGE_KEY", "k")
+    _, _, server, data = served(n=30)
+    ann = tmp_path / "ann"
+    assert main(["annotate", "--backend", "openai", "--base-url", server.url, "--judge-model", "fake-judge",
+                 "--api-key-env", "CHAIN_JUDGE_KEY", "--input", str(data), "--output", str(ann),
+                 "--no-progress"]) == 0
+    assert (ann / "judge_cache.sqlite").is_file() and (ann / "errors").is_dir()
+    capsys.readouterr()
+    assert main(["train", "--trajectories", str(data), "--annotations", str(ann), "--output", str(tmp_path / "m"),
+                 "--backbone", "frozen", "--epochs", "1", "--no-progress"]) == 0
+    assert "30 labelled trajectories" in capsys.readouterr().out
