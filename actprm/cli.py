@@ -125,6 +125,13 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     pass
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad flag is a user error: one line naming it, exit code 2 (no usage block)."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def _summary(model: type) -> str:
     line = (model.__doc__ or "").strip().splitlines()[0].rstrip(".")
     return line[:1].lower() + line[1:]
@@ -136,7 +143,7 @@ def _description(model: type) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="actprm", formatter_class=_Formatter, epilog=EPILOG,
         description="actprm: train process reward models with active learning - score a corpus with an "
                     "ensemble PRM, send only the uncertain trajectories to a judge, fine-tune on the labels.")
@@ -178,11 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     if "transformers" in sys.modules:  # imported before this call (a notebook, a test): the variable came too late
         sys.modules["transformers"].utils.logging.disable_progress_bar()
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if not args.verb:
-        parser.print_help()
-        return 2
     try:
+        args = parser.parse_args(argv)
+        if not args.verb:
+            parser.print_help()
+            return 2
         return run_verb(args.verb, args)
     except UserError as exc:
         print(f"actprm: error: {redact(str(exc))}", file=sys.stderr)  # no secret in any line printed

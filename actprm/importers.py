@@ -379,7 +379,7 @@ def convert(src: str | pathlib.Path, output: str | pathlib.Path, layout: str | N
         settings["bos"] = None  # decided from the tokenizer below
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(src)  # never trust_remote_code
+        tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=False)  # never trust_remote_code
     except Exception as exc:  # noqa: BLE001 - a missing or foreign tokenizer is the user's to fix
         raise UserError(f"{src}: cannot load its tokenizer ({' '.join(str(exc).split())[:160]})") from None
     if not getattr(tokenizer, "is_fast", False):

@@ -697,13 +697,19 @@ def check_prm_config(directory: str | os.PathLike, cfg: Any, hidden_size: int | 
     heads = pathlib.Path(directory) / HEADS_NAME
     if not heads.is_file():
         raise UserError(f"{heads}: missing; not an actprm checkpoint directory")
+    n_layers = cfg.get("head_layers", HEAD_LAYERS)
+    if not isinstance(n_layers, int) or isinstance(n_layers, bool) or not 0 <= n_layers <= 8:
+        raise UserError(f"{path}: head_layers must be an integer from 0 to 8")
     shapes = {k: v["shape"] for k, v in safetensors_header(heads).items()}
     w1 = shapes.get("W1")
-    expected_w2 = [n_heads, head_hidden, head_hidden]
-    if w1 is None or len(w1) != 3 or w1[0] != n_heads or w1[2] != head_hidden or shapes.get("W2") != expected_w2:
+    # W1 (K, in, D or 1), then (K, D, D) per further hidden layer, then (K, D, 1)
+    widths = [head_hidden] * n_layers + [1]
+    expected = {f"W{i + 2}": [n_heads, widths[i], widths[i + 1]] for i in range(n_layers)}
+    if (w1 is None or len(w1) != 3 or w1[0] != n_heads or w1[2] != widths[0]
+            or any(shapes.get(k) != v for k, v in expected.items())):
         raise UserError(
-            f"{path}: n_heads {n_heads} and head_hidden {head_hidden} do not match {HEADS_NAME} "
-            f"(W1 {w1}, W2 {shapes.get('W2')})"
+            f"{path}: n_heads {n_heads}, head_hidden {head_hidden} and head_layers {n_layers} do not match "
+            f"{HEADS_NAME} (W1 {w1}, W2 {shapes.get('W2')})"
         )
     if hidden_size is not None:
         extra = sum(STEP_FEATURES.get(f, 0) for f in features)
