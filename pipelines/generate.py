@@ -42,8 +42,6 @@ class GenerateResult(JobResult):
 def run(cfg: GenerateConfig, progress: bool = True) -> GenerateResult:
     if not cfg.n:
         raise UserError("no size: pass --n N (trajectories to write)")
-    if not cfg.output:
-        raise UserError("no output: pass --output DIR")
     out = check_output_dir(cfg.output, cfg.overwrite)
     world = load_world(cfg.world_config)
     gen = Generator(world, seed=cfg.seed)

@@ -42,8 +42,6 @@ class ImportResult(JobResult):
 def run(cfg: ImportConfig, progress: bool = True) -> ImportResult:
     if not cfg.source:
         raise UserError("no source: give the checkpoint directory to import (SRC)")
-    if not cfg.output:
-        raise UserError("no --output: the PRM directory to write")
     out = check_output_dir(cfg.output, cfg.overwrite)
     if out.resolve() == Path(cfg.source).resolve():
         raise UserError(f"{out}: --output must not be the source directory")

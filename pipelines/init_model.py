@@ -28,8 +28,6 @@ class InitModelResult(JobResult):
 
 
 def run(cfg: InitModelConfig, progress: bool = True) -> InitModelResult:
-    if not cfg.output:
-        raise UserError("no output: pass --output DIR")
     out = check_output_dir(cfg.output, cfg.overwrite)
     try:
         if cfg.backbone:

@@ -80,8 +80,11 @@ def remove_output(target: Path) -> None:
         raise UserError(f"{target}: cannot remove the earlier output ({_reason(exc)})") from None
 
 
-def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:
-    """`path` as an output directory: absent, empty, or `overwrite` given; else a user error. Creates nothing."""
+def check_output_dir(path: str | os.PathLike | None, overwrite: bool) -> Path:
+    """`path` as an output directory: absent, empty, or `overwrite` given; else a user error (also when no
+    output was given). Creates nothing."""
+    if not path:
+        raise UserError("no output: pass --output DIR")
     out = check_output_path(path)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out}: exists and is not empty; choose another --output or pass --overwrite")
