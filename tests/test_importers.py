@@ -372,6 +372,16 @@ def test_math_shepherd_equals_the_source_and_trains(math_shepherd):
     train_once(tmp, out, "shepherd")
 
 
+def test_the_import_verb_takes_from_source_and_output(math_shepherd, capsys):
+    """`actprm import --from LAYOUT SRC --output DIR` (flags generated from ImportConfig) imports exactly."""
+    tmp, src, ref = math_shepherd
+    out = tmp / "via-cli"
+    assert main(["import", "--from", "math-shepherd", str(src), "--output", str(out), "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith(f"import: math-shepherd -> {out}")
+    assert check_cli_equal(score_cli(tmp, out, "shepherd-cli"), ref) <= TOL
+    assert main(["import", "--from", "math-shepherd", str(src), "--output", str(out)]) == 2  # not empty: no overwrite
+
+
 # --------------------------------------------------------------------------- errors
 
 
