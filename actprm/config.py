@@ -77,6 +77,9 @@ class ScorerConfig(ImplicitConfig):
 
     scorer: Literal["ensemble", "implicit"] = Field("ensemble", description="ensemble: the ActPRM heads; implicit: "
                                                     "log-ratios of a causal LM (model default: the shipped backbone)")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="the backbone's float type: auto is bfloat16 on a GPU or on a CPU with AMX / "
+        "AVX512-BF16, else float32 (the heads and step features stay float32; actprm.precision)")
     step_prob: Literal["value", "reward"] = Field("value", description="implicit: step_mean is sigmoid(q_k) "
                                                   "(value) or sigmoid(r_k) (reward)")
 
@@ -311,7 +314,10 @@ class TrainConfig(ImplicitConfig):
     label_weight: float | Literal["agreement"] = Field(
         1.0, description="weight of annotation labels: a number (e.g. from judge-check) or 'agreement' (vote share)")
     max_length: int | None = Field(None, gt=0)
-    bf16: bool = Field(True, description="bf16 autocast on CUDA (CPU trains in fp32)")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="bfloat16 autocast of the backbone's forward pass: auto is on for a GPU or a CPU with "
+        "AMX / AVX512-BF16; weights, heads, loss and optimizer stay float32 (actprm.precision)")
+    bf16: bool = Field(True, description="false: never bf16 (the same as dtype float32; kept for old configs)")
     seed: int = 0
     device: Literal["cpu", "cuda", "auto"] = "auto"
     threads: int | None = Field(None, gt=0)
@@ -408,6 +414,8 @@ class DemoConfig(Config):
     actors: int | None = Field(None, ge=1)
     threads: int | None = Field(1, gt=0, description="torch threads of the driver (training)")
     device: Literal["cpu", "cuda", "auto"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="scoring's backbone float type (LoopConfig.dtype; training's is train.dtype)")
 
 
 class ExportConfig(Config):

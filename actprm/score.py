@@ -30,6 +30,7 @@ from actprm.errors import UserError
 from actprm.io.readers import Batch, iter_batches, known_rows
 from actprm.io.writers import ShardWriter, StagedOutput, write_parquet_atomic
 from actprm.plots import plot_selection
+from actprm.precision import model_dtype
 from actprm.progress import RowCounts, progress_bar
 from actprm.schemas import error_row
 from actprm.scoring import ScoringStats, default_batch_tokens, score_trajectories
@@ -48,20 +49,22 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def load_scoring_model(path: str | None, device: str, implicit: dict | None = None):
+def load_scoring_model(path: str | None, device: str, implicit: dict | None = None, dtype: str = "auto"):
     """(model, tokenizer) from a PRM directory (None: the shipped default PRM); a user error if it is not one.
     `implicit`: the implicit scorer's settings (ScorerConfig.implicit_settings): load `path` (None: the
-    shipped backbone) as an implicit PRM instead (actprm.implicit)."""
+    shipped backbone) as an implicit PRM instead (actprm.implicit). `dtype`: the backbone's
+    (auto | float32 | bfloat16, actprm.precision.resolve_dtype)."""
     from actprm.model import PRM_CONFIG_NAME, default_prm_path, load_prm
+    from actprm.precision import resolve_dtype
 
+    dtype = resolve_dtype(dtype, device)
     if implicit is not None:
         from actprm.implicit import load_implicit
 
-        return load_implicit(path, device, dtype=torch.bfloat16 if device == "cuda" else None, **implicit)
+        return load_implicit(path, device, dtype=dtype, **implicit)
     path = path or str(default_prm_path())
     if not (Path(path) / PRM_CONFIG_NAME).is_file():
         raise UserError(f"{path}: not a PRM directory (no {PRM_CONFIG_NAME}); make one with actprm init-model")
-    dtype = torch.bfloat16 if device == "cuda" else None
     try:
         return load_prm(path, device=device, dtype=dtype)
     except (OSError, ValueError) as exc:  # missing/foreign weights (no safetensors), bad config
@@ -76,7 +79,7 @@ def load_for_scoring(cfg) -> tuple[str, torch.nn.Module, object, str, int]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     implicit = cfg.implicit_settings()
-    model, tokenizer = load_scoring_model(cfg.model, device, implicit)
+    model, tokenizer = load_scoring_model(cfg.model, device, implicit, cfg.dtype)
     name = cfg.model or (DEFAULT_MODEL_NAME if implicit is None else "actprm/assets/backbone")
     return device, model, tokenizer, name, cfg.batch_tokens or default_batch_tokens(device)
 
@@ -230,7 +233,7 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> ScoreJobResult:
             "rows_uncertain": n_uncertain, "rows_selected": n_selected,
             "selection_rate": n_selected / n_scored if n_scored else 0.0,
             "delta_pred": cfg.delta_pred, "delta_std": cfg.delta_std, "calibration": calibration,
-            "model": model_name, "device": device, "seconds": round(seconds, 3),
+            "model": model_name, "device": device, "dtype": model_dtype(model), "seconds": round(seconds, 3),
             "rows_per_second": counts.read / seconds if seconds else 0.0,
             "scoring": stats.as_dict(),
         }

@@ -29,7 +29,6 @@ row (label -1 = right), or, from `--trajectories` alone, the outcome checker (ac
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -396,10 +395,10 @@ def train_round(model, tokenizer, examples: list[Example], cfg: TrainConfig, *, 
 
 
 def autocast(device: torch.device, cfg: TrainConfig):
-    """bf16 autocast on CUDA when `cfg.bf16`; a no-op context otherwise (CPU trains in fp32)."""
-    if device.type == "cuda" and cfg.bf16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """bf16 autocast when `cfg.dtype` resolves to bfloat16 on `device` (actprm.precision); else a no-op."""
+    from actprm.precision import autocast as precision_autocast
+
+    return precision_autocast(cfg, device)
 
 
 def run_epochs(model, optimizer: torch.optim.Optimizer, cfg: TrainConfig, lengths: np.ndarray, batch_size: int,
@@ -467,8 +466,7 @@ def load_checkpoint(path: str | None, device: torch.device):
 
     from actprm.score import load_scoring_model
 
-    model, tokenizer = load_scoring_model(path, "cpu")
-    model.to(torch.float32)
+    model, tokenizer = load_scoring_model(path, "cpu", dtype="float32")  # float32 weights; bf16 is autocast
     src = Path(path) if path else None
     anchor = None
     if src is not None and (src / ANCHOR_NAME).is_file():
@@ -568,7 +566,10 @@ def train_and_save(cfg: TrainConfig, rows: list[dict[str, Any]], counts: LabelCo
                                         wrap=wrap, bar=bar)
     if rank != 0:
         return None
-    state = result.state(cfg, counts, prev, cfg.model or "actprm/assets/prm", workers=world_size)
+    from actprm.precision import dtype_name, training_dtype
+
+    state = result.state(cfg, counts, prev, cfg.model or "actprm/assets/prm", workers=world_size,
+                         dtype=dtype_name(training_dtype(cfg, device)))
     model.to("cpu")
     out = Path(cfg.output)
     save_checkpoint(out, model, tokenizer, optimizer, anchor, state)

@@ -99,12 +99,13 @@ def round_name(r: int) -> str:
 class ScoringActor:
     """Holds a PRM; scores rows with the model of the checkpoint it is asked for (reloaded on change)."""
 
-    def __init__(self, device: str, threads: int, batch_tokens: int | None, max_length: int | None):
+    def __init__(self, device: str, threads: int, batch_tokens: int | None, max_length: int | None,
+                 dtype: str = "auto"):
         from actprm.scoring import default_batch_tokens
 
         if device == "cpu":
             torch.set_num_threads(threads)
-        self.device, self.max_length = device, max_length
+        self.device, self.max_length, self.dtype = device, max_length, dtype
         self.batch_tokens = batch_tokens or default_batch_tokens(device)
         self.path: str | None = "<none>"
 
@@ -114,7 +115,7 @@ class ScoringActor:
         from actprm.scoring import score_trajectories
 
         if (model, implicit) != self.path:  # implicit: the implicit scorer's settings (actprm.implicit)
-            self.model, self.tokenizer = load_scoring_model(model, self.device, implicit)
+            self.model, self.tokenizer = load_scoring_model(model, self.device, implicit, self.dtype)
             self.path = (model, implicit)
         results = score_trajectories(self.model, self.tokenizer, [r["problem"] for r in rows],
                                      [r["steps"] for r in rows], batch_tokens=self.batch_tokens,
@@ -127,15 +128,15 @@ class ScoringPool:
     """A fixed set of scoring actors, created once per loop (or per demo) and reused by every round."""
 
     def __init__(self, actors: int | None = None, device: str = "auto", batch_tokens: int | None = None,
-                 max_length: int | None = None, batch_rows: int = 512):
+                 max_length: int | None = None, batch_rows: int = 512, dtype: str = "auto"):
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0)) if device != "cpu" else 0
         if device == "cuda" and not gpus:
             raise UserError("--device cuda: the Ray cluster has no GPUs")
         n = actors or (gpus or max(1, min(4, int(resources.get("CPU", 1)))))
         options = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}
-        self.actors = [ScoringActor.options(**options).remote("cuda" if gpus else "cpu", 1, batch_tokens, max_length)
-                       for _ in range(n)]
+        self.actors = [ScoringActor.options(**options).remote("cuda" if gpus else "cpu", 1, batch_tokens, max_length,
+                                                                 dtype) for _ in range(n)]
         self.batch_rows = batch_rows
 
     def score(self, rows: list[dict], model: str | None, selection: SelectionConfig, bar=None,
@@ -685,7 +686,7 @@ def run(cfg: LoopConfig, address: str | None = None, progress: bool = True, *, a
     own_pool = pool is None
     if own_pool:
         init_ray(address)
-        pool = ScoringPool(cfg.actors, cfg.device, cfg.batch_tokens, cfg.max_length, cfg.batch_rows)
+        pool = ScoringPool(cfg.actors, cfg.device, cfg.batch_tokens, cfg.max_length, cfg.batch_rows, cfg.dtype)
     try:
         last, stopped, lines = Loop(cfg, run_dir, pool, annotator, progress).execute()
     finally:
