@@ -69,13 +69,13 @@ def timed(fn, device: str):
     return out, time.perf_counter() - t0
 
 
-def load_rows(data: str, n: int) -> tuple[list[str], list[list[str]]]:
+def load_rows(data: str, n: int, processbench: str | None = None) -> tuple[list[str], list[list[str]]]:
     if data == "world":
         from actprm.world.arith import Generator
 
         rows = list(Generator(seed=0).rows(0, n))
     else:
-        rows = stratified_sample(n, seed=0)
+        rows = stratified_sample(n, seed=0, **({"data": Path(processbench)} if processbench else {}))
     return [r["problem"] for r in rows], [r["steps"] for r in rows]
 
 
@@ -106,7 +106,7 @@ def compare_dtypes(args) -> None:
 
     from actprm.scoring import TrajectoryEncoder
 
-    problems, steps = load_rows(args.data, args.rows)
+    problems, steps = load_rows(args.data, args.rows, args.processbench)
     peaks = {name: matmul_peak(args.device, getattr(torch, name), n=4096, repeats=3)
              for name in ("float32", "bfloat16")}
     variants = {"float32": (torch.float32, False), "bfloat16": (torch.bfloat16, False)}
@@ -187,6 +187,8 @@ def main() -> None:
                         help="both: the fp32-vs-bf16 comparison only (issue 23)")
     parser.add_argument("--model", default=None, help="--dtype both: 'shipped' or a PRM directory (default: --preset)")
     parser.add_argument("--data", default="processbench", choices=["processbench", "world"])
+    parser.add_argument("--processbench", default=None, help="--dtype both: the ProcessBench directory "
+                        "(default: ../shared/data/processbench next to the checkout)")
     parser.add_argument("--repeats", type=int, default=3, help="--dtype both: timed passes per variant")
     parser.add_argument("--old-path", action="store_true", help="--dtype both: add the pre-issue-23 scorer")
     parser.add_argument("--batch-tokens", type=int, default=None, help="default: the score job's for the device")
