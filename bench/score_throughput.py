@@ -37,8 +37,13 @@ from pathlib import Path
 import torch
 
 from actprm.model import count_parameters, default_prm_path, init_model, load_prm
-from actprm.precision import cpu_bf16_support, dtype_name
-from actprm.scoring import ScoringStats, default_batch_tokens, score_naive_prefixes, score_trajectories
+from actprm.precision import cpu_bf16_support
+from actprm.scoring import (
+    ScoringStats,
+    default_batch_tokens,
+    score_naive_prefixes,
+    score_trajectories,
+)
 from bench.sample import stratified_sample
 
 
@@ -119,7 +124,7 @@ def compare_dtypes(args) -> None:
     model, tok = next(iter(models.values()))
     encoded = TrajectoryEncoder(tok, max_length=model.max_length).encode(problems, steps)
     flops = matmul_flops(model, encoded)
-    kw = dict(batch_tokens=args.batch_tokens or default_batch_tokens(args.device), device=args.device)
+    kw = {"batch_tokens": args.batch_tokens or default_batch_tokens(args.device), "device": args.device}
     for m, t in models.values():
         score_trajectories(m, t, problems[:16], steps[:16], **kw)  # warm-up
     best: dict[str, float] = {}
@@ -130,7 +135,8 @@ def compare_dtypes(args) -> None:
         for name, (m, t) in models.items():
             stats = ScoringStats()
             cpu0 = time.process_time()
-            res, sec = timed(lambda: score_trajectories(m, t, problems, steps, stats=stats, **kw), args.device)
+            res, sec = timed(lambda m=m, t=t, stats=stats: score_trajectories(m, t, problems, steps, stats=stats, **kw),
+                             args.device)
             cpu[name] = min(cpu.get(name, float("inf")), time.process_time() - cpu0)
             if sec < best.get(name, float("inf")):
                 best[name], forward[name] = sec, stats.seconds_forward

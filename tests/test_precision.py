@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from actprm import precision, provenance
 from actprm.config import ScoreConfig, TrainConfig
@@ -46,7 +47,7 @@ def test_auto_follows_the_cpu(monkeypatch, support, want):
 def test_unknown_dtype_is_refused():
     with pytest.raises(ValueError, match="unknown dtype"):
         precision.resolve_dtype("float16", "cpu")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         ScoreConfig(dtype="float16")
 
 
@@ -91,8 +92,9 @@ def test_bf16_backbone_scores_close_to_fp32_with_float32_heads(step_features):
 
 
 def test_score_summary_and_provenance_record_the_dtype(tmp_path, write_jsonl):
-    from actprm.cli import main
     from conftest import good_row
+
+    from actprm.cli import main
 
     model = tmp_path / "tiny"
     assert main(["init-model", "--preset", "tiny", "--n-heads", "2", "--output", str(model)]) == 0
