@@ -19,6 +19,7 @@ from actprm.implicit import load_implicit
 from actprm.importers import import_hint
 from actprm.io.writers import replaced_dir
 from actprm.model import ANCHOR_NAME, PRM_CONFIG_NAME, load_prm
+from actprm.precision import resolve_dtype
 from actprm.scoring import default_batch_tokens
 from actprm.shipped import DEFAULT_MODEL_NAME, SHIPPED_BACKBONE, default_prm_path
 
@@ -34,17 +35,18 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def load_scoring_model(path: str | None, device: str, implicit: dict | None = None):
+def load_scoring_model(path: str | None, device: str, implicit: dict | None = None, dtype: str = "auto"):
     """(model, tokenizer) from a PRM directory (None: the shipped default PRM); a user error if it is not one.
     `implicit`: the implicit scorer's settings (ScorerConfig.implicit_settings): load `path` (None: the
-    shipped backbone) as an implicit PRM instead (actprm.implicit)."""
+    shipped backbone) as an implicit PRM instead (actprm.implicit). `dtype`: the backbone's (auto | float32 |
+    bfloat16, actprm.precision.resolve_dtype)."""
+    dtype = resolve_dtype(dtype, device)
     if implicit is not None:
-        return load_implicit(path, device, dtype=torch.bfloat16 if device == "cuda" else None, **implicit)
+        return load_implicit(path, device, dtype=dtype, **implicit)
     path = path or str(default_prm_path())
     if not (Path(path) / PRM_CONFIG_NAME).is_file():
         hint = import_hint(path) or "make one with actprm init-model"
         raise UserError(f"{path}: not a PRM directory (no {PRM_CONFIG_NAME}); {hint}")
-    dtype = torch.bfloat16 if device == "cuda" else None
     try:
         return load_prm(path, device=device, dtype=dtype)
     except (OSError, ValueError) as exc:  # missing/foreign weights (no safetensors), bad config
@@ -59,7 +61,7 @@ def load_for_scoring(cfg) -> tuple[str, torch.nn.Module, object, str, int]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     implicit = cfg.implicit_settings()
-    model, tokenizer = load_scoring_model(cfg.model, device, implicit)
+    model, tokenizer = load_scoring_model(cfg.model, device, implicit, cfg.dtype)
     name = cfg.model or (DEFAULT_MODEL_NAME if implicit is None else SHIPPED_BACKBONE)
     return device, model, tokenizer, name, cfg.batch_tokens or default_batch_tokens(device)
 
@@ -98,8 +100,7 @@ def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
 
 def load_checkpoint(path: str | None, device: torch.device):
     """(model, tokenizer, anchor heads, optimizer state or None, trainer state or {})."""
-    model, tokenizer = load_scoring_model(path, "cpu")
-    model.to(torch.float32)
+    model, tokenizer = load_scoring_model(path, "cpu", dtype="float32")  # float32 weights; bf16 is autocast
     src = Path(path) if path else None
     anchor = None
     if src is not None and (src / ANCHOR_NAME).is_file():

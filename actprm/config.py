@@ -25,6 +25,7 @@ FormatName = Literal[("auto", *FORMATS)]  # type: ignore[valid-type]
 Acquisition = Literal[tuple(ACQUISITIONS)]  # type: ignore[valid-type]
 Strategy = Literal[LOOP_STRATEGIES]  # type: ignore[valid-type]
 Device = Literal["auto", "cpu", "cuda"]
+DType = Literal["auto", "float32", "bfloat16"]
 StepFeature = Literal["lm_logprob"]
 
 
@@ -93,6 +94,9 @@ class ScorerSettings(ImplicitSettings):
                                      "32768 on CUDA)")
     max_length: int | None = Field(None, gt=0, description="tokens per trajectory (null: the model's maximum)")
     device: Device = Field("auto", description="auto: cuda when available")
+    dtype: DType = Field("auto", description="the backbone's float type: auto is bfloat16 on a GPU or on a CPU with "
+                         "AMX / AVX512-BF16, else float32 (the heads and step features stay float32; README, "
+                         "\"Precision\")")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (null: torch's)")
     system_prompt: str | None = Field(None, description="system prompt of the scoring format (null: the PRM's own, "
                                       "stored in its prm_config.json; an imported PRM's is its source's)")
@@ -391,7 +395,9 @@ class TrainConfig(ImplicitSettings, RaySettings):
     max_length: int | None = Field(None, gt=0, description="tokens per trajectory (null: the model's maximum)")
     system_prompt: str | None = Field(None, description="system prompt of the training format (null: the PRM's "
                                       "own, stored in its prm_config.json)")
-    bf16: bool = Field(True, description="bf16 autocast on CUDA (CPU trains in fp32)")
+    dtype: DType = Field("auto", description="bfloat16 autocast of the backbone's forward pass: auto is on for a "
+                         "GPU or a CPU with AMX / AVX512-BF16; weights, heads, loss and optimizer stay float32")
+    bf16: bool = Field(True, description="false: never bf16 (the same as dtype float32; kept for old configs)")
     seed: int = Field(0, description="data order and the heads' masks")
     device: Device = Field("auto", description="auto: cuda when available")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (null: torch's)")
@@ -501,6 +507,8 @@ class DemoConfig(RaySettings):
     actors: int | None = Field(None, ge=1, description="scoring actors")
     threads: int | None = Field(1, gt=0, description="torch threads of the driver (training)")
     device: Device = Field("auto", description="auto: cuda when available")
+    dtype: DType = Field("auto", description="scoring's backbone float type (the loops' dtype; training's is "
+                         "train.dtype)")
 
 
 class EstimateConfig(ScoreConfig, JudgeConfig):

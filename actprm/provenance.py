@@ -9,6 +9,7 @@ Each file's schema metadata has one key, `actprm`, holding JSON:
     model            the PRM directory the job read (null for jobs without a model)
     model_sha256     SHA-256 over the model's *.safetensors files (sorted by name; cached per path)
     judge            who labels (the judge model name, or the verifier with its settings; null if none)
+    dtype            the backbone's float type the job resolved to (float32 / bfloat16; jobs with a `dtype` setting)
 
 `actprm.io.writers.write_parquet_atomic`, the project's one Parquet writer, adds it to every
 file. A job declares itself once (`with provenance.job("score", cfg): ...`, which the CLI does
@@ -111,11 +112,12 @@ def describe(job_name: str, cfg: Any) -> dict[str, Any]:
     if "model" in fields:
         model = getattr(cfg, "model", None) or str(default_prm_path())
         record["model"], record["model_sha256"] = str(model), model_sha256(model)
+    if "dtype" in fields:  # the backbone's float type as resolved on this machine (actprm.precision)
+        record["dtype"] = resolved_dtype(cfg)
     judge = None
     if "backend" in fields:  # annotate, judge-check: the config is the judge's
         judge = cfg
     elif "judge" in fields:  # loop, demo: a judge block or a judge YAML
-
         try:
             judge = judge_settings(cfg.judge)
         except Exception:  # noqa: BLE001 - a bad judge YAML is the job's error to report, not ours
@@ -123,6 +125,21 @@ def describe(job_name: str, cfg: Any) -> dict[str, Any]:
     if judge is not None:
         record["judge"] = judge_name(judge)
     return record
+
+
+def resolved_dtype(cfg: Any) -> str:
+    """float32 / bfloat16: what a config's `dtype` (and `device`) resolve to here. Imports torch here only:
+    filter's read tasks import this module and stay torch-free."""
+    import torch
+
+    from actprm.precision import dtype_name, resolve_dtype, training_dtype
+
+    device = getattr(cfg, "device", "auto")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if "bf16" in type(cfg).model_fields:  # a training config
+        return dtype_name(training_dtype(cfg, device))
+    return dtype_name(resolve_dtype(cfg.dtype, device))
 
 
 def base() -> dict[str, Any]:

@@ -15,7 +15,6 @@ schedule (linear warm-up, linear decay) runs over each round's own steps.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from actprm import precision
 from actprm.checkpoint import (
     DEFAULT_MODEL_NAME,
     load_checkpoint,
@@ -250,10 +250,8 @@ def train_round(model, tokenizer, examples: list[Example], cfg: TrainConfig, *, 
 
 
 def autocast(device: torch.device, cfg: TrainConfig):
-    """bf16 autocast on CUDA when `cfg.bf16`; a no-op context otherwise (CPU trains in fp32)."""
-    if device.type == "cuda" and cfg.bf16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """bf16 autocast when `cfg.dtype` resolves to bfloat16 on `device` (actprm.precision); else a no-op."""
+    return precision.autocast(cfg, device)
 
 
 def run_epochs(model, optimizer: torch.optim.Optimizer, cfg: TrainConfig, lengths: np.ndarray, batch_size: int,
@@ -448,7 +446,8 @@ def train_ensemble_and_save(cfg: TrainConfig, rows: list[dict[str, Any]], counts
                                         wrap=wrap, bar=bar)
     if rank != 0:
         return None
-    state = result.state(cfg, counts, prev, cfg.model or DEFAULT_MODEL_NAME, workers=world_size)
+    state = result.state(cfg, counts, prev, cfg.model or DEFAULT_MODEL_NAME, workers=world_size,
+                         dtype=precision.dtype_name(precision.training_dtype(cfg, device)))
     model.to("cpu")
     out = Path(cfg.output)
     save_checkpoint(out, model, tokenizer, optimizer, anchor, state)

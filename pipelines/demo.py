@@ -87,7 +87,8 @@ def generate(cfg: DemoConfig, out: Path, progress: bool) -> tuple[Path, Path]:
 def loop_config(cfg: DemoConfig, strategy: str, pool: Path, evals: Path, out: Path) -> LoopConfig:
     return LoopConfig(mode="rounds", pool=[str(pool)], eval=[str(evals)], output=str(out / "runs" / strategy),
                       model=cfg.model, strategy=strategy, round_labels=[cfg.round_labels], rounds=cfg.rounds,
-                      judge=cfg.judge, train=cfg.train, seed=cfg.seed, threads=cfg.threads, device=cfg.device)
+                      judge=cfg.judge, train=cfg.train, seed=cfg.seed, threads=cfg.threads, device=cfg.device,
+                      dtype=cfg.dtype)
 
 
 def step_stats(run: Path, r: int) -> tuple[np.ndarray, np.ndarray]:
@@ -175,7 +176,8 @@ def run(cfg: DemoConfig, progress: bool = True) -> DemoResult:
     pool_path, eval_path = generate(cfg, out, progress)
     init_ray(cfg.address)
     lc = loop_config(cfg, cfg.strategies[0], pool_path, eval_path, out)
-    pool = loop.ScoringPool(cfg.actors, cfg.device, lc.batch_tokens, lc.max_length, lc.batch_rows)
+    pool = loop.ScoringPool(cfg.actors, cfg.device, lc.batch_tokens, lc.max_length, lc.batch_rows,
+                            system_prompt=lc.system_prompt, dtype=lc.dtype)
     lines: dict[str, list[dict]] = {}
     try:
         for strategy in cfg.strategies:

@@ -99,17 +99,17 @@ class ScoringActor:
     """Holds a PRM; scores rows with the model of the checkpoint it is asked for (reloaded on change)."""
 
     def __init__(self, device: str, threads: int, batch_tokens: int | None, max_length: int | None,
-                 system_prompt: str | None = None):
+                 system_prompt: str | None = None, dtype: str = "auto"):
         if device == "cpu":
             torch.set_num_threads(threads)
-        self.device, self.max_length, self.system_prompt = device, max_length, system_prompt
+        self.device, self.max_length, self.system_prompt, self.dtype = device, max_length, system_prompt, dtype
         self.batch_tokens = batch_tokens or default_batch_tokens(device)
         self.path: str | None = "<none>"
 
     def score(self, rows: list[dict], model: str | None, selection: RuleSettings,
               implicit: dict | None = None) -> list[dict]:
         if (model, implicit) != self.path:  # implicit: the implicit scorer's settings (actprm.implicit)
-            self.model, self.tokenizer = load_scoring_model(model, self.device, implicit)
+            self.model, self.tokenizer = load_scoring_model(model, self.device, implicit, self.dtype)
             self.path = (model, implicit)
         results = score_trajectories(self.model, self.tokenizer, [r["problem"] for r in rows],
                                      [r["steps"] for r in rows], batch_tokens=self.batch_tokens,
@@ -123,7 +123,8 @@ class ScoringPool:
     """A fixed set of scoring actors, created once per loop (or per demo) and reused by every round."""
 
     def __init__(self, actors: int | None = None, device: str = "auto", batch_tokens: int | None = None,
-                 max_length: int | None = None, batch_rows: int = 512, system_prompt: str | None = None):
+                 max_length: int | None = None, batch_rows: int = 512, *, system_prompt: str | None = None,
+                 dtype: str = "auto"):
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0)) if device != "cpu" else 0
         if device == "cuda" and not gpus:
@@ -131,7 +132,7 @@ class ScoringPool:
         n = actors or (gpus or max(1, min(4, int(resources.get("CPU", 1)))))
         options = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}
         self.actors = [ScoringActor.options(**options).remote("cuda" if gpus else "cpu", 1, batch_tokens, max_length,
-                                                                    system_prompt)
+                                                                    system_prompt, dtype)
                        for _ in range(n)]
         self.batch_rows = batch_rows
 
@@ -626,7 +627,7 @@ def run(cfg: LoopConfig, progress: bool = True, *, annotator: Annotator | None =
     if own_pool:
         init_ray(cfg.address)
         pool = ScoringPool(cfg.actors, cfg.device, cfg.batch_tokens, cfg.max_length, cfg.batch_rows,
-                           cfg.system_prompt)
+                           system_prompt=cfg.system_prompt, dtype=cfg.dtype)
     try:
         last, stopped, lines = Loop(cfg, run_dir, pool, annotator, progress).execute()
     finally:

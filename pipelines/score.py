@@ -27,6 +27,7 @@ from actprm.errors import UserError
 from actprm.io.readers import Batch, check_paths, iter_batches, known_rows
 from actprm.io.writers import ShardWriter, StagedOutput
 from actprm.plots import plot_selection
+from actprm.precision import model_dtype
 from actprm.progress import JobResult, RowCounts, progress_bar
 from actprm.schemas import error_row
 from actprm.scoring import ScoringStats, score_trajectories
@@ -116,7 +117,7 @@ def run(cfg: ScoreConfig, progress: bool = True) -> ScoreJobResult:
             "rows_uncertain": n_uncertain, "rows_selected": n_selected,
             "selection_rate": n_selected / n_scored if n_scored else 0.0,
             "delta_pred": cfg.delta_pred, "delta_std": cfg.delta_std, "calibration": calibration,
-            "model": model_name, "device": device, "seconds": round(seconds, 3),
+            "model": model_name, "device": device, "dtype": model_dtype(model), "seconds": round(seconds, 3),
             "rows_per_second": counts.read / seconds if seconds else 0.0,
             "scoring": stats.as_dict(),
         }

@@ -200,8 +200,10 @@ def test_filter_with_the_implicit_scorer_on_ray_equals_in_process_score(tmp_path
     (tmp_path / "corpus").mkdir()
     for k in range(0, 60, 20):  # three files, read by separate tasks
         (tmp_path / "corpus" / f"part-{k // 20}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[k:k + 20]))
+    # float32: compared to 1e-5 across different batchings, which bf16 (dtype auto on an AVX512-BF16 CPU) is not
+    (tmp_path / "fp32.yaml").write_text("dtype: float32\n")
     flags = ["--scorer", "implicit", "--model", two_models["policy"], "--reference", two_models["reference"],
-             "--beta", "0.5", "--device", "cpu", "--no-progress"]
+             "--beta", "0.5", "--device", "cpu", "--no-progress", "--config", str(tmp_path / "fp32.yaml")]
     assert main(["score", "--input", str(tmp_path / "corpus"), "--output", str(tmp_path / "s"), "--threads", "1",
                  *flags]) == 0
     assert main(["filter", "--input", str(tmp_path / "corpus"), "--output", str(tmp_path / "f"), "--actors", "2",

@@ -42,10 +42,13 @@ def test_filter_scores_like_in_process_score_and_applies_the_corpus_rules(tmp_pa
     corpus = tmp_path / "corpus"
     write_shards(corpus, rows, 300)
     (corpus / "part-999.parquet").write_bytes(b"PAR1 this is not a parquet file")
+    # float32: compared to 1e-5 across different batchings, which bf16 (dtype auto on an AVX512-BF16 CPU) is not
+    fp32 = tmp_path / "fp32.yaml"
+    fp32.write_text("dtype: float32\n")
     assert main(["score", "--input", str(corpus / "part-00*.parquet"), "--output", str(tmp_path / "s"), "--threads", "1",
-                 "--no-progress"]) == 0
+                 "--no-progress", "--config", str(fp32)]) == 0
     assert main(["filter", "--input", str(corpus), "--output", str(tmp_path / "f"), "--no-progress",
-                 "--actors", "2", "--batch-rows", "200"]) == 0
+                 "--actors", "2", "--batch-rows", "200", "--config", str(fp32)]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("filter: 1200 rows read, 1198 scored") and "3 quarantined" in line
 
