@@ -137,6 +137,8 @@ def run_world(args, world: str, strategies: list[str], seeds: list[int]) -> None
     for r, budget in enumerate(sorted(args.budgets)):
         if budget > args.last_budget_all:  # the largest budgets: only the random learners (the reference)
             learners = [x for x in learners if x.strategy == "random"]
+            if args.full_seeds is not None:
+                learners = [x for x in learners if x.seed in seeds[: args.full_seeds]]
             if not learners:
                 break
         total = round(N * budget / 100)
@@ -330,6 +332,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budgets", type=float, nargs="+", default=BUDGETS)
     p.add_argument("--last-budget-all", type=float, default=100.0,
                    help="budgets above this run only the random learners (the full-pool reference)")
+    p.add_argument("--full-seeds", type=int, default=None,
+                   help="budgets above --last-budget-all: only the random learners of the first N seeds")
     p.add_argument("--pool-rows", type=int, default=20000)
     p.add_argument("--eval-rows", type=int, default=1000)
     p.add_argument("--wrong-rate", type=float, default=0.18, help="the verifier's share of wrong answers")
