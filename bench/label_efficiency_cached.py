@@ -193,6 +193,10 @@ def run_world(args, world: str, strategies: list[str], seeds: list[int]) -> None
                     line["calibrated"] = {k: x.calibrated[k] for k in ("delta_pred", "delta_std")}
                 held = ~((st["max_std"] <= x.calibrated["delta_std"]) & (st["min_conf"] >= x.calibrated["delta_pred"]))
                 line["uncertain_rate_held"] = float(held[mine].mean())
+                # fixed rules that allow for the judge's noise: delta_pred 1 - wrong_rate (a correct step's mean
+                # cannot pass it when its labels are that wrong), a few delta_std
+                line["rates"] = {f"{dp:g}/{ds:g}": float((~((st["max_std"] <= ds) & (st["min_conf"] >= dp)))[mine].mean())
+                                 for dp in (0.9, 1 - args.wrong_rate) for ds in (0.01, 0.05, 1.0)}
             append(args.results, line)
             shown.append(f"{x.strategy[:3]}{x.seed}={line['f1']:.3f}")
         f1s = " ".join(shown)
