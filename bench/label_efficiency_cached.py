@@ -316,11 +316,13 @@ def report(args) -> None:
                 if not bs:
                     continue
                 x = [np.mean([v["labels"] for v in c[b].values()]) for b in bs]
-                mi = [mean_interval([v["f1"] for v in c[b].values()]) for b in bs]
-                ax.errorbar(x, [m for m, _ in mi], yerr=[0 if np.isnan(h) else h for _, h in mi], marker="o",
-                            capsize=3, label=s)
-            ax.set(xscale="log", xlabel="labels bought (log)", ylabel="eval F1 (threshold 0.5)",
-                   title=f"{world}, pool {args.pool_rows}, variant {variant}")
+                f = [np.array([v["f1"] for v in c[b].values()]) for b in bs]
+                m = np.array([v.mean() for v in f])
+                lo, hi = m - np.array([v.min() for v in f]), np.array([v.max() for v in f]) - m
+                n = max(len(v) for v in f)
+                ax.errorbar(x, m, yerr=[lo, hi], marker="o", capsize=3, label=f"{s} (≤{n} seeds)")
+            ax.set(xscale="log", xlabel="labels bought (log)", ylabel="eval F1 (threshold 0.5); bars: seed min-max",
+                   title=f"{world}, pool {args.pool_rows}, variant {variant}", ylim=(-0.02, 1.0))
             ax.grid(alpha=0.3)
             ax.legend()
         save_figure(fig, args.plot)
