@@ -390,6 +390,10 @@ class TrainConfig(ImplicitSettings, RaySettings):
     grad_clip: float = Field(1.0, gt=0, description="gradient norm clip")
     learning_probability: float = Field(1.0, gt=0, le=1, description="keep each (head, trajectory) pair")
     anchor_lambda: float = Field(0.5, ge=0, description="weight of mean((phi - phi_init)^2) over head params")
+    error_weight: float = Field(1.0, gt=0, description="loss weight of error steps (target 0) relative to "
+                                "correct ones: > 1 lets the first rounds learn errors from few labels")
+    prior_bias: bool = Field(False, description="first round (no optimizer state): start every head's output "
+                             "bias at the logit of the labelled steps' share of correct targets")
     label_weight: float | Literal["agreement"] = Field(
         1.0, description="weight of annotation labels: a number (e.g. from judge-check) or 'agreement' (vote share)")
     max_length: int | None = Field(None, gt=0, description="tokens per trajectory (null: the model's maximum)")

@@ -44,6 +44,7 @@ from actprm.trainer import (
     length_batches,
     linear_schedule,
     run_epochs,
+    set_prior_bias,
 )
 
 CACHE_FORMAT = "actprm-head-inputs-v1"
@@ -268,14 +269,15 @@ def cached_examples(cache: HeadInputs, idx: Sequence[int], labels: Sequence[int]
 
 def train_heads_cached(heads, cache: HeadInputs, examples: list[CachedExample], cfg, *,
                        anchor: dict[str, torch.Tensor], optimizer_state: dict[str, torch.Tensor] | None = None,
-                       error_weight: float = 1.0, feature_dropout: float = 0.0, bootstrap: bool = False
+                       error_weight: float | None = None, feature_dropout: float = 0.0, bootstrap: bool = False
                        ) -> tuple[RoundResult, dict[str, torch.Tensor]]:
     """One frozen-backbone round (``actprm.trainer.train_round``) on cached inputs; trains `heads` in place.
 
     `cfg` is a TrainConfig (lr, head_lr, epochs, batch_size, grad_accum, warmup_steps, grad_clip,
     learning_probability, anchor_lambda, seed). Returns the round's result and the optimizer state to
-    pass to the next round (keyed as a checkpoint's optimizer.safetensors). Options beyond the uncached
-    trainer (defaults off): `error_weight` multiplies the loss weight of target-0 steps; `feature_dropout`
+    pass to the next round (keyed as a checkpoint's optimizer.safetensors). `cfg.error_weight` and
+    `cfg.prior_bias` act as in the uncached trainer (`error_weight` here overrides the former). Options
+    beyond the uncached trainer (defaults off): `feature_dropout`
     gives each head its own dropout mask of the inputs; `bootstrap` replaces the per-batch Bernoulli keep
     mask by one Poisson(1) count per (trajectory, head) for the round (each head its own resample).
     """
@@ -291,6 +293,10 @@ def train_heads_cached(heads, cache: HeadInputs, examples: list[CachedExample], 
         g["base_lr"] = g["lr"]
     if optimizer_state:
         result.resumed_optimizer = load_optimizer_state(holder, optimizer, optimizer_state) > 0
+    elif getattr(cfg, "prior_bias", False):
+        set_prior_bias(heads, [e.targets for e in examples])
+    if error_weight is None:
+        error_weight = getattr(cfg, "error_weight", 1.0)
     lengths = np.array([int(cache.lengths[e.row]) for e in examples])
     rng = np.random.default_rng(cfg.seed)
     keep_gen = torch.Generator().manual_seed(cfg.seed)
@@ -313,14 +319,7 @@ def train_heads_cached(heads, cache: HeadInputs, examples: list[CachedExample], 
         if bootstrap:
             keep = keep.float() * counts[batch]
         logits = head_logits(heads, x, dropout=feature_dropout, generator=drop_gen)
-        if error_weight != 1.0:  # class-aware: error steps weigh more (the mean stays normalised by the weights)
-            step_w = torch.where(trained & (targets < 0.5), error_weight, 1.0)
-            bce = torch.nn.functional.binary_cross_entropy_with_logits(
-                logits.float(), targets.unsqueeze(1).expand_as(logits), reduction="none")
-            w = keep[rows].float() * trained.unsqueeze(1).float() * (weights[rows] * step_w).unsqueeze(1)
-            loss = (bce * w).sum() / w.sum().clamp_min(1e-8)
-        else:
-            loss = actprm_loss(logits, targets, trained, rows, weights, keep)
+        loss = actprm_loss(logits, targets, trained, rows, weights, keep, error_weight)
         return loss + cfg.anchor_lambda * anchor_penalty(heads, anchor)
 
     run_epochs(holder, optimizer, cfg, lengths, cfg.batch_size, rng, loss_of, result)
@@ -328,11 +327,8 @@ def train_heads_cached(heads, cache: HeadInputs, examples: list[CachedExample], 
 
 
 def set_bias_to_prior(heads, p_correct: float) -> None:
-    """Set every head's output bias to logit(`p_correct`), the labelled steps' share of correct targets,
-    so an untrained head starts at the label prior instead of 0.5."""
-    p = min(max(float(p_correct), 1e-4), 1 - 1e-4)
-    with torch.no_grad():
-        heads.b3.fill_(math.log(p / (1 - p)))
+    """Set every head's output bias to logit(`p_correct`) (actprm.train.set_prior_bias from a share)."""
+    set_prior_bias(heads, [[float(p_correct)]])
 
 
 # --------------------------------------------------------------------------- many runs at once
@@ -454,7 +450,7 @@ def _length_batches(lengths, batch_size, rng):
 def _stacked_loss(stacked, per, j: int, R: int, K: int, cfg, anchor, error_weight: float,
                   feature_dropout: float) -> torch.Tensor:
     """(R,) the runs' losses on their j-th micro-batches (padded to one length, pads untrained)."""
-    xs, tgs, trs, rws, keeps = [], [], [], [], []
+    xs, tgs, trs, rws = [], [], [], []
     for p in per:
         batch = p["batches"][j]
         xs.append(torch.cat([p["xs"][i] for i in batch]))

@@ -124,16 +124,28 @@ def collate(examples: Sequence[Example], pad_id: int, device: torch.device):
 
 
 def actprm_loss(logits: torch.Tensor, targets: torch.Tensor, trained: torch.Tensor, rows: torch.Tensor,
-                row_weights: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+                row_weights: torch.Tensor, keep: torch.Tensor, error_weight: float = 1.0) -> torch.Tensor:
     """Masked, weighted BCE over (separator, head), averaged over the kept entries.
 
     logits (S, K); targets, trained, rows (S,); row_weights (B,); keep (B, K) the Bernoulli
-    mask of (trajectory, head) pairs.
+    mask of (trajectory, head) pairs; `error_weight` multiplies the weight of steps whose target is < 0.5.
     """
     bce = F.binary_cross_entropy_with_logits(logits.float(), targets.unsqueeze(1).expand_as(logits),
                                              reduction="none")  # (S, K)
     w = keep[rows].float() * trained.unsqueeze(1).float() * row_weights[rows].unsqueeze(1)
+    if error_weight != 1.0:
+        w = w * torch.where(targets < 0.5, error_weight, 1.0).unsqueeze(1)
     return (bce * w).sum() / w.sum().clamp_min(1e-8)
+
+
+@torch.no_grad()
+def set_prior_bias(heads: torch.nn.Module, targets: Sequence[Sequence[float | None]]) -> float:
+    """Set every head's output bias to logit(p), p the mean of the trained targets (the labelled steps'
+    share of correct ones): an untrained head then starts at the label prior instead of 0.5. Returns p."""
+    flat = [t for ts in targets for t in ts if t is not None]
+    p = min(max(float(np.mean(flat)) if flat else 0.5, 1e-4), 1 - 1e-4)
+    heads.layers()[-1][1].fill_(math.log(p / (1 - p)))  # the output layer's bias, whatever the depth
+    return p
 
 
 def anchor_penalty(heads: torch.nn.Module, anchor: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -227,6 +239,8 @@ def train_round(model, tokenizer, examples: list[Example], cfg: TrainConfig, *, 
         g["base_lr"] = g["lr"]
     if optimizer_state:
         result.resumed_optimizer = load_optimizer_state(model, optimizer, optimizer_state) > 0
+    elif cfg.prior_bias:
+        set_prior_bias(heads, [e.targets for e in examples])
     anchor = {k: v.to(device) for k, v in anchor.items()}
 
     # every rank gets the same number of examples (DDP needs the same number of steps on each)
@@ -242,7 +256,7 @@ def train_round(model, tokenizer, examples: list[Example], cfg: TrainConfig, *, 
         keep = torch.rand((len(batch), model.n_heads), generator=keep_gen) < cfg.learning_probability
         with amp:
             logits = net(ids, None, sep, answer)
-        loss = actprm_loss(logits, targets, trained, rows, weights, keep.to(device))
+        loss = actprm_loss(logits, targets, trained, rows, weights, keep.to(device), cfg.error_weight)
         return loss + cfg.anchor_lambda * anchor_penalty(heads, anchor)
 
     run_epochs(model, optimizer, cfg, lengths, cfg.batch_size, rng, loss_of, result, bar=bar, on_step=on_step)

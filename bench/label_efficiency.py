@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from actprm.config import GenerateConfig, LoopConfig, load_config
+from bench.results import append, read_results
 from pipelines import generate
 from pipelines import loop as active_loop
 from pipelines.ray_session import init_ray
@@ -49,16 +50,6 @@ def world(work: Path, name: str, n: int, seed: int, eval_set: bool = False) -> P
     if not path.is_dir():
         generate.run(GenerateConfig(n=n, seed=seed, eval_set=eval_set, output=str(path)), progress=False)
     return path
-
-
-def read_results(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
-
-
-def append(path: Path, row: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
 
 
 def schedule(budgets: list[float], pool_rows: int) -> list[int]:

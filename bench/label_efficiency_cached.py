@@ -22,7 +22,6 @@ deltas and at deltas calibrated on round 1 for --target-rate and then held.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from actprm.features import (
 from actprm.judge.verifier import VerifierAnnotator
 from actprm.metrics import auroc, processbench_scores
 from actprm.model import HEADS_NAME, EnsembleHeads, default_prm_path
+from bench.results import append, read_results
 from bench.selection_lab import WORK, load
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,6 +142,8 @@ def run_world(args, world: str, strategies: list[str], seeds: list[int]) -> None
     for r, budget in enumerate(sorted(args.budgets)):
         if budget > args.last_budget_all:  # the largest budgets: only the random learners (the reference)
             learners = [x for x in learners if x.strategy == "random"]
+            if args.full_seeds is not None:
+                learners = [x for x in learners if x.seed in seeds[: args.full_seeds]]
             if not learners:
                 break
         total = round(N * budget / 100)
@@ -196,21 +198,15 @@ def run_world(args, world: str, strategies: list[str], seeds: list[int]) -> None
                     line["calibrated"] = {k: x.calibrated[k] for k in ("delta_pred", "delta_std")}
                 held = ~((st["max_std"] <= x.calibrated["delta_std"]) & (st["min_conf"] >= x.calibrated["delta_pred"]))
                 line["uncertain_rate_held"] = float(held[mine].mean())
+                # fixed rules that allow for the judge's noise: delta_pred 1 - wrong_rate (a correct step's mean
+                # cannot pass it when its labels are that wrong), a few delta_std
+                line["rates"] = {f"{dp:g}/{ds:g}": float((~((st["max_std"] <= ds) & (st["min_conf"] >= dp)))[mine].mean())
+                                 for dp in (0.9, 1 - args.wrong_rate) for ds in (0.01, 0.05, 1.0)}
             append(args.results, line)
             shown.append(f"{x.strategy[:3]}{x.seed}={line['f1']:.3f}")
         f1s = " ".join(shown)
         print(f"{world} {budget}%: {len(learners)} learners, train {train_s:.0f}s, "
               f"{time.perf_counter() - start:.0f}s so far; F1 {f1s}", flush=True)
-
-
-def read_results(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
-
-
-def append(path: Path, row: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
 
 
 def run(args) -> None:
@@ -315,11 +311,13 @@ def report(args) -> None:
                 if not bs:
                     continue
                 x = [np.mean([v["labels"] for v in c[b].values()]) for b in bs]
-                mi = [mean_interval([v["f1"] for v in c[b].values()]) for b in bs]
-                ax.errorbar(x, [m for m, _ in mi], yerr=[0 if np.isnan(h) else h for _, h in mi], marker="o",
-                            capsize=3, label=s)
-            ax.set(xscale="log", xlabel="labels bought (log)", ylabel="eval F1 (threshold 0.5)",
-                   title=f"{world}, pool {args.pool_rows}, variant {variant}")
+                f = [np.array([v["f1"] for v in c[b].values()]) for b in bs]
+                m = np.array([v.mean() for v in f])
+                lo, hi = m - np.array([v.min() for v in f]), np.array([v.max() for v in f]) - m
+                n = max(len(v) for v in f)
+                ax.errorbar(x, m, yerr=[lo, hi], marker="o", capsize=3, label=f"{s} (≤{n} seeds)")
+            ax.set(xscale="log", xlabel="labels bought (log)", ylabel="eval F1 (threshold 0.5); bars: seed min-max",
+                   title=f"{world}, pool {args.pool_rows}, variant {variant}", ylim=(-0.02, 1.0))
             ax.grid(alpha=0.3)
             ax.legend()
         save_figure(fig, args.plot)
@@ -335,6 +333,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budgets", type=float, nargs="+", default=BUDGETS)
     p.add_argument("--last-budget-all", type=float, default=100.0,
                    help="budgets above this run only the random learners (the full-pool reference)")
+    p.add_argument("--full-seeds", type=int, default=None,
+                   help="budgets above --last-budget-all: only the random learners of the first N seeds")
     p.add_argument("--pool-rows", type=int, default=20000)
     p.add_argument("--eval-rows", type=int, default=1000)
     p.add_argument("--wrong-rate", type=float, default=0.18, help="the verifier's share of wrong answers")

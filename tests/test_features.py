@@ -150,3 +150,28 @@ def test_many_runs_in_lockstep_equal_each_run_alone(prm, rows):
     for i, (h, _, _) in enumerate(alone):
         for name, p in h.state_dict().items():
             torch.testing.assert_close(runs[i].heads.state_dict()[name], p, atol=1e-5, rtol=1e-4)
+
+
+def test_error_weight_and_prior_bias_same_in_both_trainers(prm, rows):
+    model, tok = prm
+    sub = rows[:16]
+    labels = [r["first_error_step"] for r in sub]
+    cfg = TrainConfig(backbone="frozen", head_lr=1e-2, epochs=1, batch_size=8, warmup_steps=0, anchor_lambda=0.0,
+                      error_weight=3.0, prior_bias=True, seed=1, device="cpu")
+    full = copy.deepcopy(model)
+    anchor = {k: v.detach().clone() for k, v in full.heads.state_dict().items()}
+    labelled = [{"problem": r["problem"], "steps": r["steps"], "label_first_error": y} for r, y in zip(sub, labels)]
+    examples = build_examples(labelled, TrajectoryEncoder(tok, max_length=full.max_length), LabelCounts())
+    train_round(full, tok, examples, cfg, device=torch.device("cpu"), anchor=anchor)
+    heads = copy.deepcopy(model.heads)
+    cache = extract_head_inputs(model, tok, sub)
+    train_heads_cached(heads, cache, cached_examples(cache, range(16), labels), cfg, anchor=anchor)
+    for name, p in heads.state_dict().items():
+        torch.testing.assert_close(p, full.heads.state_dict()[name], atol=1e-5, rtol=1e-4)
+    # the prior moved the output bias well above 0 (most labelled steps are correct) ...
+    assert full.heads.b3.min() > 1.0
+    # ... and the weighting changed the round
+    plain = copy.deepcopy(model.heads)
+    train_heads_cached(plain, cache, cached_examples(cache, range(16), labels),
+                       cfg.model_copy(update={"error_weight": 1.0}), anchor=anchor)
+    assert (plain.W1 - heads.W1).abs().max() > 1e-6
