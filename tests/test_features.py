@@ -54,7 +54,7 @@ def test_heads_trained_on_the_cache_equal_the_frozen_backbone_round(prm, rows):
     model, tok = prm
     labels = [r["first_error_step"] for r in rows]
     labels[3] = 0 if labels[3] != 0 else -1  # a few labels that disagree with the text, as a judge's would
-    cfg = TrainConfig(backbone="frozen", head_lr=1e-2, epochs=3, batch_size=8, warmup_steps=2,
+    cfg = TrainConfig(dtype="float32", backbone="frozen", head_lr=1e-2, epochs=3, batch_size=8, warmup_steps=2,
                       learning_probability=0.5, anchor_lambda=0.5, seed=3, device="cpu")
     # uncached: actprm.trainer's round on the full PRM
     full = copy.deepcopy(model)
@@ -83,7 +83,7 @@ def test_class_weighting_and_bootstrap_change_the_round(prm, rows):
     model, tok = prm
     cache = extract_head_inputs(model, tok, rows[:16])
     labels = [r["first_error_step"] for r in rows[:16]]
-    cfg = TrainConfig(backbone="frozen", head_lr=1e-2, epochs=2, batch_size=8, warmup_steps=0, anchor_lambda=0.0)
+    cfg = TrainConfig(dtype="float32", backbone="frozen", head_lr=1e-2, epochs=2, batch_size=8, warmup_steps=0, anchor_lambda=0.0)
     anchor = {k: v.detach().clone() for k, v in model.heads.state_dict().items()}
     outs = []
     for kw in ({}, {"error_weight": 3.0}, {"bootstrap": True}, {"feature_dropout": 0.2}):
@@ -123,7 +123,7 @@ def test_many_runs_in_lockstep_equal_each_run_alone(prm, rows):
 
     model, tok = prm
     cache = extract_head_inputs(model, tok, rows[:40])
-    cfg = TrainConfig(backbone="frozen", head_lr=1e-2, epochs=2, batch_size=8, warmup_steps=2,
+    cfg = TrainConfig(dtype="float32", backbone="frozen", head_lr=1e-2, epochs=2, batch_size=8, warmup_steps=2,
                       learning_probability=0.7, anchor_lambda=0.3, grad_clip=0.05)  # clipping is active
     anchor = {k: v.detach().clone() for k, v in model.heads.state_dict().items()}
     labels = [r["first_error_step"] for r in rows[:40]]
@@ -156,7 +156,7 @@ def test_error_weight_and_prior_bias_same_in_both_trainers(prm, rows):
     model, tok = prm
     sub = rows[:16]
     labels = [r["first_error_step"] for r in sub]
-    cfg = TrainConfig(backbone="frozen", head_lr=1e-2, epochs=1, batch_size=8, warmup_steps=0, anchor_lambda=0.0,
+    cfg = TrainConfig(dtype="float32", backbone="frozen", head_lr=1e-2, epochs=1, batch_size=8, warmup_steps=0, anchor_lambda=0.0,
                       error_weight=3.0, prior_bias=True, seed=1, device="cpu")
     full = copy.deepcopy(model)
     anchor = {k: v.detach().clone() for k, v in full.heads.state_dict().items()}
