@@ -38,6 +38,7 @@ def config_model(verb: str) -> type[config.Config]:
 def job_module(verb: str) -> str:
     return "pipelines." + JOB_MODULES.get(verb, verb.replace("-", "_"))
 
+
 EPILOG = """\
 examples:
   actprm generate --world arith --n 100000 --output out/world

@@ -86,7 +86,6 @@ class EvalIndex:
     def __init__(self, paths: list[str], threshold: float = 0.8, num_perm: int = NUM_PERM):
         from datasketch import MinHashLSH
 
-
         self.threshold = threshold
         self.num_perm = num_perm
         self.exact: dict[str, str] = {}

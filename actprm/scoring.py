@@ -80,6 +80,8 @@ BATCH_TOKENS_BY_DEVICE = {"cpu": 2048, "cuda": 32768}
 
 def default_batch_tokens(device: str | torch.device) -> int:
     return BATCH_TOKENS_BY_DEVICE.get(torch.device(device).type, DEFAULT_BATCH_TOKENS)
+
+
 DEFAULT_MIN_PROBLEM_TOKENS = 128
 
 #: The prompt-format settings a PRM directory may store (prm_config.json, "prompt"); see TrajectoryEncoder.

@@ -177,7 +177,6 @@ def build_tokenizer(
     texts.extend(arithmetic_lines(arithmetic, seed))
     raw = _train(texts, vocab_size)
 
-
     hf = PreTrainedTokenizerFast(
         tokenizer_object=raw,
         bos_token=BOS_TOKEN,

@@ -81,6 +81,8 @@ from pipelines.ray_session import init_ray
 TABLES = {"scored": "scored", "selected": "scored", "errors": "errors"}  # output dir -> schema
 HYGIENE_KINDS = ("duplicate content", "near-duplicate problem", "contaminated")
 PROGRESS = "_progress"
+
+
 class PRMScorer:
     """Ray Data actor: the PRM (ensemble, or implicit with --scorer implicit), loaded once per actor, scoring
     TRANSPORT batches."""

@@ -151,7 +151,6 @@ class SourceFile:
     has_ids: bool
     n_rows: int | None  # known up front for Parquet only
 
-
     @property
     def name(self) -> str:
         return file_name(self.path)
