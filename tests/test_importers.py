@@ -91,7 +91,7 @@ def score_cli(tmp_path, model_dir, name, extra=()):
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     out = tmp_path / f"scored-{name}"
     assert main(["score", "--input", str(data), "--output", str(out), "--model", str(model_dir),
-                 "--device", "cpu", *extra]) == 0
+                 "--device", "cpu", "--dtype", "float32", *extra]) == 0  # exact comparisons: no bf16
     rows = pa.concat_tables([pq.read_table(f) for f in sorted((out / "scored").glob("*.parquet"))]).to_pylist()
     return {r["id"]: r for r in rows}
 
