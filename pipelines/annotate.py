@@ -334,9 +334,14 @@ class AnnotatorActor:
             self.annotator = cls(cfg, cache=self.cache, limits=GateSlots(gate, cfg.concurrency), budget=budget)
         else:
             self.annotator = make_annotator(cfg)
+        self.active = 0  # annotate calls running: an answer is cached before its call returns
 
     async def annotate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        out = await self.annotator.annotate_async(rows)
+        self.active += 1
+        try:
+            out = await self.annotator.annotate_async(rows)
+        finally:
+            self.active -= 1
         check_contract(rows, out, self.annotator)
         return out
 
@@ -345,15 +350,16 @@ class AnnotatorActor:
 
     async def drain(self, grace_s: float) -> int:
         """Ctrl-C in the driver: send nothing new, wait (at most `grace_s`) for the requests in flight,
-        whose answers go to this actor's segment; returns how many were still in flight."""
+        whose answers go to this actor's segment; returns how many annotate calls were still running."""
         stop = getattr(self.annotator, "request_stop", None)
         if stop is not None:
             stop()
-        stats = getattr(self.annotator, "stats", None)
+        # wait for the calls, not only the requests: an answer that has arrived is cached after its request
+        # left the wire (its slot and budget are settled at the gate first)
         deadline = time.monotonic() + grace_s
-        while stats is not None and stats.in_flight and time.monotonic() < deadline:
+        while self.active and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        return stats.in_flight if stats is not None else 0
+        return self.active
 
     async def close(self) -> None:
         await self.annotator.aclose()
