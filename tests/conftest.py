@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,25 @@ def served(tmp_path):
     yield start
     for s in servers:
         s.stop()
+
+
+# a world step written out: "a op b = c, so NAME has c ITEMs." (or "so the answer is c.")
+WORLD_STEP = re.compile(r"^(?P<a>\d+) (?P<op>[-+×*]) (?P<b>\d+) = (?P<c>\d+), "
+                        r"so (?:[A-Z][a-z]+ has (?P=c) [a-z]+|the answer is (?P=c))\.$")
+
+
+def recheck_steps(value: int, ops: list[tuple[str, int]], steps: list[str]) -> tuple[int, int, int]:
+    """(first wrong step or -1, the final written value, the true answer) of world steps, re-done from the
+    problem's start value and operations (add/sub/mul, operand) alone: the worlds' tests' own arithmetic."""
+    true, first = value, -1
+    for i, (step, (op, operand)) in enumerate(zip(steps, ops)):
+        m = WORLD_STEP.match(step)
+        assert m, step
+        a, b, c = int(m["a"]), int(m["b"]), int(m["c"])
+        sym = {"+": "add", "-": "sub", "×": "mul", "*": "mul"}[m["op"]]
+        computed = a + b if sym == "add" else a - b if sym == "sub" else a * b
+        if first < 0 and (a != value or sym != op or b != operand or c != computed):
+            first = i
+        value = c
+        true = true + operand if op == "add" else true - operand if op == "sub" else true * operand
+    return first, value, true

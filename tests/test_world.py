@@ -10,7 +10,7 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, WORLD_STEP, recheck_steps
 
 from actprm.cli import main
 from actprm.schemas import arrow_schema
@@ -27,7 +27,6 @@ OPERATION = re.compile(
     r"|ends up with (?P<mul1>\d+) times as many\."
     r"|is multiplied by (?P<mul2>\d+)\."
 )
-STEP = re.compile(r"^(?P<a>\d+) (?P<op>[-+×*]) (?P<b>\d+) = (?P<c>\d+), so (?:[A-Z][a-z]+ has (?P=c) [a-z]+|the answer is (?P=c))\.$")
 
 
 def parse_problem(problem: str) -> tuple[int, list[tuple[str, int]]]:
@@ -44,19 +43,7 @@ def first_wrong_step(problem: str, steps: list[str]) -> tuple[int, int, int]:
     """(first wrong step or -1, the final written value, the true answer) from the text."""
     value, ops = parse_problem(problem)
     assert len(ops) == len(steps)
-    true = value
-    first = -1
-    for i, (step, (op, operand)) in enumerate(zip(steps, ops)):
-        m = STEP.match(step)
-        assert m, step
-        a, b, c = int(m["a"]), int(m["b"]), int(m["c"])
-        sym = {"+": "add", "-": "sub", "×": "mul", "*": "mul"}[m["op"]]
-        computed = a + b if sym == "add" else a - b if sym == "sub" else a * b
-        if first < 0 and (a != value or sym != op or b != operand or c != computed):
-            first = i
-        value = c
-        true = true + operand if op == "add" else true - operand if op == "sub" else true * operand
-    return first, value, true
+    return recheck_steps(value, ops, steps)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +77,7 @@ def test_text_rules_hold(pool):
         assert all(1 <= b <= 99 for _, b in ops)
         for k, step in enumerate(row["steps"]):
             if row["first_error_step"] == -1 or k < row["first_error_step"]:
-                a, c = (int(x) for x in STEP.match(step).group("a", "c"))
+                a, c = (int(x) for x in WORLD_STEP.match(step).group("a", "c"))
                 assert 1 <= a <= world.max_value and 1 <= c <= world.max_value  # correct values: two digits
             assert "," not in step.split(",")[0] and "." not in step.split(",")[0]  # no separators or decimals
 

@@ -7,10 +7,9 @@ import re
 from collections import Counter
 
 import pytest
-from conftest import REPO
+from conftest import REPO, recheck_steps
 
-from actprm.world.arith import load_world
-from actprm.world.arith import ArithWorld, Generator
+from actprm.world.arith import ArithWorld, Generator, load_world
 
 HARD = REPO / "configs" / "worlds" / "arith-hard.yaml"
 
@@ -21,7 +20,6 @@ OPERATION = re.compile(
     r"|(?:gives away|loses|sells) (?P<sub>\d+)\.|(?:trades off|hands over|spends) (?P<sub2>\d+)(?: in a raffle)?\."
     r"|ends up with (?P<mul1>\d+) times as many\.|is multiplied by (?P<mul2>\d+)\."
 )
-STEP = re.compile(r"^(?P<a>\d+) (?P<op>[-+×]) (?P<b>\d+) = (?P<c>\d+), so (?:[A-Z][a-z]+ has (?P=c) [a-z]+|the answer is (?P=c))\.$")
 
 
 def recheck(problem: str, steps: list[str]) -> tuple[int, int, int]:
@@ -32,18 +30,7 @@ def recheck(problem: str, steps: list[str]) -> tuple[int, int, int]:
         kind = next(k for k, v in m.groupdict().items() if v is not None)
         ops.append((kind[:3], int(m.group(kind))))
     assert len(ops) == len(steps), (problem, steps)
-    true, first = value, -1
-    for i, (step, (op, operand)) in enumerate(zip(steps, ops)):
-        m = STEP.match(step)
-        assert m, step
-        a, b, c = int(m["a"]), int(m["b"]), int(m["c"])
-        sym = {"+": "add", "-": "sub", "×": "mul"}[m["op"]]
-        computed = a + b if sym == "add" else a - b if sym == "sub" else a * b
-        if first < 0 and (a != value or sym != op or b != operand or c != computed):
-            first = i
-        value = c
-        true = true + operand if op == "add" else true - operand if op == "sub" else true * operand
-    return first, value, true
+    return recheck_steps(value, ops, steps)
 
 
 @pytest.fixture(scope="module")
