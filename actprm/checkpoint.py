@@ -112,14 +112,16 @@ def load_checkpoint(path: str | None, device: torch.device):
 
 
 def save_checkpoint(out: Path, model, tokenizer, optimizer, anchor: dict[str, torch.Tensor],
-                    state: dict[str, Any]) -> None:
+                    state: dict[str, Any], *, optimizer_state: dict[str, torch.Tensor] | None = None) -> None:
     """Write the checkpoint beside `out`, then move it into place (a killed run leaves no half checkpoint).
 
+    The optimizer's moments come from `optimizer`, or ready-made (`optimizer_state`, keyed as the file).
     Whether `out` may be replaced is decided before training (check_train_paths).
     """
     with replaced_dir(out) as staging:
         model.save_pretrained(staging, tokenizer=tokenizer)
-        save_file(optimizer_state_dict(model, optimizer), str(staging / OPTIMIZER_NAME))
+        moments = optimizer_state if optimizer_state is not None else optimizer_state_dict(model, optimizer)
+        save_file(moments, str(staging / OPTIMIZER_NAME))
         save_file({k: v.detach().cpu().contiguous() for k, v in anchor.items()}, str(staging / ANCHOR_NAME))
         (staging / STATE_NAME).write_text(json.dumps(state, indent=2) + "\n")
 

@@ -74,7 +74,7 @@ def _yaml_only(annotation: Any) -> bool:
 
 
 def _help(field: FieldInfo) -> str:
-    text = field.description or ""
+    text = (field.description or "").replace("%", "%%")  # argparse formats help with %
     if field.is_required():
         return text
     default = field.get_default(call_default_factory=True)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from actprm.errors import UserError
 from actprm.io.formats import FORMATS
 from actprm.schemas import Limits
+from actprm import uncertainty
 from actprm.uncertainty import ACQUISITIONS, LOOP_STRATEGIES
 
 FormatName = Literal[("auto", *FORMATS)]  # type: ignore[valid-type]
@@ -111,9 +112,12 @@ class ScorerSettings(ImplicitSettings):
 class RuleSettings(Config):
     """the ActPRM rule and acquisition (actprm.uncertainty)"""
 
-    delta_pred: float = Field(0.95, gt=0.5, le=1.0, description="a step is certain iff its mean is >= this or "
-                              "<= 1 - this, and its spread <= delta_std")
-    delta_std: float = Field(0.005, ge=0.0, description="the largest spread (std over heads) of a certain step")
+    delta_pred: float = Field(uncertainty.DEFAULT_DELTA_PRED, gt=0.5, le=1.0, description=(
+        "a step is certain iff its mean is >= this or <= 1 - this, and its spread <= delta_std; 0.8 allows for a "
+        "judge wrong on up to ~20% of steps (the ActivePRM paper's 0.95 suits near-clean labels; README "
+        "\"The default deltas\")"))
+    delta_std: float = Field(uncertainty.DEFAULT_DELTA_STD, ge=0.0, description=(
+        "the largest spread (std over heads) of a certain step (the paper's: 0.005)"))
     target_rate: float | None = Field(None, ge=0.0, le=1.0, description="choose delta_pred/delta_std so that about "
                                       "this share (0..1) is uncertain: on a sample of the corpus (score, filter), or "
                                       "on the first round's scores, then held (loop)")
@@ -477,6 +481,10 @@ class LoopConfig(ReadSettings, ScorerSettings, RuleSettings, EvalSettings, RaySe
                                "most 4)")
     batch_rows: int = Field(512, gt=0, description="rows per scoring task")
     threads: int | None = Field(None, gt=0, description="torch threads of the driver (training)")
+    head_cache: bool | None = Field(None, description="rounds with train.backbone frozen: run the backbone once over "
+                                    "the pool and eval set and score, train and evaluate every round on the heads' "
+                                    "cached inputs (null: whenever that applies; README \"Rounds on cached backbone "
+                                    "outputs\")")
 
     def judge_config(self) -> JudgeConfig:
         """The annotator's settings; a path is read as a judge YAML (keys other than the judge's are ignored)."""
@@ -506,7 +514,8 @@ class DemoConfig(RaySettings):
     model: str | None = Field(None, description="the PRM to start from (null: the shipped PRM)")
     judge: str | JudgeConfig = Field(default_factory=JudgeConfig, description="annotator settings")
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(  # = configs/demo.yaml
-        backbone="frozen", head_lr=1e-2, epochs=6, batch_size=16, warmup_steps=5, anchor_lambda=0.0),
+        backbone="frozen", head_lr=1e-2, epochs=6, batch_size=16, warmup_steps=5, anchor_lambda=0.0,
+        error_weight=3.0, prior_bias=True),
         description="the rounds' training recipe")
     actors: int | None = Field(None, ge=1, description="scoring actors")
     threads: int | None = Field(1, gt=0, description="torch threads of the driver (training)")

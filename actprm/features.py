@@ -31,14 +31,22 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from actprm.checkpoint import load_optimizer_state, optimizer_state_dict
-from actprm.labels import step_targets
-from actprm.model import EnsembleHeads
-from actprm.scoring import _encoder, _pad_id, _resolve_device, plan_batches
+from actprm.checkpoint import (
+    load_checkpoint,
+    load_optimizer_state,
+    optimizer_state_dict,
+    save_checkpoint,
+)
+from actprm.labels import LabelCounts, step_targets
+from actprm.model import HEADS_NAME, EnsembleHeads
+from actprm.scoring import ScoreResult, _encoder, _pad_id, _resolve_device, plan_batches
+from actprm.shipped import DEFAULT_MODEL_NAME
 from actprm.trainer import (
+    NothingToTrain,
     RoundResult,
+    TrainResult,
     actprm_loss,
     anchor_penalty,
     length_batches,
@@ -140,12 +148,14 @@ class HeadInputs:
 
 def extract_head_inputs(model, tokenizer, rows: Sequence[dict[str, Any]], *, batch_tokens: int = 2048,
                         max_length: int | None = None, device: str | torch.device | None = None,
-                        fingerprint: str | None = None, progress: bool = False) -> HeadInputs:
-    """Run the backbone once over `rows` (dicts with id, problem, steps) and keep what the heads read."""
+                        fingerprint: str | None = None, progress: bool = False,
+                        system_prompt: str | None = None) -> HeadInputs:
+    """Run the backbone once over `rows` (dicts with id, problem, steps) and keep what the heads read
+    (encoded as the scorer does: `system_prompt` None is the PRM's own)."""
 
     tokenizer = tokenizer if tokenizer is not None else model.tokenizer
-    enc = _encoder(model, tokenizer, max_length, 128, None).encode([r["problem"] for r in rows],
-                                                                   [r["steps"] for r in rows])
+    enc = _encoder(model, tokenizer, max_length, 128, system_prompt).encode([r["problem"] for r in rows],
+                                                                            [r["steps"] for r in rows])
     fingerprint = fingerprint or model_fingerprint(model, max_length)
     dev = _resolve_device(model, device)
     pad = _pad_id(tokenizer)
@@ -230,6 +240,25 @@ def score_cached(heads, cache: HeadInputs, chunk: int = 65536) -> list[np.ndarra
     p = probs.numpy()
     return [None if cache.errors[i] is not None else p[cache.offsets[i]:cache.offsets[i + 1]]
             for i in range(len(cache))]
+
+
+def score_results(heads, cache: HeadInputs, ids: Sequence[str]) -> list[ScoreResult]:
+    """`score_trajectories`' results for the rows `ids` of the cache (the heads' probabilities; a row the
+    scorer could not encode keeps its error)."""
+    sub = cache.rows(cache.index(ids))
+    out = []
+    for i, probs in enumerate(score_cached(heads, sub)):
+        n = int(sub.n_steps[i])
+        if probs is None:
+            out.append(ScoreResult(None, 0, sub.errors[i], n))
+        else:
+            out.append(ScoreResult(probs.astype(np.float32), len(probs), None, n))
+    return out
+
+
+def load_heads(heads, path: str | Path) -> None:
+    """Load a checkpoint's `heads.safetensors` into `heads` (same sizes; the backbone is not read)."""
+    heads.load_state_dict(load_file(str(Path(path) / HEADS_NAME)))
 
 
 # --------------------------------------------------------------------------- training
@@ -503,3 +532,36 @@ def _clip_per_run(stacked, R: int, K: int, max_norm: float) -> None:
     for n in _PARAMS:
         g = getattr(stacked, n).grad
         g.mul_(coef.repeat_interleave(K).view(-1, *([1] * (g.dim() - 1))))
+
+
+# --------------------------------------------------------------------------- one round, saved
+
+
+def train_and_save_cached(cfg, rows: list[dict[str, Any]], counts: LabelCounts, cache: HeadInputs) -> TrainResult:
+    """`actprm.trainer.train_and_save` for the ActPRM objective with `backbone: frozen`, on cached inputs:
+    load `cfg.model`, train its heads one round on the labelled `rows` (labelled schema, each in the cache),
+    save the checkpoint to `cfg.output` exactly as the uncached round does. Raises NothingToTrain."""
+    model, tokenizer, anchor, opt_state, prev = load_checkpoint(cfg.model, torch.device("cpu"))
+    fp = model_fingerprint(model, cfg.max_length)
+    if fp != cache.fingerprint:
+        raise ValueError(f"head inputs cached for model {cache.fingerprint}, not {cfg.model} ({fp})")
+    idx = cache.index([str(r["id"]) for r in rows])
+    for i in idx:  # what build_examples counts
+        if cache.errors[i] is not None:
+            counts.too_long += 1
+        else:
+            counts.truncated += int(cache.n_scored[i] < cache.n_steps[i])
+    examples = cached_examples(cache, idx, [int(r["label_first_error"]) for r in rows],
+                               [float(r.get("label_weight") or 1.0) for r in rows],
+                               [r.get("step_labels") for r in rows])
+    counts.error_cut_off += sum(cache.errors[i] is None for i in idx) - len(examples)
+    if not examples:
+        raise NothingToTrain("nothing to train on: no labelled trajectory survived the join "
+                             f"({counts.labelled} labelled rows, {counts.too_long} too long)")
+    result, state_dict = train_heads_cached(model.heads, cache, examples, cfg, anchor=anchor,
+                                            optimizer_state=opt_state)
+    state = result.state(cfg, counts, prev, cfg.model or DEFAULT_MODEL_NAME, workers=1, dtype="float32",
+                         head_inputs_cached=True)
+    out = Path(cfg.output)
+    save_checkpoint(out, model, tokenizer, None, anchor, state, optimizer_state=state_dict)
+    return TrainResult(counts, result, out, state["round"])

@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from actprm.config import DemoConfig, GenerateConfig, LoopConfig, dump_config
+from actprm.curves import labels_to_reach
 from actprm.errors import UserError
 from actprm.io.writers import replaced_dir, write_text_atomic
 from actprm.plots import plot_f1_vs_labels, plot_selection_rate, plot_step_stats
@@ -35,6 +36,7 @@ from pipelines import loop
 from pipelines.ray_session import init_ray
 
 PLOTS = {"f1": "f1_vs_labels.png", "steps": "step_stats.png", "rate": "selection_rate.png"}
+F1_LEVELS = (0.8, 0.9)  # the report gives the labels each strategy bought to reach these
 
 
 @dataclass
@@ -52,7 +54,9 @@ class DemoResult(JobResult):
         for name, lines in self.lines.items():
             last = lines[-1]
             f1 = "-" if last["mean_f1"] is None else f"{last['mean_f1']:.3f}"
-            parts.append(f"{name} F1 {f1} with {last['labels_used']} labels")
+            reach = labels_to(lines, F1_LEVELS[-1])
+            to = "" if reach is None else f", F1 {F1_LEVELS[-1]:g} at {reach:.0f}"
+            parts.append(f"{name} F1 {f1} with {last['labels_used']} labels{to}")
         return f"demo: {', '.join(parts)} (round 0: {self._start_f1()}) in {self.seconds:.0f}s -> {self.output}"
 
     def _start_f1(self) -> str:
@@ -100,7 +104,19 @@ def step_stats(run: Path, r: int) -> tuple[np.ndarray, np.ndarray]:
     return flat(means), flat(stds)
 
 
-def write_plots(cfg: DemoConfig, out: Path, lines: dict[str, list[dict]]) -> None:
+def labels_to(lines: list[dict], level: float) -> float | None:
+    """Labels a strategy's run bought to reach eval F1 `level` (linear between rounds; None: never)."""
+    points = [(ln["labels_used"], ln["mean_f1"]) for ln in lines if ln["mean_f1"] is not None]
+    return labels_to_reach([p[0] for p in points], [p[1] for p in points], level) if points else None
+
+
+def routed(lines: list[dict]) -> list[float]:
+    """The share of the unlabelled pool the rule marked uncertain, per round from round 1 (each scored with
+    the model trained in the round before): what the rule alone would send to the judge."""
+    return [ln["uncertain_rate"] for ln in lines if ln["uncertain_rate"] is not None]
+
+
+def write_plots(cfg: DemoConfig, out: Path, lines: dict[str, list[dict]], rule: LoopConfig) -> None:
     f1 = {name: ([ln["labels_used"] for ln in ls if ln["mean_f1"] is not None],
                  [ln["mean_f1"] for ln in ls if ln["mean_f1"] is not None]) for name, ls in lines.items()}
     plot_f1_vs_labels(f1, out / PLOTS["f1"], title=f"eval mean F1 against labels ({cfg.eval_rows} eval rows)")
@@ -120,7 +136,7 @@ def write_plots(cfg: DemoConfig, out: Path, lines: dict[str, list[dict]]) -> Non
         for r in sorted({rounds[0], rounds[-1]}):
             stats[f"{name}, round {r} pool"] = step_stats(out / "runs" / name, r)
     if stats:
-        plot_step_stats(stats, out / PLOTS["steps"], 0.95, 0.005,
+        plot_step_stats(stats, out / PLOTS["steps"], rule.delta_pred, rule.delta_std,
                         title="what the model saw when selecting (first and last round)")
 
 
@@ -128,7 +144,8 @@ def _fmt(x, spec: str = ".3f") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def write_report(cfg: DemoConfig, out: Path, lines: dict[str, list[dict]], seconds: float) -> Path:
+def write_report(cfg: DemoConfig, out: Path, lines: dict[str, list[dict]], seconds: float,
+                 rule: LoopConfig) -> Path:
     t = cfg.train
     judge = cfg.judge if isinstance(cfg.judge, str) else f"{cfg.judge.backend} (wrong rate {cfg.judge.wrong_rate:g})"
     text = [
@@ -139,12 +156,23 @@ def write_report(cfg: DemoConfig, out: Path, lines: dict[str, list[dict]], secon
         f"{cfg.round_labels} labels a round from the annotator `{judge}`. A round scores the unlabelled pool "
         "with the current model (ActPRM only; random needs no scores), selects, annotates, trains one round "
         f"from the last checkpoint on every label so far (backbone `{t.backbone}`, lr {t.lr:g}, head lr "
-        f"{t.head_lr:g}, {t.epochs} epoch(s), batch {t.batch_size}) and evaluates ProcessBench F1 on the eval set "
-        f"(threshold 0.5). Round 0 is the starting model."), "",
-        ("- **actprm**: the ActPRM rule (a trajectory is uncertain if a step up to the predicted first error has "
-         "its ensemble mean within (0.05, 0.95) or its spread over heads above 0.005); when more are uncertain "
-         "than the round's budget, the most uncertain by entropy."),
+        f"{t.head_lr:g}, {t.epochs} epoch(s), batch {t.batch_size}, error steps weighted {t.error_weight:g}, "
+        f"output bias at the label prior {'on' if t.prior_bias else 'off'}) and evaluates ProcessBench F1 on the "
+        "eval set (threshold 0.5). Round 0 is the starting model."), "",
+        (f"- **actprm**: the ActPRM rule (a trajectory is uncertain if a step up to the predicted first error has "
+         f"its ensemble mean within ({1 - rule.delta_pred:g}, {rule.delta_pred:g}) or its spread over heads above "
+         f"{rule.delta_std:g}); when more are uncertain than the round's budget, the most uncertain by entropy."),
         "- **random**: a fixed random order of the pool.", "",
+        ("| strategy | labels to F1 " + " | labels to F1 ".join(f"{x:g}" for x in F1_LEVELS)
+         + " | final F1 | share of the unlabelled pool the rule marks uncertain, round 1, 2, ... |"),
+        "|---|" + "---|" * len(F1_LEVELS) + "---|---|",
+        *(f"| {name} | " + " | ".join(_fmt(labels_to(ls, x), ".0f") if labels_to(ls, x) is not None else "not reached"
+                                      for x in F1_LEVELS)
+          + f" | {_fmt(ls[-1]['mean_f1'])} | " + (", ".join(f"{r:.0%}" for r in routed(ls)) or "- (not scored)") + " |"
+          for name, ls in lines.items()),
+        "",
+        ("The uncertain share of round r is measured with the model trained in round r − 1, before selecting: it "
+         "is what the rule alone (`actprm filter`, the stream mode) would send to the judge."), "",
         f"![F1 against labels]({PLOTS['f1']})", "",
         f"![selection rate]({PLOTS['rate']})", "",
         f"![step statistics]({PLOTS['steps']})", "",
@@ -190,9 +218,9 @@ def run(cfg: DemoConfig, progress: bool = True) -> DemoResult:
     if final:
         with replaced_dir(out / "model") as staging:
             shutil.copytree(final, staging, dirs_exist_ok=True)
-    write_plots(cfg, out, lines)
+    write_plots(cfg, out, lines, lc)
     seconds = time.perf_counter() - start
-    report = write_report(cfg, out, lines, seconds)
+    report = write_report(cfg, out, lines, seconds, lc)
     return DemoResult(out, report, lines, seconds)
 
 

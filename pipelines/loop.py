@@ -27,6 +27,8 @@ The run directory holds all state (README, "The active loop"):
     RUN/labelled/round-NNN/labelled.parquet     the round's labels (labelled schema)
     RUN/checkpoints/round-NNN/           the model after round NNN (with optimizer state)
     RUN/evals/round-NNN.json             ProcessBench figures of that model on `eval`
+    RUN/head_inputs/{pool,eval}.safetensors  what the heads read for each row, computed once from the
+                                         start model (`head_cache`: rounds mode, frozen backbone)
     RUN/metrics.jsonl                    one line per round (data_schemas/loop_metrics.yaml)
 
 Each step writes its file atomically, and a step whose file exists is not run again, so a loop
@@ -37,6 +39,11 @@ not retrained. metrics.jsonl is rebuilt from those files after every round. The 
 `dollar_budget` (a SpendBudget checked before every judge request: a request it cannot pay for is not
 sent, its row fails `budget exhausted`, and the loop stops after that round), an exhausted pool or corpus, or a round in which the
 rule finds nothing uncertain. A rerun with more rounds or a bigger budget continues the run.
+
+With `train.backbone: frozen` (rounds mode, the ensemble), nothing the backbone computes changes
+between rounds: the actors run it once over the pool and the eval set, and every round scores, trains
+and evaluates the heads on those inputs in the driver (`head_cache`, on by default where it applies;
+the same selections and checkpoints within float noise, seconds a round).
 
 Ray: one pool of scoring actors per loop (one GPU each, else one CPU and one torch thread each),
 created once and reused by every round; each actor reloads the model only when the checkpoint
@@ -66,6 +73,14 @@ from ray.util import ActorPool
 from actprm.checkpoint import STATE_NAME, load_scoring_model, resolve_device
 from actprm.config import LoopConfig, RuleSettings, dump_config
 from actprm.errors import UserError
+from actprm.features import (
+    HeadInputs,
+    extract_head_inputs,
+    load_heads,
+    model_fingerprint,
+    score_results,
+    train_and_save_cached,
+)
 from actprm.io.readers import iter_batches, open_corpus
 from actprm.io.subsets import resolve_subsets
 from actprm.io.writers import write_parquet_atomic, write_text_atomic
@@ -73,6 +88,7 @@ from actprm.judge import Annotator, make_annotator
 from actprm.judge.budget import SpendBudget
 from actprm.labels import LabelCounts, labelled_rows_of, read_labelled
 from actprm.metrics import compute_metrics, prediction_row
+from actprm.model import default_prm_path
 from actprm.outcome import OutcomeAnnotator
 from actprm.progress import JobResult, progress_bar
 from actprm.schemas import table_from_rows
@@ -84,7 +100,7 @@ from pipelines.ray_session import init_ray
 
 # settings a rerun may change: they say when to stop and how to run, not what a round does
 RESUMABLE_CHANGES = {"rounds", "round_labels", "label_budget", "dollar_budget", "overwrite", "actors", "threads",
-                     "eval_every", "batch_rows", "address"}
+                     "eval_every", "batch_rows", "address", "head_cache"}
 
 
 def round_name(r: int) -> str:
@@ -106,11 +122,21 @@ class ScoringActor:
         self.batch_tokens = batch_tokens or default_batch_tokens(device)
         self.path: str | None = "<none>"
 
-    def score(self, rows: list[dict], model: str | None, selection: RuleSettings,
-              implicit: dict | None = None) -> list[dict]:
+    def load(self, model: str | None, implicit: dict | None = None) -> None:
         if (model, implicit) != self.path:  # implicit: the implicit scorer's settings (actprm.implicit)
             self.model, self.tokenizer = load_scoring_model(model, self.device, implicit, self.dtype)
             self.path = (model, implicit)
+
+    def head_inputs(self, rows: list[dict], model: str | None, fingerprint: str) -> HeadInputs:
+        """What the heads of `model` read for `rows` (actprm.features; one backbone pass)."""
+        self.load(model)
+        return extract_head_inputs(self.model, self.tokenizer, rows, batch_tokens=self.batch_tokens,
+                                   max_length=self.max_length, device=self.device, fingerprint=fingerprint,
+                                   system_prompt=self.system_prompt)
+
+    def score(self, rows: list[dict], model: str | None, selection: RuleSettings,
+              implicit: dict | None = None) -> list[dict]:
+        self.load(model, implicit)
         results = score_trajectories(self.model, self.tokenizer, [r["problem"] for r in rows],
                                      [r["steps"] for r in rows], batch_tokens=self.batch_tokens,
                                      max_length=self.max_length, device=self.device,
@@ -137,20 +163,87 @@ class ScoringPool:
         self.batch_rows = batch_rows
 
     def score(self, rows: list[dict], model: str | None, selection: RuleSettings, bar=None,
-              implicit: dict | None = None) -> dict[str, dict]:
-        """id -> scores (join_scores' columns, or `error` for a row too long to score)."""
+              implicit: dict | None = None, part: str = "pool") -> dict[str, dict]:
+        """id -> scores (join_scores' columns, or `error` for a row too long to score). `part` names the rows
+        for HeadCache.score (the actors score whatever they are given)."""
         chunks = [rows[k:k + self.batch_rows] for k in range(0, len(rows), self.batch_rows)]
         out: dict[str, dict] = {}
         pool = ActorPool(self.actors)
-        for part in pool.map_unordered(lambda a, chunk: a.score.remote(chunk, model, selection, implicit), chunks):
-            out.update((r["id"], r) for r in part)
+        for scored in pool.map_unordered(lambda a, chunk: a.score.remote(chunk, model, selection, implicit), chunks):
+            out.update((r["id"], r) for r in scored)
+            if bar is not None:
+                bar.update(len(scored))
+        return out
+
+    def head_inputs(self, rows: list[dict], model: str | None, fingerprint: str, bar=None) -> HeadInputs:
+        """The heads' inputs of `rows` under `model`, computed by the actors (rows in order)."""
+        chunks = [rows[k:k + self.batch_rows] for k in range(0, len(rows), self.batch_rows)]
+        parts = []
+        for part in ActorPool(self.actors).map(lambda a, chunk: a.head_inputs.remote(chunk, model, fingerprint),
+                                               chunks):
+            parts.append(part)
             if bar is not None:
                 bar.update(len(part))
-        return out
+        return HeadInputs.concat(parts)
 
     def close(self) -> None:
         for a in self.actors:
             ray.kill(a)
+
+
+# ------------------------------------------------------------------ rounds on cached head inputs
+
+
+def head_cache_applies(cfg: LoopConfig) -> str | None:
+    """Why the loop cannot run on cached head inputs (None: it can)."""
+    t = cfg.train
+    if cfg.mode != "rounds":
+        return "the stream mode scores each row once"
+    if cfg.scorer != "ensemble" or t.objective != "actprm":
+        return "the implicit PRM has no heads"
+    if t.backbone != "frozen":
+        return f"train.backbone is {t.backbone}, not frozen"
+    if t.max_length not in (None, cfg.max_length) or t.system_prompt not in (None, cfg.system_prompt):
+        return "train.max_length / train.system_prompt differ from the scorer's"
+    return None
+
+
+class HeadCache:
+    """The pool's and the eval set's head inputs, computed once from the start model by the scoring actors
+    and kept in the run directory (RUN/head_inputs/{pool,eval}.safetensors); every round scores, trains and
+    evaluates on them, loading only the checkpoints' heads (README, "Rounds on cached backbone outputs")."""
+
+    def __init__(self, run: RunDir, pool: ScoringPool, cfg: LoopConfig, parts: dict[str, list[dict]],
+                 progress: bool):
+        self.start = str(Path(cfg.model).resolve()) if cfg.model else None
+        model, tokenizer = load_scoring_model(self.start, "cpu", None, "float32")
+        self.heads, self.loaded = model.heads, self.start
+        fingerprint = model_fingerprint(model, cfg.max_length)
+        self.inputs: dict[str, HeadInputs] = {}
+        for name, rows in parts.items():
+            path = run.path / "head_inputs" / f"{name}.safetensors"
+            have = None
+            if path.is_file():
+                with contextlib.suppress(ValueError):  # another model's, or an older format: computed again
+                    have = HeadInputs.load(path, fingerprint)
+            if have is None or set(have.ids) != {str(r["id"]) for r in rows}:
+                with progress_bar(len(rows), f"head inputs ({name})", progress) as bar:
+                    have = (pool.head_inputs(rows, self.start, fingerprint, bar) if rows
+                            else extract_head_inputs(model, tokenizer, [], fingerprint=fingerprint))
+                have.save(path)
+            self.inputs[name] = have
+
+    def score(self, rows: list[dict], model: str | None, selection: RuleSettings, bar=None,
+              implicit: dict | None = None, part: str = "pool") -> dict[str, dict]:
+        """ScoringPool.score on the cache: `part` is "pool" or "eval"."""
+        if model != self.loaded:
+            load_heads(self.heads, model or self.start or default_prm_path())
+            self.loaded = model
+        results = score_results(self.heads, self.inputs[part], [str(r["id"]) for r in rows])
+        scored, too_long = join_scores([{"id": r["id"]} for r in rows], results, selection, model or "")
+        if bar is not None:
+            bar.update(len(rows))
+        return {r["id"]: r for r in scored + [{"id": rows[i]["id"], "error": why} for i, why in too_long]}
 
 
 # ------------------------------------------------------------------ the run directory
@@ -320,6 +413,8 @@ class LoopResult(JobResult):
 class Loop:
     def __init__(self, cfg: LoopConfig, run: RunDir, pool: ScoringPool, annotator: Annotator, progress: bool):
         self.cfg, self.run, self.pool, self.annotator, self.progress = cfg, run, pool, annotator, progress
+        self.cache: HeadCache | None = None
+        self.scorer: ScoringPool | HeadCache = pool  # the cache, once built (execute)
         # the strategy's acquisition ranks (entropy, bald, ...); the rule ranks by cfg.acquisition
         self.selection_cfg = RuleSettings(delta_pred=cfg.delta_pred, delta_std=cfg.delta_std,
                                           acquisition=cfg.strategy if cfg.strategy in ACQUISITIONS else cfg.acquisition,
@@ -381,7 +476,7 @@ class Loop:
         scores: dict[str, dict] = {}
         if self.cfg.strategy in SCORING_STRATEGIES and candidates:
             with progress_bar(len(candidates), f"round {r}: score", self.progress) as bar:
-                scores = self.pool.score(candidates, self.model_after(r - 1), self.selection_cfg, bar, self.implicit)
+                scores = self.scorer.score(candidates, self.model_after(r - 1), self.selection_cfg, bar, self.implicit)
             if self.cfg.target_rate is not None and not self.state.get("calibration"):
                 self.calibrate(scores)
         rows = select_rows(self.cfg.strategy, candidates, scores, budget, self.cfg.seed, r)
@@ -426,7 +521,10 @@ class Loop:
                                                  "system_prompt": self.cfg.train.system_prompt
                                                  or self.cfg.system_prompt})
         try:
-            train_and_save(tcfg, rows, counts, self.device, progress=self.progress)
+            if self.cache is not None:
+                train_and_save_cached(tcfg, rows, counts, self.cache.inputs["pool"])
+            else:
+                train_and_save(tcfg, rows, counts, self.device, progress=self.progress)
         except NothingToTrain:
             return  # every label was too long for the model, or cut off: the model stays
         self.step_done(r, "train", time.perf_counter() - start)
@@ -438,8 +536,8 @@ class Loop:
         start = time.perf_counter()
         model = self.model_after(r)
         with progress_bar(len(self.eval_rows), f"round {r}: evaluate", self.progress) as bar:
-            scores = self.pool.score([row for _, row in self.eval_rows], model, self.selection_cfg, bar,
-                                     self.implicit)
+            scores = self.scorer.score([row for _, row in self.eval_rows], model, self.selection_cfg, bar,
+                                       self.implicit, part="eval")
         preds = []
         for subset, row in self.eval_rows:
             s = scores[row["id"]]
@@ -568,7 +666,21 @@ class Loop:
             self._show(bar, self.run_round(r, chunk, {row["id"]: row for row in chunk}, totals))
         return r, "end of the corpus"
 
+    def use_head_cache(self) -> None:
+        """Build (or read back) the head-input cache when the config asks for it (`head_cache`)."""
+        cfg = self.cfg
+        why_not = head_cache_applies(cfg)
+        if cfg.head_cache is False or (cfg.head_cache is None and why_not):
+            return
+        if why_not:
+            raise UserError(f"head_cache: cannot run on cached head inputs: {why_not}")
+        pool_rows = [row for rows in read_rows(cfg.pool, cfg) for row in rows]
+        self.cache = HeadCache(self.run, self.pool, cfg, {"pool": pool_rows, "eval": [r for _, r in self.eval_rows]},
+                               self.progress)
+        self.scorer = self.cache
+
     def execute(self) -> tuple[int, str, list[dict]]:
+        self.use_head_cache()
         self.evaluate(0)
         done = int(self.state.get("round", 0))  # rounds finished whole by earlier runs
         totals = finished_totals(self.run, done)

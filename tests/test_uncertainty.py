@@ -56,7 +56,9 @@ def test_predicted_first_error():
 
 # ----------------------------------------------------------------------------- ActPRM rule
 def uncertain(probs, **kw):
+    """The rule at the paper's deltas (0.95 / 0.005) unless others are given."""
     mean, std = U.step_stats(probs)
+    kw = {"delta_pred": U.PAPER_DELTA_PRED, "delta_std": U.PAPER_DELTA_STD} | kw
     return U.is_uncertain(mean, std, **kw)
 
 
@@ -101,14 +103,19 @@ def test_rule_f_boundaries_are_inclusive():
     assert U.certain_steps(np.array([low]), np.array([0.005]), 0.95, 0.005).tolist() == [True]
     got = U.certain_steps(np.array([0.9499, 0.95, 0.06]), np.array([0.0, 0.0051, 0.0]), 0.95, 0.005)
     assert got.tolist() == [False, False, False]
-    assert not U.is_uncertain(np.array([0.95]), np.array([0.005]))
+    assert not U.is_uncertain(np.array([0.95]), np.array([0.005]), 0.95, 0.005)
 
 
 def test_rule_defaults_and_custom_deltas():
-    probs = rows([0.92] * 4)  # mean 0.92: uncertain at 0.95 (default), certain at 0.9
+    probs = rows([0.92] * 4)  # mean 0.92: uncertain at the paper's 0.95, certain at 0.9
     assert uncertain(probs)
     assert not uncertain(probs, delta_pred=0.9, delta_std=0.01)
-    assert U.DEFAULT_DELTA_PRED == 0.95 and U.DEFAULT_DELTA_STD == 0.005
+    # the defaults (0.8 / 0.05) allow for a noisy judge: a correct step at 0.85 with heads 0.04 apart is certain
+    noisy = rows([0.83, 0.87, 0.83, 0.87])
+    assert not U.is_uncertain(*U.step_stats(noisy)) and uncertain(noisy)
+    assert U.is_uncertain(*U.step_stats(rows([0.78] * 4)))  # under 0.8
+    assert U.is_uncertain(*U.step_stats(rows([0.95, 0.95, 0.85, 0.85])))  # spread 0.058 > 0.05
+    assert (U.DEFAULT_DELTA_PRED, U.DEFAULT_DELTA_STD) == (0.8, 0.05)
 
 
 def test_rule_single_head_and_empty_trajectory():
