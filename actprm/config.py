@@ -501,9 +501,13 @@ class DemoConfig(RaySettings):
 
     examples = ("actprm demo",
                 "actprm demo --output runs/demo --rows 3000 --rounds 4",
-                "actprm demo --config configs/demo.yaml --output /tmp/demo --overwrite")
+                "actprm demo --config configs/demo.yaml --output /tmp/demo --overwrite",
+                "actprm demo --world-config configs/worlds/arith-hard.yaml --rows 10000 --round-labels 300 "
+                "--rounds 8 --output runs/demo-hard")
     output: str = Field("runs/demo", description="where the report, plots, model and runs go")
     overwrite: bool = Field(False, description="start over")
+    world_config: str | None = Field(None, description="YAML of world parameters (null: the default world, "
+                                     "configs/worlds/arith.yaml; configs/worlds/arith-hard.yaml: rare mistakes)")
     rows: int = Field(3000, gt=0, description="pool trajectories")
     eval_rows: int = Field(500, gt=0, description="eval trajectories (about half with an error)")
     rounds: int = Field(4, gt=0, description="rounds per strategy")

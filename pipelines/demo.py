@@ -82,9 +82,11 @@ def prepare(cfg: DemoConfig) -> Path:
 def generate(cfg: DemoConfig, out: Path, progress: bool) -> tuple[Path, Path]:
     pool, evals = out / "world" / "pool", out / "world" / "eval"
     if not pool.is_dir():
-        generate_job.run(GenerateConfig(n=cfg.rows, seed=cfg.seed + 1, output=str(pool)), progress)
+        generate_job.run(GenerateConfig(n=cfg.rows, seed=cfg.seed + 1, world_config=cfg.world_config,
+                                        output=str(pool)), progress)
     if not evals.is_dir():
-        generate_job.run(GenerateConfig(n=cfg.eval_rows, seed=cfg.seed + 2, eval_set=True, output=str(evals)), progress)
+        generate_job.run(GenerateConfig(n=cfg.eval_rows, seed=cfg.seed + 2, eval_set=True,
+                                        world_config=cfg.world_config, output=str(evals)), progress)
     return pool, evals
 
 
@@ -114,6 +116,22 @@ def routed(lines: list[dict]) -> list[float]:
     """The share of the unlabelled pool the rule marked uncertain, per round from round 1 (each scored with
     the model trained in the round before): what the rule alone would send to the judge."""
     return [ln["uncertain_rate"] for ln in lines if ln["uncertain_rate"] is not None]
+
+
+def savings_lines(lines: dict[str, list[dict]]) -> list[str]:
+    """Per strategy, the labels it bought to reach random's final F1 (and the ratio to random's labels)."""
+    if "random" not in lines or lines["random"][-1]["mean_f1"] is None:
+        return []
+    base = lines["random"][-1]
+    out = []
+    for name, ls in lines.items():
+        if name == "random":
+            continue
+        need = labels_to(ls, base["mean_f1"])
+        target = f"random's final F1 ({base['mean_f1']:.3f}, {base['labels_used']} labels)"
+        out.append(f"\n{name} reached {target} with {need:.0f} labels: {base['labels_used'] / need:.1f}x fewer."
+                   if need else f"\n{name} did not reach {target}.")
+    return out
 
 
 def write_plots(cfg: DemoConfig, out: Path, lines: dict[str, list[dict]], rule: LoopConfig) -> None:
@@ -150,7 +168,8 @@ def write_report(cfg: DemoConfig, out: Path, lines: dict[str, list[dict]], secon
     judge = cfg.judge if isinstance(cfg.judge, str) else f"{cfg.judge.backend} (wrong rate {cfg.judge.wrong_rate:g})"
     text = [
         "# actprm demo: active learning of a process reward model on the arithmetic world", "",
-        (f"Ran in {seconds:.0f} s. A pool of {cfg.rows} world trajectories and an eval set of {cfg.eval_rows} "
+        (f"Ran in {seconds:.0f} s. A pool of {cfg.rows} world trajectories "
+         f"({cfg.world_config or 'the default world'}) and an eval set of {cfg.eval_rows} "
         f"(about half with an error) were generated (`world/`); starting from "
         f"{cfg.model or 'the shipped PRM (actprm/assets/prm)'}, each strategy ran {cfg.rounds} rounds buying "
         f"{cfg.round_labels} labels a round from the annotator `{judge}`. A round scores the unlabelled pool "
@@ -170,6 +189,7 @@ def write_report(cfg: DemoConfig, out: Path, lines: dict[str, list[dict]], secon
                                       for x in F1_LEVELS)
           + f" | {_fmt(ls[-1]['mean_f1'])} | " + (", ".join(f"{r:.0%}" for r in routed(ls)) or "- (not scored)") + " |"
           for name, ls in lines.items()),
+        *savings_lines(lines),
         "",
         ("The uncertain share of round r is measured with the model trained in round r − 1, before selecting: it "
          "is what the rule alone (`actprm filter`, the stream mode) would send to the judge."), "",

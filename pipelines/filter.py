@@ -155,9 +155,11 @@ def finished_files(out: Path, sources: list[SourceFile]) -> dict[int, dict]:
 
 
 def remove_partial(out: Path, file_index: int) -> None:
+    """A killed run's output of an unfinished file: its shards, and the shard it was writing."""
     for name in TABLES:
-        for shard in (out / name).glob(f"file-{file_index:05d}-*.parquet"):
-            shard.unlink()
+        for pattern in (f"file-{file_index:05d}-*.parquet", f".file-{file_index:05d}-*.tmp"):
+            for shard in (out / name).glob(pattern):
+                shard.unlink()
 
 
 @dataclass

@@ -115,3 +115,31 @@ def test_inspect_with_hostile_metadata_is_one_line(tmp_path, capsys, raw, reason
     pq.write_table(table, tmp_path / "t.parquet")
     assert main(["inspect", str(tmp_path / "t.parquet")]) == 2
     one_line_error(capsys, "'actprm' metadata is not a provenance record", reason)
+
+
+def test_shard_writer_streams_row_groups_and_cuts_shards(tmp_path):
+    """The writer holds at most one row group (the driver's memory at 1M rows), cuts shards at rows_per_shard,
+    writes the canonical schema, and leaves no temporary file; a failed job leaves no half shard."""
+    from actprm.io.writers import ShardWriter
+    from actprm.schemas import arrow_schema
+
+    rows = [{"id": f"r{i}", "problem": "p", "steps": ["a", "b"]} for i in range(25)]
+    with ShardWriter(tmp_path / "t", "trajectories", rows_per_shard=10, row_group_rows=4) as w:
+        for k in range(0, 25, 3):
+            w.add_rows(rows[k:k + 3])
+            assert w._buffered < 4  # full row groups went to disk at once
+    files = sorted((tmp_path / "t").iterdir())
+    assert [f.name for f in files] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    tables = [pq.ParquetFile(f) for f in files]
+    assert [t.metadata.num_rows for t in tables] == [10, 10, 5]
+    assert all(t.metadata.row_group(g).num_rows <= 4 for t in tables for g in range(t.num_row_groups))
+    assert all(t.schema_arrow.remove_metadata() == arrow_schema("trajectories") for t in tables)
+    assert all(b"actprm" in (t.schema_arrow.metadata or {}) for t in tables)
+    assert [r["id"] for f in files for r in pq.read_table(f).to_pylist()] == [r["id"] for r in rows]
+    with ShardWriter(tmp_path / "empty", "trajectories") as w:
+        pass
+    assert pq.read_table(tmp_path / "empty" / "part-00000.parquet").num_rows == 0
+    with pytest.raises(RuntimeError), ShardWriter(tmp_path / "failed", "trajectories", row_group_rows=2) as w:
+        w.add_rows(rows[:5])
+        raise RuntimeError("killed")
+    assert list((tmp_path / "failed").iterdir()) == []

@@ -175,20 +175,25 @@ def write_text_atomic(text: str, path: Path) -> None:
 
 
 class ShardWriter:
-    """Buffers rows of one table and writes `PREFIX-00000.parquet`, `PREFIX-00001.parquet`, ..."""
+    """Writes rows of one table as `PREFIX-00000.parquet`, `PREFIX-00001.parquet`, ... (`rows_per_shard` rows each),
+    streamed: a shard is written row group by row group (`row_group_rows` rows each) to a hidden temporary
+    file and renamed when it is full or closed, so the writer holds at most one row group, not a shard."""
 
     def __init__(self, directory: str | os.PathLike, table: str, rows_per_shard: int = 100_000,
-                 prefix: str = "part"):
-        if rows_per_shard < 1:
-            raise ValueError("rows_per_shard must be at least 1")
+                 prefix: str = "part", row_group_rows: int = 8192):
+        if rows_per_shard < 1 or row_group_rows < 1:
+            raise ValueError("rows_per_shard and row_group_rows must be at least 1")
         self.directory = Path(directory)
         self.table = table
         self.rows_per_shard = rows_per_shard
+        self.row_group_rows = min(row_group_rows, rows_per_shard)
         self.prefix = prefix
         make_dirs(self.directory)
         self._rows: list[dict[str, Any]] = []
         self._tables: list[pa.Table] = []
         self._buffered = 0
+        self._open: tuple[pq.ParquetWriter, Path, Path] | None = None  # (writer, temporary, final)
+        self._in_shard = 0  # rows written to the open shard
         self.shards = 0
         self.rows_written = 0
 
@@ -208,29 +213,45 @@ class ShardWriter:
             self._tables.append(table_from_rows(self._rows, self.table))
             self._rows = []
 
-    def _maybe_flush(self) -> None:
-        while self._buffered >= self.rows_per_shard:
+    def _maybe_flush(self, final: bool = False) -> None:
+        """Write full row groups (all that is buffered when `final`), cutting shards at rows_per_shard."""
+        while self._buffered >= self.row_group_rows or (final and self._buffered):
             self._flush_rows_to_table()
             table = pa.concat_tables(self._tables)
-            self._write(table.slice(0, self.rows_per_shard))
-            rest = table.slice(self.rows_per_shard)
+            n = min(self.row_group_rows, self.rows_per_shard - self._in_shard, table.num_rows)
+            self._write_group(table.slice(0, n))
+            rest = table.slice(n)
             self._tables = [rest] if rest.num_rows else []
             self._buffered = rest.num_rows
 
-    def _write(self, table: pa.Table) -> None:
-        write_parquet_atomic(table.combine_chunks(), self.directory / f"{self.prefix}-{self.shards:05d}.parquet")
-        self.shards += 1
+    def _write_group(self, table: pa.Table) -> None:
+        if self._open is None:
+            final = self.directory / f"{self.prefix}-{self.shards:05d}.parquet"
+            schema = table.schema.with_metadata({**(table.schema.metadata or {}), **provenance.metadata()})
+            tmp = _tmp_beside(final)
+            self._open = (pq.ParquetWriter(tmp, schema, compression="zstd"), tmp, final)
+        self._open[0].write_table(table.combine_chunks())
+        self._in_shard += table.num_rows
         self.rows_written += table.num_rows
+        if self._in_shard >= self.rows_per_shard:
+            self._finish_shard()
+
+    def _finish_shard(self) -> None:
+        writer, tmp, final = self._open
+        writer.close()
+        os.replace(tmp, final)
+        self._open, self._in_shard = None, 0
+        self.shards += 1
 
     def close(self) -> None:
         """Write what is buffered. A table with no rows still gets one empty shard with its schema."""
         self._flush_rows_to_table()
-        if self._tables:
-            table = pa.concat_tables(self._tables)
-            if table.num_rows or self.shards == 0:
-                self._write(table)
+        self._maybe_flush(final=True)
+        if self._open is not None:
+            self._finish_shard()
         elif self.shards == 0:
-            self._write(table_from_rows([], self.table))
+            write_parquet_atomic(table_from_rows([], self.table), self.directory / f"{self.prefix}-00000.parquet")
+            self.shards = 1
         self._tables, self._buffered = [], 0
 
     def __enter__(self) -> "ShardWriter":
@@ -239,6 +260,10 @@ class ShardWriter:
     def __exit__(self, *exc: Any) -> None:
         if exc[0] is None:
             self.close()
+        elif self._open is not None:  # a failed job: no half shard stays behind
+            self._open[0].close()
+            self._open[1].unlink(missing_ok=True)
+            self._open = None
 
 
 class StagedOutput:
