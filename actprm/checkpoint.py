@@ -19,7 +19,7 @@ from actprm.implicit import load_implicit
 from actprm.importers import import_hint
 from actprm.io.writers import replaced_dir
 from actprm.model import ANCHOR_NAME, PRM_CONFIG_NAME, load_prm
-from actprm.precision import resolve_dtype
+from actprm.precision import configure_cpu_memory, resolve_dtype
 from actprm.scoring import default_batch_tokens
 from actprm.shipped import DEFAULT_MODEL_NAME, SHIPPED_BACKBONE, default_prm_path
 
@@ -41,6 +41,7 @@ def load_scoring_model(path: str | None, device: str, implicit: dict | None = No
     shipped backbone) as an implicit PRM instead (actprm.implicit). `dtype`: the backbone's (auto | float32 |
     bfloat16, actprm.precision.resolve_dtype)."""
     dtype = resolve_dtype(dtype, device)
+    configure_cpu_memory()
     if implicit is not None:
         return load_implicit(path, device, dtype=dtype, **implicit)
     path = path or str(default_prm_path())

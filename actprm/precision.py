@@ -11,7 +11,9 @@ stay float32 (actprm.model, actprm.train).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
+import os
 from pathlib import Path
 
 import torch
@@ -92,3 +94,31 @@ def autocast(cfg, device: str | torch.device):
     if training_dtype(cfg, device) == torch.bfloat16:
         return torch.autocast(kind, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+# ------------------------------------------------------------------ flat memory of long CPU scoring runs
+#: oneDNN JIT-compiles a bf16 kernel per matmul shape and keeps up to 1,024 of them; scoring sees a new
+#: shape with nearly every batch. 16 keeps the hot ones. With it, and the allocator's free pages handed
+#: back after each batch, a bf16 scorer's RSS levels off at ~0.73 GB instead of growing past 1.5 GB over
+#: 15,000 world rows (float32: flat at ~0.52 GB; BENCHMARKS.md, "Precision"). A value in the environment wins.
+ONEDNN_CACHE_CAPACITY = "16"
+
+
+def configure_cpu_memory() -> None:
+    """Cap oneDNN's kernel cache (read when oneDNN first runs: call before the first bf16 op)."""
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_CACHE_CAPACITY)
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim  # glibc only
+    except (OSError, AttributeError):
+        return None
+
+
+def release_cpu_memory() -> None:
+    """Hand the allocator's freed pages back to the OS (glibc's malloc_trim; a no-op elsewhere)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

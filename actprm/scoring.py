@@ -51,6 +51,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from actprm.precision import release_cpu_memory
 from actprm.tokens import STEP_SEPARATOR
 
 __all__ = [
@@ -615,6 +616,8 @@ def score_trajectories(
         model, encoded, batch_tokens=batch_tokens, pad_token_id=_pad_id(tokenizer), device=device, stats=stats
     )
     results = _results(encoded, probs, stats)
+    if _resolve_device(model, device).type == "cpu":
+        release_cpu_memory()  # long runs: flat memory (actprm.precision)
     return model.finish_results(results)
 
 

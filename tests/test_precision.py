@@ -1,6 +1,7 @@
 """`dtype: auto | float32 | bfloat16` (actprm.precision): the choice, and bf16 scoring against fp32."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -107,3 +108,15 @@ def test_score_summary_and_provenance_record_the_dtype(tmp_path, write_jsonl):
         assert json.loads((out / "summary.json").read_text())["dtype"] == dtype
         shard = next((out / "scored").glob("*.parquet"))
         assert provenance.read(shard)["dtype"] == dtype
+
+
+def test_cpu_memory_settings_keep_a_users_value(monkeypatch):
+    from actprm import precision
+
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    precision.configure_cpu_memory()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == precision.ONEDNN_CACHE_CAPACITY
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "256")
+    precision.configure_cpu_memory()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "256"
+    precision.release_cpu_memory()  # glibc's malloc_trim here; a no-op where there is none
