@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats
 
+from actprm import uncertainty
+
 _EPS = 1e-12
 
 
@@ -56,7 +58,8 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[fl
 # --------------------------------------------------------------------------- flat statistics
 
 
-def row_stats(probs: np.ndarray, offsets: np.ndarray, *, delta_pred: float = 0.95, delta_std: float = 0.005
+def row_stats(probs: np.ndarray, offsets: np.ndarray, *, delta_pred: float = uncertainty.DEFAULT_DELTA_PRED,
+              delta_std: float = uncertainty.DEFAULT_DELTA_STD
               ) -> dict[str, np.ndarray]:
     """Per row of a flat ``(S, K)`` matrix with row ``i`` at ``offsets[i]:offsets[i+1]`` (every row has
     >= 1 step): ActPRM's ``uncertain`` under the deltas, ``entropy`` and ``bald`` reduced by max over steps
