@@ -313,6 +313,12 @@ def test_demo_end_to_end_at_a_small_size(tmp_path, local_ray, capsys):
     assert all(x["mean_f1"] is not None for x in got)
     report = (out / "report.md").read_text()
     assert "## actprm" in report and "## random" in report and "![F1 against labels](f1_vs_labels.png)" in report
+    table = [ln for ln in report.splitlines() if ln.startswith("| actprm | ") or ln.startswith("| random | ")][:2]
+    assert len(table) == 2 and table[1].endswith("| - (not scored) |")  # random needs no scores
+    routed = table[0].rsplit("|", 2)[-2].strip().split(", ")
+    want = [f"{x['uncertain_rate']:.0%}" for x in got if x["strategy"] == "actprm" and x["uncertain_rate"] is not None]
+    assert routed == want and len(routed) == 2  # rounds 1 and 2, as metrics.jsonl has them
+    assert (out / "runs" / "actprm" / "head_inputs" / "pool.safetensors").is_file()  # rounds on the cache
     model, _ = load_prm(out / "model")
     final = load_prm(out / "runs" / "actprm" / "checkpoints" / "round-002")[0]
     for a, b in zip(model.heads.parameters(), final.heads.parameters()):
