@@ -81,6 +81,7 @@ from pipelines.ray_session import init_ray
 TABLES = {"scored": "scored", "selected": "scored", "errors": "errors"}  # output dir -> schema
 HYGIENE_KINDS = ("duplicate content", "near-duplicate problem", "contaminated")
 PROGRESS = "_progress"
+ACTOR_SHARE = 0.9  # of the CPUs left after one for reads: what the default actors reserve (default_actors)
 
 
 class PRMScorer:
@@ -256,10 +257,11 @@ def default_actors(cfg: FilterConfig) -> tuple[int, float, float]:
     cpus = resources.get("CPU", 1)
     if cfg.cpus_per_actor is not None:
         return cfg.actors or max(1, int((cpus - 1) // cfg.cpus_per_actor)), cfg.cpus_per_actor, 0.0
-    # one actor per CPU, one torch thread each, their reservations summing to CPUs - 1 so that a CPU
-    # stays for read tasks (BENCHMARKS.md, "Corpus scale": on 2 cores, 2 x 0.5 scores 1.8x faster than 1 x 1)
+    # one actor per CPU, one torch thread each, their reservations summing to 90% of CPUs - 1 so that a CPU
+    # stays for read tasks and every actor fits beside them: Ray Data (2.60) schedules from a little under
+    # the cluster's CPUs, and at exactly CPUs - 1 it started one actor of two (BENCHMARKS.md, "Corpus scale")
     actors = cfg.actors or max(1, int(cpus))
-    return actors, max(cpus - 1, 0.5) / actors, 0.0
+    return actors, ACTOR_SHARE * max(cpus - 1, 0.5) / actors, 0.0
 
 
 def run(cfg: FilterConfig, progress: bool = True) -> FilterResult:
