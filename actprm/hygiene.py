@@ -1,6 +1,6 @@
 """Data hygiene before paying for labels: exact duplicates, near-duplicate problems, benchmark contamination.
 
-Three rules, applied by `actprm filter` (pipelines/score_filter.py) over the whole corpus, the
+Three rules, applied by `actprm filter` (pipelines/filter.py) over the whole corpus, the
 first occurrence (by file, then row) winning; a removed row goes to the errors table with its
 reason, nothing is lost:
 

@@ -97,16 +97,19 @@ def autocast(cfg, device: str | torch.device):
 
 
 # ------------------------------------------------------------------ flat memory of long CPU scoring runs
-#: oneDNN JIT-compiles a bf16 kernel per matmul shape and keeps up to 1,024 of them; scoring sees a new
-#: shape with nearly every batch. 16 keeps the hot ones. With it, and the allocator's free pages handed
-#: back after each batch, a bf16 scorer's RSS levels off at ~0.73 GB instead of growing past 1.5 GB over
-#: 15,000 world rows (float32: flat at ~0.52 GB; BENCHMARKS.md, "Precision"). A value in the environment wins.
-ONEDNN_CACHE_CAPACITY = "16"
+#: Scoring sees a new matmul shape with nearly every batch, and two caches keyed by shape keep up to 1,024
+#: entries each: oneDNN's JIT-compiled primitives (ONEDNN_PRIMITIVE_CACHE_CAPACITY) and PyTorch's ideep
+#: computation cache (LRU_CACHE_CAPACITY, the one that grew in bf16). 16 each keeps the hot ones. With
+#: both capped and the allocator's free pages handed back after each batch, a bf16 scorer stays flat
+#: (15,000 world rows: 465 MB flat, against 632 MB and rising with only the oneDNN cap, 1,257 MB with
+#: neither; BENCHMARKS.md, "Precision"). A value in the environment wins.
+CACHE_CAPACITY = "16"
 
 
 def configure_cpu_memory() -> None:
-    """Cap oneDNN's kernel cache (read when oneDNN first runs: call before the first bf16 op)."""
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_CACHE_CAPACITY)
+    """Cap oneDNN's and ideep's per-shape caches (read when they are first used: call before the first op)."""
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", CACHE_CAPACITY)
+    os.environ.setdefault("LRU_CACHE_CAPACITY", CACHE_CAPACITY)
 
 
 @functools.cache

@@ -9,8 +9,11 @@ peak memory, defined as the largest sum, over 0.5 s samples, of the resident set
 job's whole process tree (the driver and the local Ray it starts: GCS, raylet, workers and
 actors; pages of the shared-memory object store count in every process that maps them, so this
 over-counts rather than misses), with its split by role at that moment (driver, scoring actors, other
-Ray workers, Ray's core processes) and each role's own largest sum. Results are appended to --output
-(JSON lines).
+Ray workers, Ray's core processes) and each role's own largest sum. Beside it, the peak of the summed
+PSS (proportional set size, sampled every 5 s: a shared page counts once over all the processes that
+map it, so the sum is the memory the job really holds) and, per role, what the RSS is made of
+(anonymous memory vs shared-memory pages of the object store), with a timeline every --timeline-s
+seconds to show what grows. Results are appended to --output (JSON lines).
 """
 
 from __future__ import annotations
@@ -40,50 +43,87 @@ def role(pid: int, root: int) -> str:
     return "workers" if cmd.startswith("ray::") else "ray core"
 
 
-def tree_rss_bytes(root: int) -> dict[str, int]:
-    """RSS of `root` and all its descendants (Linux /proc), summed by role."""
+STATUS = {"VmRSS:": "rss", "RssAnon:": "anon", "RssShmem:": "shmem"}  # cheap: every sample
+ROLLUP = {"Pss:": "pss"}  # /proc/PID/smaps_rollup walks the page tables: every few seconds
+
+
+def memory(pid: int, with_pss: bool) -> dict[str, int]:
+    """RSS, anonymous memory and shared-memory pages of one process (and its PSS if `with_pss`), in bytes;
+    empty if the process is gone."""
+    out = {}
+    for name, fields in (("status", STATUS), ("smaps_rollup", ROLLUP if with_pss else {})):
+        if not fields:
+            continue
+        try:
+            text = Path(f"/proc/{pid}/{name}").read_text()
+        except OSError:
+            return {}
+        for line in text.splitlines():
+            parts = line.split()
+            if parts and parts[0] in fields:
+                out[fields[parts[0]]] = int(parts[1]) * 1024
+    return out
+
+
+def tree_memory(root: int, with_pss: bool) -> dict[str, dict[str, int]]:
+    """Memory of `root` and all its descendants (Linux /proc), summed by role: {role: {rss, anon, shmem, pss}}."""
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    page = os.sysconf("SC_PAGE_SIZE")
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
-            statm = Path(f"/proc/{entry}/statm").read_text().split()
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
         children.setdefault(ppid, []).append(int(entry))
-        rss[int(entry)] = int(statm[1]) * page
-    by_role: dict[str, int] = {}
+    by_role: dict[str, dict[str, int]] = {}
     stack = [root]
     while stack:
         pid = stack.pop()
-        name = role(pid, root)
-        by_role[name] = by_role.get(name, 0) + rss.get(pid, 0)
+        sums = by_role.setdefault(role(pid, root), dict.fromkeys([*STATUS.values(), *ROLLUP.values()], 0))
+        for k, v in memory(pid, with_pss).items():
+            sums[k] += v
         stack.extend(children.get(pid, []))
     return by_role
 
 
-def measure(cmd: list[str]) -> dict:
+def mb(by_role: dict[str, dict[str, int]], key: str) -> dict[str, int]:
+    return {r: round(m[key] / 2**20) for r, m in sorted(by_role.items())}
+
+
+def measure(cmd: list[str], timeline_s: float = 60.0, pss_every_s: float = 5.0) -> dict:
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    peak, at_peak, most = 0, {}, {}
+    peak, at_peak, most, peak_pss, at_peak_pss = 0, {}, {}, 0, {}
+    timeline, next_mark, next_pss = [], 0.0, 0.0
     while proc.poll() is None:
-        sample = tree_rss_bytes(proc.pid)
-        if sum(sample.values()) > peak:
-            peak, at_peak = sum(sample.values()), sample
-        for k, v in sample.items():
-            most[k] = max(most.get(k, 0), v)
+        elapsed = time.perf_counter() - start
+        with_pss = elapsed >= next_pss
+        sample = tree_memory(proc.pid, with_pss)
+        rss = sum(m["rss"] for m in sample.values())
+        if rss > peak:
+            peak, at_peak = rss, sample
+        for k, m in sample.items():
+            most[k] = max(most.get(k, 0), m["rss"])
+        if with_pss:
+            next_pss += pss_every_s
+            pss = sum(m["pss"] for m in sample.values())
+            if pss > peak_pss:
+                peak_pss, at_peak_pss = pss, sample
+        if elapsed >= next_mark:
+            timeline.append({"s": round(elapsed), "rss_mb": mb(sample, "rss"), "anon_mb": mb(sample, "anon")})
+            next_mark += timeline_s
         time.sleep(0.5)
     out = proc.stdout.read() if proc.stdout else ""
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode})")
     return {"wall_s": round(time.perf_counter() - start, 1), "peak_rss_mb": round(peak / 2**20),
-            "at_peak_mb": {k: round(v / 2**20) for k, v in sorted(at_peak.items())},
+            "at_peak_mb": mb(at_peak, "rss"), "at_peak_anon_mb": mb(at_peak, "anon"),
+            "at_peak_shmem_mb": mb(at_peak, "shmem"),
             "most_by_role_mb": {k: round(v / 2**20) for k, v in sorted(most.items())},
-            "summary_line": out.strip().splitlines()[-1]}
+            "peak_pss_mb": round(peak_pss / 2**20), "at_peak_pss_mb": mb(at_peak_pss, "pss"),
+            "timeline": timeline, "summary_line": out.strip().splitlines()[-1]}
 
 
 def corpus(work: Path, rows: int) -> Path:
@@ -100,6 +140,7 @@ def main() -> None:
     p.add_argument("--in-process", action="store_true", help="also run actprm score on the same rows")
     p.add_argument("--actors", type=int, help="filter: scoring actors (default: the recipe's)")
     p.add_argument("--cpus-per-actor", type=float, help="filter: CPUs per scoring actor (default: the recipe's)")
+    p.add_argument("--timeline-s", type=float, default=60.0, help="seconds between the timeline's samples")
     p.add_argument("--work", default="/tmp/actprm-filter-bench")
     p.add_argument("--output", default="bench/results/filter_scale.jsonl")
     args = p.parse_args()
@@ -113,7 +154,7 @@ def main() -> None:
         if args.in_process:
             jobs.append(("score", ["score", "--input", str(data), "--output", str(work / f"score-{rows}")]))
         for name, verb in jobs:
-            result = measure([sys.executable, "-m", "actprm.cli", *verb, "--overwrite", "--no-progress"])
+            result = measure([sys.executable, "-m", "actprm.cli", *verb, "--overwrite", "--no-progress"], args.timeline_s)
             result |= {"job": name, "rows": rows, "args": sizing if name == "filter" else [], "rows_per_s": round(rows / result["wall_s"], 1),
                        "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
             print(json.dumps(result), flush=True)

@@ -5,8 +5,9 @@
 
 Scores world rows (actprm.world, seed 7) with the shipped PRM in batches of `--batch-rows` (the filter
 actors' batch), one torch thread, and prints the process's RSS (MB) every 4 batches. actprm caps
-oneDNN's kernel cache and hands freed pages back after each call (actprm.precision); `--no-fixes` runs
-with oneDNN's default cache (1,024 kernels) and no trim, as before. Writes JSON to --output.
+oneDNN's and ideep's per-shape caches and hands freed pages back after each call (actprm.precision);
+`--no-fixes` runs with their default capacities (1,024 each) and no trim, as before. Writes JSON to
+--output.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def main() -> None:
     ap.add_argument("--output", default=None)
     args = ap.parse_args()
     if args.no_fixes:
-        os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = "1024"
+        os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = os.environ["LRU_CACHE_CAPACITY"] = "1024"
         precision._malloc_trim.cache_clear()
         precision._malloc_trim = lambda: None  # type: ignore[assignment]
     torch.set_num_threads(1)

@@ -18,8 +18,9 @@ Writes the tables `actprm score` writes, streamed with flat memory:
 3. the corpus-wide duplicate rule on the driver: the first occurrence by (file, row) wins;
 4. phase 2, Ray Data, over the files without a marker: read + validate (tasks) → score (an actor
    pool: `map_batches` with a callable class, `ActorPoolStrategy`, one GPU per actor when there are
-   GPUs, else by default one actor per CPU with one torch thread, their CPU reservations summing to
-   CPUs − 1 so a CPU stays for reads) → the driver writes each file's rows;
+   GPUs, else by default one actor per CPU with one torch thread, their CPU reservations summing to 90% of
+   CPUs − 1 so a CPU stays for reads; ~4 MiB blocks, so every actor has work) → the driver writes each
+   file's rows;
    when every row of a file is written (each input row gives exactly one scored or error row),
    its marker is written by atomic rename;
 5. summary.json from the markers; one summary line.
@@ -82,6 +83,11 @@ TABLES = {"scored": "scored", "selected": "scored", "errors": "errors"}  # outpu
 HYGIENE_KINDS = ("duplicate content", "near-duplicate problem", "contaminated")
 PROGRESS = "_progress"
 ACTOR_SHARE = 0.9  # of the CPUs left after one for reads: what the default actors reserve (default_actors)
+# Ray Data's blocks between the stages (its default, 128 MiB, makes a whole 50k-row input file one block):
+# ~2-3k world rows, so that every actor gets work until the last rows. With a file per block, Ray Data
+# (2.60) releases the idle actors once the last blocks are queued inside the pool, and one actor scored
+# a 100k-row corpus alone (BENCHMARKS.md, "Corpus scale").
+BLOCK_BYTES = 4 * 2**20
 
 
 class PRMScorer:
@@ -320,7 +326,9 @@ def run(cfg: FilterConfig, progress: bool = True) -> FilterResult:
     if pending:
         actors, cpus, gpus = default_actors(cfg)
         cfg = cfg.model_copy(update={"actors": actors, "cpus_per_actor": cpus})  # the actors' torch threads
-        ray.data.DataContext.get_current().enable_progress_bars = progress
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = progress
+        context.target_max_block_size = BLOCK_BYTES
         if not progress:
             logging.getLogger("ray.data").setLevel(logging.WARNING)
         ds = (ray.data.from_items([{"file_index": i} for i in pending], override_num_blocks=len(pending))

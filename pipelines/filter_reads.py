@@ -1,4 +1,4 @@
-"""The read side of `actprm filter` (pipelines/score_filter.py): the Ray tasks that read input files.
+"""The read side of `actprm filter` (pipelines/filter.py): the Ray tasks that read input files.
 
 Kept apart from the scoring actors and free of torch, so that a read worker holds pyarrow and the
 readers only (~0.1 GB RSS instead of ~0.3 GB with torch loaded): the job's memory is the actors', the

@@ -113,10 +113,12 @@ def test_score_summary_and_provenance_record_the_dtype(tmp_path, write_jsonl):
 def test_cpu_memory_settings_keep_a_users_value(monkeypatch):
     from actprm import precision
 
-    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
+        monkeypatch.delenv(name, raising=False)
     precision.configure_cpu_memory()
-    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == precision.ONEDNN_CACHE_CAPACITY
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == os.environ["LRU_CACHE_CAPACITY"] == "16"
     monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "256")
+    monkeypatch.setenv("LRU_CACHE_CAPACITY", "1024")
     precision.configure_cpu_memory()
-    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "256"
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "256" and os.environ["LRU_CACHE_CAPACITY"] == "1024"
     precision.release_cpu_memory()  # glibc's malloc_trim here; a no-op where there is none

@@ -35,7 +35,17 @@ def read_table(directory: Path) -> list[dict]:
     return pq.read_table(directory).to_pylist()
 
 
-def test_filter_scores_like_in_process_score_and_applies_the_corpus_rules(tmp_path, local_ray, capsys):
+def test_filter_scores_like_in_process_score_and_applies_the_corpus_rules(tmp_path, local_ray, capsys, monkeypatch):
+    from pipelines import filter as score_filter
+
+    # blocks smaller than a file, as a 50k-row file is against the default 4 MiB: a file's rows reach the
+    # driver in several blocks (so several actors can score one file), each row still exactly once
+    monkeypatch.setattr(score_filter, "BLOCK_BYTES", 64 * 1024)
+    blocks = {}
+    add = score_filter.FileOutput.add
+    monkeypatch.setattr(score_filter.FileOutput, "add",
+                        lambda self, table: (blocks.__setitem__(self.file_index, blocks.get(self.file_index, 0) + 1),
+                                             add(self, table)))
     rows = list(Generator(seed=3).rows(0, 1200))
     rows[1000] = dict(rows[1000], id=rows[10]["id"])          # a duplicate id in a later file
     rows[500] = dict(rows[500], steps=[])                      # an invalid row
@@ -51,6 +61,7 @@ def test_filter_scores_like_in_process_score_and_applies_the_corpus_rules(tmp_pa
                  "--actors", "2", "--batch-rows", "200", "--config", str(fp32)]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("filter: 1200 rows read, 1198 scored") and "3 quarantined" in line
+    assert len(blocks) == 4 and min(blocks.values()) >= 2, blocks
 
     expected = {r["id"]: r for r in read_table(tmp_path / "s" / "scored")}
     got = read_table(tmp_path / "f" / "scored")
