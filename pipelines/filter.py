@@ -84,9 +84,9 @@ HYGIENE_KINDS = ("duplicate content", "near-duplicate problem", "contaminated")
 PROGRESS = "_progress"
 ACTOR_SHARE = 0.9  # of the CPUs left after one for reads: what the default actors reserve (default_actors)
 # Ray Data's blocks between the stages (its default, 128 MiB, makes a whole 50k-row input file one block):
-# ~2-3k world rows, so that every actor gets work until the last rows. With a file per block, Ray Data
-# (2.60) releases the idle actors once the last blocks are queued inside the pool, and one actor scored
-# a 100k-row corpus alone (BENCHMARKS.md, "Corpus scale").
+# ~2-3k world rows, so that every actor gets work until the last rows. Once the last blocks are queued
+# inside the pool, Ray Data (2.60) releases the actors not busy yet (starting or idle): with a file per
+# block, one actor scored a 100k-row corpus alone (BENCHMARKS.md, "Corpus scale").
 BLOCK_BYTES = 4 * 2**20
 
 
