@@ -323,6 +323,9 @@ class FilterConfig(ScoreConfig, RaySettings):
     cpus_per_actor: float | None = Field(None, gt=0, description="CPUs reserved per actor, and its torch threads "
                                          "on CPU (null: 1 with GPUs, else (CPUs - 1) / actors, one thread each)")
     batch_rows: int = Field(1024, gt=0, description="rows per batch sent to an actor")
+    object_store_mb: int = Field(256, ge=80, description="object store of the local Ray filter starts, MiB: small, "
+                                 "so the store pages each process maps stay few (README, \"On a Ray cluster\"); a "
+                                 "cluster (--address, RAY_ADDRESS) keeps its own")
     dedup: bool = Field(True, description="drop rows whose normalised problem and steps repeat an earlier row's")
     near_dedup: bool = Field(False, description="drop rows whose problem nearly repeats an earlier, different "
                              "problem (MinHash LSH)")

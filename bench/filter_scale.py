@@ -13,7 +13,8 @@ Ray workers, Ray's core processes) and each role's own largest sum. Beside it, t
 PSS (proportional set size, sampled every 5 s: a shared page counts once over all the processes that
 map it, so the sum is the memory the job really holds) and, per role, what the RSS is made of
 (anonymous memory vs shared-memory pages of the object store), with a timeline every --timeline-s
-seconds to show what grows. Results are appended to --output (JSON lines).
+seconds to show what grows, and each scoring actor's CPU seconds (`actor_cpu_s`: whether every actor
+scored). Results are appended to --output (JSON lines).
 """
 
 from __future__ import annotations
@@ -51,9 +52,7 @@ def memory(pid: int, with_pss: bool) -> dict[str, int]:
     """RSS, anonymous memory and shared-memory pages of one process (and its PSS if `with_pss`), in bytes;
     empty if the process is gone."""
     out = {}
-    for name, fields in (("status", STATUS), ("smaps_rollup", ROLLUP if with_pss else {})):
-        if not fields:
-            continue
+    for name, fields in (("status", STATUS), ("smaps_rollup", ROLLUP)) if with_pss else (("status", STATUS),):
         try:
             text = Path(f"/proc/{pid}/{name}").read_text()
         except OSError:
@@ -65,25 +64,33 @@ def memory(pid: int, with_pss: bool) -> dict[str, int]:
     return out
 
 
-def tree_memory(root: int, with_pss: bool) -> dict[str, dict[str, int]]:
-    """Memory of `root` and all its descendants (Linux /proc), summed by role: {role: {rss, anon, shmem, pss}}."""
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_memory(root: int, with_pss: bool, actor_cpu: dict[int, float] | None = None) -> dict[str, dict[str, int]]:
+    """Memory of `root` and all its descendants (Linux /proc), summed by role: {role: {rss, anon, shmem, pss}}.
+    Each scoring actor's CPU seconds so far go into `actor_cpu` (pid -> s): whether every actor scored."""
     children: dict[int, list[int]] = {}
+    cpu: dict[int, float] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
+        children.setdefault(int(stat[1]), []).append(int(entry))
+        cpu[int(entry)] = (int(stat[11]) + int(stat[12])) / TICK  # utime + stime
     by_role: dict[str, dict[str, int]] = {}
     stack = [root]
     while stack:
         pid = stack.pop()
-        sums = by_role.setdefault(role(pid, root), dict.fromkeys([*STATUS.values(), *ROLLUP.values()], 0))
+        who = role(pid, root)
+        sums = by_role.setdefault(who, dict.fromkeys([*STATUS.values(), *ROLLUP.values()], 0))
         for k, v in memory(pid, with_pss).items():
             sums[k] += v
+        if who == "actors" and actor_cpu is not None:
+            actor_cpu[pid] = cpu.get(pid, 0.0)
         stack.extend(children.get(pid, []))
     return by_role
 
@@ -96,11 +103,11 @@ def measure(cmd: list[str], timeline_s: float = 60.0, pss_every_s: float = 5.0) 
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     peak, at_peak, most, peak_pss, at_peak_pss = 0, {}, {}, 0, {}
-    timeline, next_mark, next_pss = [], 0.0, 0.0
+    timeline, next_mark, next_pss, actor_cpu = [], 0.0, 0.0, {}
     while proc.poll() is None:
         elapsed = time.perf_counter() - start
         with_pss = elapsed >= next_pss
-        sample = tree_memory(proc.pid, with_pss)
+        sample = tree_memory(proc.pid, with_pss, actor_cpu)
         rss = sum(m["rss"] for m in sample.values())
         if rss > peak:
             peak, at_peak = rss, sample
@@ -112,7 +119,8 @@ def measure(cmd: list[str], timeline_s: float = 60.0, pss_every_s: float = 5.0) 
             if pss > peak_pss:
                 peak_pss, at_peak_pss = pss, sample
         if elapsed >= next_mark:
-            timeline.append({"s": round(elapsed), "rss_mb": mb(sample, "rss"), "anon_mb": mb(sample, "anon")})
+            timeline.append({"s": round(elapsed), "rss_mb": mb(sample, "rss"), "anon_mb": mb(sample, "anon"),
+                             "shmem_mb": mb(sample, "shmem")})
             next_mark += timeline_s
         time.sleep(0.5)
     out = proc.stdout.read() if proc.stdout else ""
@@ -123,6 +131,7 @@ def measure(cmd: list[str], timeline_s: float = 60.0, pss_every_s: float = 5.0) 
             "at_peak_shmem_mb": mb(at_peak, "shmem"),
             "most_by_role_mb": {k: round(v / 2**20) for k, v in sorted(most.items())},
             "peak_pss_mb": round(peak_pss / 2**20), "at_peak_pss_mb": mb(at_peak_pss, "pss"),
+            "actor_cpu_s": sorted((round(v, 1) for v in actor_cpu.values()), reverse=True),
             "timeline": timeline, "summary_line": out.strip().splitlines()[-1]}
 
 
@@ -140,6 +149,8 @@ def main() -> None:
     p.add_argument("--in-process", action="store_true", help="also run actprm score on the same rows")
     p.add_argument("--actors", type=int, help="filter: scoring actors (default: the recipe's)")
     p.add_argument("--cpus-per-actor", type=float, help="filter: CPUs per scoring actor (default: the recipe's)")
+    p.add_argument("--model", help="filter: the PRM directory (default: the shipped world PRM)")
+    p.add_argument("--object-store-mb", type=int, help="filter: the local Ray's object store (default: the recipe's)")
     p.add_argument("--timeline-s", type=float, default=60.0, help="seconds between the timeline's samples")
     p.add_argument("--work", default="/tmp/actprm-filter-bench")
     p.add_argument("--output", default="bench/results/filter_scale.jsonl")
@@ -149,7 +160,9 @@ def main() -> None:
     for rows in args.rows:
         data = corpus(work, rows)
         sizing = ([f"--actors={args.actors}"] if args.actors else []) + (
-            [f"--cpus-per-actor={args.cpus_per_actor}"] if args.cpus_per_actor else [])
+            [f"--cpus-per-actor={args.cpus_per_actor}"] if args.cpus_per_actor else []) + (
+            [f"--object-store-mb={args.object_store_mb}"] if args.object_store_mb else []) + (
+            [f"--model={args.model}"] if args.model else [])
         jobs = [("filter", ["filter", "--input", str(data), "--output", str(work / f"filter-{rows}"), *sizing])]
         if args.in_process:
             jobs.append(("score", ["score", "--input", str(data), "--output", str(work / f"score-{rows}")]))

@@ -77,12 +77,12 @@ from actprm.schemas import arrow_schema, error_row, row_json, table_from_rows
 from actprm.scoring import score_trajectories
 from actprm.selection import calibrate, calibration_text, join_scores
 from pipelines.filter_reads import TRANSPORT, read_ids, read_rows, read_task_cpus
-from pipelines.ray_session import init_ray
+from pipelines.ray_session import check_object_store, init_ray
 
 TABLES = {"scored": "scored", "selected": "scored", "errors": "errors"}  # output dir -> schema
 HYGIENE_KINDS = ("duplicate content", "near-duplicate problem", "contaminated")
 PROGRESS = "_progress"
-ACTOR_SHARE = 0.9  # of the CPUs left after one for reads: what the default actors reserve (default_actors)
+ACTOR_SHARE = 0.9  # of the CPUs left after one for reads: what the default actors reserve (a margin, default_actors)
 # Ray Data's blocks between the stages (its default, 128 MiB, makes a whole 50k-row input file one block):
 # ~2-3k world rows, so that every actor gets work until the last rows. Once the last blocks are queued
 # inside the pool, Ray Data (2.60) releases the actors not busy yet (starting or idle): with a file per
@@ -264,8 +264,9 @@ def default_actors(cfg: FilterConfig) -> tuple[int, float, float]:
     if cfg.cpus_per_actor is not None:
         return cfg.actors or max(1, int((cpus - 1) // cfg.cpus_per_actor)), cfg.cpus_per_actor, 0.0
     # one actor per CPU, one torch thread each, their reservations summing to 90% of CPUs - 1 so that a CPU
-    # stays for read tasks and every actor fits beside them: Ray Data (2.60) schedules from a little under
-    # the cluster's CPUs, and at exactly CPUs - 1 it started one actor of two (BENCHMARKS.md, "Corpus scale")
+    # stays for read tasks: Ray Data (2.60) schedules from a little under the cluster's CPUs, so the 10%
+    # keeps actors and reads clear of that edge (with 4 MiB blocks, exactly CPUs - 1 also ran both actors,
+    # within noise of this: BENCHMARKS.md, "Corpus scale", session 10)
     actors = cfg.actors or max(1, int(cpus))
     return actors, ACTOR_SHARE * max(cpus - 1, 0.5) / actors, 0.0
 
@@ -273,6 +274,8 @@ def default_actors(cfg: FilterConfig) -> tuple[int, float, float]:
 def run(cfg: FilterConfig, progress: bool = True) -> FilterResult:
     start = time.perf_counter()
     require_input_output(cfg)  # files are pre-flighted one by one below: a bad one is skipped, not fatal
+    store_set = "object_store_mb" in cfg.model_fields_set
+    check_object_store(cfg.address, store_set)
     if cfg.selection != "threshold":
         raise UserError("filter selects with the ActPRM rule (--selection threshold); for a budget use actprm score")
     load_scoring_model(cfg.model, "cpu", cfg.implicit_settings())  # a bad --model: one line now, not in an actor
@@ -287,7 +290,7 @@ def run(cfg: FilterConfig, progress: bool = True) -> FilterResult:
     if not bad:
         check_not_empty(sources, cfg.input)
     out, _ = prepare_output(cfg)
-    init_ray(cfg.address)
+    init_ray(cfg.address, cfg.object_store_mb, store_set)
     # 2. phase 1: ids, hygiene keys and contamination, calibration sample per file, in parallel
     eval_paths = hygiene.default_eval_sets() if cfg.decontaminate is None else list(cfg.decontaminate)
     for path in eval_paths:

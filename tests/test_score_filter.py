@@ -140,8 +140,7 @@ def test_default_sizing_gives_every_core_an_actor_and_keeps_a_cpu_for_reads(monk
 
     share = score_filter.ACTOR_SHARE
     assert sizing({"CPU": 2.0}) == (2, share * 0.5, 0.0)      # 2 x under half a CPU: both cores score
-    # ... and both actors fit beside two read tasks under what Ray Data schedules from (2 CPUs - a little):
-    # at exactly 2 x 0.5 + 2 x 0.49 it started one actor of the two
+    # ... and both actors fit beside two read tasks under what Ray Data schedules from (2 CPUs - a little)
     from pipelines.filter_reads import read_task_cpus
     assert 2 * share * 0.5 + 2 * read_task_cpus(share * 0.5) <= 1.9
     assert sizing({"CPU": 16.0}) == (16, share * 15 / 16, 0.0)
@@ -150,3 +149,27 @@ def test_default_sizing_gives_every_core_an_actor_and_keeps_a_cpu_for_reads(monk
     assert sizing({"CPU": 8.0}, cpus_per_actor=2) == (3, 2, 0.0)  # by hand: (CPUs - 1) / C actors
     assert sizing({"CPU": 16.0, "GPU": 4.0}) == (4, 1.0, 1.0)
     assert sizing({"CPU": 16.0, "GPU": 4.0}, device="cpu") == (16, share * 15 / 16, 0.0)
+
+
+def test_the_local_ray_gets_a_small_object_store_and_a_cluster_refuses_the_flag(tmp_path, monkeypatch, capsys):
+    from pipelines import ray_session
+
+    started = []
+    monkeypatch.setattr(ray_session.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray_session.ray, "init", lambda **kw: started.append(kw))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    ray_session.init_ray(None, 256)
+    assert started[-1]["object_store_memory"] == 256 * 2**20 and "address" not in started[-1]
+    ray_session.init_ray(None)  # the other verbs: Ray's default store
+    assert started[-1]["object_store_memory"] is None
+    ray_session.init_ray("auto", 256)  # joining a cluster: the recipe's default is not the user's wish
+    assert started[-1] == {"address": "auto", "log_to_driver": False}
+    # asked for by the user with a cluster to join: one line, exit 2, before anything is read or written
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"problem": "1+1?", "steps": ["2"]}) + "\n")
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    assert main(["filter", "--input", str(corpus), "--output", str(tmp_path / "out"), "--object-store-mb", "512",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--object-store-mb sizes the local Ray" in err
+    assert not (tmp_path / "out").exists()
