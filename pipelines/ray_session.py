@@ -26,7 +26,8 @@ def init_ray(address: str | None = None, object_store_mb: int | None = None,
 
 
 def check_object_store(address: str | None, object_store_set: bool) -> None:
-    """--object-store-mb with a cluster to join is a user error (a recipe calls this before it writes anything)."""
-    if object_store_set and (address or os.environ.get("RAY_ADDRESS")):
+    """--object-store-mb with a cluster to join, or with a Ray already running in this process, is a user error
+    (a recipe calls this before it writes anything)."""
+    if object_store_set and (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized()):
         raise UserError("--object-store-mb sizes the local Ray a job starts; a cluster's store is set where it "
                         "starts (ray start --object-store-memory)")

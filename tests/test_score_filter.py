@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from actprm.cli import main
+from actprm.errors import UserError
 from actprm.world.arith import Generator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -173,3 +175,7 @@ def test_the_local_ray_gets_a_small_object_store_and_a_cluster_refuses_the_flag(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--object-store-mb sizes the local Ray" in err
     assert not (tmp_path / "out").exists()
+    monkeypatch.delenv("RAY_ADDRESS")
+    monkeypatch.setattr(ray_session.ray, "is_initialized", lambda: True)  # a Ray already up in this process
+    with pytest.raises(UserError, match="object-store-mb"):
+        ray_session.init_ray(None, 512, True)
