@@ -159,16 +159,16 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     for rows in args.rows:
         data = corpus(work, rows)
-        sizing = ([f"--actors={args.actors}"] if args.actors else []) + (
+        filter_args = ([f"--actors={args.actors}"] if args.actors else []) + (
             [f"--cpus-per-actor={args.cpus_per_actor}"] if args.cpus_per_actor else []) + (
             [f"--object-store-mb={args.object_store_mb}"] if args.object_store_mb else []) + (
             [f"--model={args.model}"] if args.model else [])
-        jobs = [("filter", ["filter", "--input", str(data), "--output", str(work / f"filter-{rows}"), *sizing])]
+        jobs = [("filter", ["filter", "--input", str(data), "--output", str(work / f"filter-{rows}"), *filter_args])]
         if args.in_process:
             jobs.append(("score", ["score", "--input", str(data), "--output", str(work / f"score-{rows}")]))
         for name, verb in jobs:
             result = measure([sys.executable, "-m", "actprm.cli", *verb, "--overwrite", "--no-progress"], args.timeline_s)
-            result |= {"job": name, "rows": rows, "args": sizing if name == "filter" else [], "rows_per_s": round(rows / result["wall_s"], 1),
+            result |= {"job": name, "rows": rows, "args": filter_args if name == "filter" else [], "rows_per_s": round(rows / result["wall_s"], 1),
                        "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
             print(json.dumps(result), flush=True)
             with open(args.output, "a") as f:
