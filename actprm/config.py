@@ -16,10 +16,10 @@ from typing import Any, ClassVar, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from actprm import calibration, uncertainty
 from actprm.errors import UserError
 from actprm.io.formats import FORMATS
 from actprm.schemas import Limits
-from actprm import uncertainty
 from actprm.uncertainty import ACQUISITIONS, LOOP_STRATEGIES
 
 FormatName = Literal[("auto", *FORMATS)]  # type: ignore[valid-type]
@@ -113,11 +113,16 @@ class RuleSettings(Config):
     """the ActPRM rule and acquisition (actprm.uncertainty)"""
 
     delta_pred: float = Field(uncertainty.DEFAULT_DELTA_PRED, gt=0.5, le=1.0, description=(
-        "a step is certain iff its mean is >= this or <= 1 - this, and its spread <= delta_std; 0.8 allows for a "
-        "judge wrong on up to ~20% of steps (the ActivePRM paper's 0.95 suits near-clean labels; README "
-        "\"The default deltas\")"))
-    delta_std: float = Field(uncertainty.DEFAULT_DELTA_STD, ge=0.0, description=(
-        "the largest spread (std over heads) of a certain step (the paper's: 0.005)"))
+        "a step is certain iff its calibrated mean is >= this or <= 1 - this (a chance of being right, with a "
+        "model trained by actprm), and its spread <= delta_std (README \"The rule and its calibration\")"))
+    delta_std: float = Field(calibration.DEFAULT_DELTA_STD_UNITS, ge=0.0, description=(
+        "the largest spread (std over heads) of a certain step, in units of the model's spread_scale"))
+    spread_scale: float | None = Field(None, gt=0.0, description=(
+        "the unit of delta_std (null: the model's own, the heads' median spread on held-out labels; 0.0125 "
+        "for a model no actprm round calibrated)"))
+    decision_threshold: float | None = Field(None, gt=0.0, lt=1.0, description=(
+        "a step is predicted wrong iff its mean is below it: the first error and the steps the rule reads "
+        "(null: the model's own, chosen on held-out labels when training; 0.5 for a model without one)"))
     target_rate: float | None = Field(None, ge=0.0, le=1.0, description="choose delta_pred/delta_std so that about "
                                       "this share (0..1) is uncertain: on a sample of the corpus (score, filter), or "
                                       "on the first round's scores, then held (loop)")
@@ -367,13 +372,15 @@ class TrainConfig(ImplicitSettings, RaySettings):
 
     Join trajectories with their annotations by id (failed annotations are skipped and counted; ground-truth
     columns of the corpus are never used), then train one round from a checkpoint (default: the shipped PRM)
-    with the ActPRM loss: BCE per head at each labelled step, steps after the earliest error untrained, a
-    Bernoulli mask per (head, trajectory), an anchor on the heads. Writes a new checkpoint with its optimizer
-    state, so the next round continues. --workers N > 1 runs under Ray Train."""
+    with the ActPRM loss: BCE per head at each labelled step, steps after the earliest error untrained, error
+    steps weighted by the labels' own class balance, a Bernoulli mask per (head, trajectory). A held-out slice
+    of the labels stops training, calibrates the heads and picks the checkpoint's decision threshold (README,
+    "Training rounds"). Writes a new checkpoint with its optimizer state, so the next round continues.
+    --workers N > 1 runs under Ray Train."""
 
     examples = ("actprm train --trajectories out/world --annotations out/ann/annotations --output runs/r1",
                 "actprm train --labelled labelled/ --model runs/r1 --output runs/r2",
-                "actprm train --config configs/train.yaml --backbone frozen --lr 1e-3 --output runs/heads",
+                "actprm train --config configs/train.yaml --backbone full --lr 1e-4 --output runs/full",
                 "actprm train --workers 2 --trajectories D --annotations A --output runs/ddp   # Ray Train DDP",
                 "actprm train --objective implicit-ce --trajectories out/world --output runs/implicit  # outcomes")
     objective: Literal["actprm", "implicit-ce", "implicit-dpo"] = Field(
@@ -385,21 +392,30 @@ class TrainConfig(ImplicitSettings, RaySettings):
     model: str | None = Field(None, description="checkpoint to start from (null: the shipped PRM)")
     output: str | None = Field(None, description="the new checkpoint")
     overwrite: bool = Field(False, description="replace the output directory")
-    backbone: Literal["full", "frozen", "top"] = Field("full", description="what of the backbone trains")
+    backbone: Literal["full", "frozen", "top"] = Field("frozen", description="what of the backbone trains: "
+                                                       "frozen (the heads only; the backbone runs once per row), "
+                                                       "top (+ the last --top-layers), full")
     top_layers: int = Field(2, gt=0, description="with backbone: top, the decoder layers trained")
     lr: float = Field(2e-4, gt=0, description="backbone learning rate")
-    head_lr: float | None = Field(1e-3, gt=0, description="head learning rate (null: lr)")
-    epochs: int = Field(1, gt=0, description="passes over the labelled rows")
+    head_lr: float | None = Field(1e-2, gt=0, description="head learning rate (null: lr)")
+    epochs: int | None = Field(None, gt=0, description="passes over the labelled rows (null: actprm: until the "
+                               "held-out loss stops falling, at most 50 (8 with --holdout 0); implicit: 1)")
+    holdout: float = Field(0.2, ge=0.0, lt=1.0, description="actprm: share of the labelled rows (by id hash, "
+                           "the same rows every round) held out to stop training, calibrate the heads and "
+                           "choose the checkpoint's decision threshold; 0: none of these")
+    patience: int = Field(3, ge=1, description="stop after this many passes without a lower held-out loss; "
+                          "the best pass's weights are kept")
     batch_size: int = Field(16, gt=0, description="trajectories per micro-batch")
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
-    warmup_steps: int = Field(20, ge=0, description="linear warm-up steps")
+    warmup_steps: int = Field(5, ge=0, description="linear warm-up steps")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay of the backbone")
     grad_clip: float = Field(1.0, gt=0, description="gradient norm clip")
     learning_probability: float = Field(1.0, gt=0, le=1, description="keep each (head, trajectory) pair")
-    anchor_lambda: float = Field(0.5, ge=0, description="weight of mean((phi - phi_init)^2) over head params")
-    error_weight: float = Field(1.0, gt=0, description="loss weight of error steps (target 0) relative to "
-                                "correct ones: > 1 lets the first rounds learn errors from few labels")
-    prior_bias: bool = Field(False, description="first round (no optimizer state): start every head's output "
+    anchor_lambda: float = Field(0.0, ge=0, description="weight of mean((phi - phi_init)^2) over head params")
+    error_weight: float | Literal["balanced"] = Field(
+        "balanced", description="loss weight of error steps (target 0) relative to correct ones; balanced: the "
+        "labels' own ratio of correct to error steps (at most 50), so rare mistakes weigh as much as the rest")
+    prior_bias: bool = Field(True, description="first round (no optimizer state): start every head's output "
                              "bias at the logit of the labelled steps' share of correct targets")
     label_weight: float | Literal["agreement"] = Field(
         1.0, description="weight of annotation labels: a number (e.g. from judge-check) or 'agreement' (vote share)")
@@ -467,6 +483,9 @@ class LoopConfig(ReadSettings, ScorerSettings, RuleSettings, EvalSettings, RaySe
     overwrite: bool = Field(False, description="start the run directory over")
     strategy: Strategy = Field("actprm", description="actprm: the rule (ranked by --acquisition past the "  # type: ignore[valid-type]
                                "budget); an acquisition name: its top-k; random: a seeded random order; full: all")
+    explore: float = Field(0.1, ge=0.0, lt=1.0, description="strategy actprm: share of each round's labels "
+                           "drawn at random from the rows the rule calls certain, so a model confidently wrong "
+                           "still gets the labels that correct it (stream: at least one row per chunk)")
     round_labels: list[int] = Field(default_factory=lambda: [200],
                                     description="rounds: labels bought per round; the last value repeats")
     score_sample: int | None = Field(None, gt=0, description="rounds: score this many unlabelled rows per round")
@@ -520,10 +539,8 @@ class DemoConfig(RaySettings):
     seed: int = Field(0, description="the world's and the loops' seed")
     model: str | None = Field(None, description="the PRM to start from (null: the shipped PRM)")
     judge: str | JudgeConfig = Field(default_factory=JudgeConfig, description="annotator settings")
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(  # = configs/demo.yaml
-        backbone="frozen", head_lr=1e-2, epochs=6, batch_size=16, warmup_steps=5, anchor_lambda=0.0,
-        error_weight=3.0, prior_bias=True),
-        description="the rounds' training recipe")
+    train: TrainConfig = Field(default_factory=TrainConfig,
+                               description="the rounds' training recipe (default: actprm train's)")
     actors: int | None = Field(None, ge=1, description="scoring actors")
     threads: int | None = Field(1, gt=0, description="torch threads of the driver (training)")
     device: Device = Field("auto", description="auto: cuda when available")

@@ -14,9 +14,11 @@ from actprm import uncertainty
 _EPS = 1e-12
 
 
-def labels_to_reach(labels: Sequence[float], f1: Sequence[float], target: float) -> float | None:
-    """Labels at which the curve first reaches `target`: linear between the two measured budgets around the
-    first crossing (the first budget itself when it already reaches it); None when no budget does."""
+def labels_to_reach(labels: Sequence[float], f1: Sequence[float], target: float, *, log: bool = False
+                    ) -> float | None:
+    """Labels at which the curve first reaches `target`: interpolated between the two measured budgets around
+    the first crossing, linearly in the labels or (`log`) in their logarithm, which does not favour the larger
+    budget across a wide gap (the first budget itself when it already reaches it); None when no budget does."""
     x = np.asarray(labels, dtype=np.float64)
     y = np.asarray(f1, dtype=np.float64)
     if x.shape != y.shape or x.ndim != 1:
@@ -30,16 +32,19 @@ def labels_to_reach(labels: Sequence[float], f1: Sequence[float], target: float)
     if i == 0:
         return float(x[0])
     x0, x1, y0, y1 = x[i - 1], x[i], y[i - 1], y[i]
+    if log and x0 > 0:
+        return float(np.exp(np.log(x0) + (target - y0) * (np.log(x1) - np.log(x0)) / (y1 - y0)))
     return float(x0 + (target - y0) * (x1 - x0) / (y1 - y0))
 
 
 def savings_ratio(random_curve: tuple[Sequence[float], Sequence[float]],
-                  strategy_curve: tuple[Sequence[float], Sequence[float]], target: float) -> float | None:
+                  strategy_curve: tuple[Sequence[float], Sequence[float]], target: float, *, log: bool = False
+                  ) -> float | None:
     """Labels random needs to reach `target` over labels the strategy needs (> 1: the strategy saves labels).
 
     Each curve is ``(labels, f1)``. None when either curve never reaches the target (report which)."""
-    a = labels_to_reach(*random_curve, target)
-    b = labels_to_reach(*strategy_curve, target)
+    a = labels_to_reach(*random_curve, target, log=log)
+    b = labels_to_reach(*strategy_curve, target, log=log)
     if a is None or b is None or b <= 0:
         return None
     return a / b
@@ -59,19 +64,20 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[fl
 
 
 def row_stats(probs: np.ndarray, offsets: np.ndarray, *, delta_pred: float = uncertainty.DEFAULT_DELTA_PRED,
-              delta_std: float = uncertainty.DEFAULT_DELTA_STD
+              delta_std: float = uncertainty.DEFAULT_DELTA_STD, threshold: float = 0.5, spread_scale: float = 1.0
               ) -> dict[str, np.ndarray]:
     """Per row of a flat ``(S, K)`` matrix with row ``i`` at ``offsets[i]:offsets[i+1]`` (every row has
     >= 1 step): ActPRM's ``uncertain`` under the deltas, ``entropy`` and ``bald`` reduced by max over steps
     0..E (E the predicted first error, else the last step), ``pred_first_error``, and the extremes
-    (largest std, smallest confidence) over 0..E. As actprm.uncertainty.summarize, row by row."""
+    (largest std / `spread_scale`, smallest confidence) over 0..E, a step predicted wrong iff its mean is
+    below `threshold`. As actprm.uncertainty.summarize, row by row."""
     p = np.asarray(probs, dtype=np.float64)
     n = len(offsets) - 1
     mean = p.mean(axis=1)
     std = p.std(axis=1, ddof=1) if p.shape[1] > 1 else np.zeros(len(p))
     row = np.repeat(np.arange(n), np.diff(offsets))
     pos = np.arange(len(p)) - offsets[row]
-    wrong = mean < 0.5
+    wrong = mean < threshold
     first = np.full(n, -1, dtype=np.int64)
     idx = np.flatnonzero(wrong)
     # first wrong step per row: the first occurrence of each row among wrong steps
@@ -86,7 +92,7 @@ def row_stats(probs: np.ndarray, offsets: np.ndarray, *, delta_pred: float = unc
 
     entropy = ent(mean)
     bald = np.maximum(entropy - ent(p).mean(axis=1), 0.0)
-    conf = np.maximum(mean, 1 - mean)
+    conf = np.where(wrong, 1 - mean, mean)
 
     def reduce_max(v, fill):
         out = np.full(n, fill, dtype=np.float64)
@@ -98,7 +104,7 @@ def row_stats(probs: np.ndarray, offsets: np.ndarray, *, delta_pred: float = unc
         np.minimum.at(out, row[scope], v[scope])
         return out
 
-    max_std = reduce_max(std, 0.0)
+    max_std = reduce_max(std / spread_scale, 0.0)
     min_conf = reduce_min(conf, 1.0)
     uncertain = ~((max_std <= delta_std) & (min_conf >= delta_pred))
     return {"uncertain": uncertain, "entropy": reduce_max(entropy, 0.0), "bald": reduce_max(bald, 0.0),

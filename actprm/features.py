@@ -33,6 +33,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from actprm import precision
+from actprm.calibration import check_record
 from actprm.checkpoint import (
     load_checkpoint,
     load_optimizer_state,
@@ -40,19 +42,24 @@ from actprm.checkpoint import (
     save_checkpoint,
 )
 from actprm.labels import LabelCounts, step_targets
-from actprm.model import HEADS_NAME, EnsembleHeads
+from actprm.model import HEADS_NAME, PRM_CONFIG_NAME, EnsembleHeads
 from actprm.scoring import ScoreResult, _encoder, _pad_id, _resolve_device, plan_batches
 from actprm.shipped import DEFAULT_MODEL_NAME
 from actprm.trainer import (
+    EarlyStopping,
     NothingToTrain,
     RoundResult,
     TrainResult,
     actprm_loss,
     anchor_penalty,
+    calibrate_heads,
     length_batches,
     linear_schedule,
+    resolve_error_weight,
     run_epochs,
     set_prior_bias,
+    split_holdout,
+    with_epochs,
 )
 
 CACHE_FORMAT = "actprm-head-inputs-v1"
@@ -257,8 +264,11 @@ def score_results(heads, cache: HeadInputs, ids: Sequence[str]) -> list[ScoreRes
 
 
 def load_heads(heads, path: str | Path) -> None:
-    """Load a checkpoint's `heads.safetensors` into `heads` (same sizes; the backbone is not read)."""
+    """Load a checkpoint's `heads.safetensors` and its calibration into `heads` (same sizes; the backbone is
+    not read)."""
     heads.load_state_dict(load_file(str(Path(path) / HEADS_NAME)))
+    config = Path(path) / PRM_CONFIG_NAME
+    heads.calibration = check_record(json.loads(config.read_text()).get("calibration")) if config.is_file() else None
 
 
 # --------------------------------------------------------------------------- training
@@ -298,7 +308,8 @@ def cached_examples(cache: HeadInputs, idx: Sequence[int], labels: Sequence[int]
 
 def train_heads_cached(heads, cache: HeadInputs, examples: list[CachedExample], cfg, *,
                        anchor: dict[str, torch.Tensor], optimizer_state: dict[str, torch.Tensor] | None = None,
-                       error_weight: float | None = None, feature_dropout: float = 0.0, bootstrap: bool = False
+                       error_weight: float | None = None, feature_dropout: float = 0.0, bootstrap: bool = False,
+                       holdout: list[CachedExample] | None = None
                        ) -> tuple[RoundResult, dict[str, torch.Tensor]]:
     """One frozen-backbone round (``actprm.trainer.train_round``) on cached inputs; trains `heads` in place.
 
@@ -309,8 +320,11 @@ def train_heads_cached(heads, cache: HeadInputs, examples: list[CachedExample], 
     beyond the uncached trainer (defaults off): `feature_dropout`
     gives each head its own dropout mask of the inputs; `bootstrap` replaces the per-batch Bernoulli keep
     mask by one Poisson(1) count per (trajectory, head) for the round (each head its own resample).
+    `holdout`: the stopping rule and the calibration of the uncached round (``trainer.EarlyStopping``).
     """
-    result = RoundResult(examples=len(examples))
+    cfg = with_epochs(cfg, bool(holdout))
+    result = RoundResult(examples=len(examples), held_out=len(holdout or []))
+    heads.calibration = None
     holder = _Heads(heads)
     heads.train()
     for p in heads.parameters():
@@ -325,7 +339,8 @@ def train_heads_cached(heads, cache: HeadInputs, examples: list[CachedExample], 
     elif getattr(cfg, "prior_bias", False):
         set_prior_bias(heads, [e.targets for e in examples])
     if error_weight is None:
-        error_weight = getattr(cfg, "error_weight", 1.0)
+        error_weight = resolve_error_weight(cfg, [e.targets for e in examples])
+    result.error_weight = error_weight
     lengths = np.array([int(cache.lengths[e.row]) for e in examples])
     rng = np.random.default_rng(cfg.seed)
     keep_gen = torch.Generator().manual_seed(cfg.seed)
@@ -351,7 +366,23 @@ def train_heads_cached(heads, cache: HeadInputs, examples: list[CachedExample], 
         loss = actprm_loss(logits, targets, trained, rows, weights, keep, error_weight)
         return loss + cfg.anchor_lambda * anchor_penalty(heads, anchor)
 
-    run_epochs(holder, optimizer, cfg, lengths, cfg.batch_size, rng, loss_of, result)
+    stopping = None
+    if holdout:
+        xh = [cache.x[cache.offsets[e.row]:cache.offsets[e.row + 1]] for e in holdout]
+
+        @torch.no_grad()
+        def holdout_logits() -> list[torch.Tensor]:
+            z = heads(torch.cat(xh)) if xh else torch.zeros((0, heads.n_heads))
+            return list(torch.split(z, [len(x) for x in xh]))
+
+        stopping = EarlyStopping(holder, optimizer, holdout_logits, [e.targets for e in holdout], error_weight,
+                                 cfg.patience)
+    run_epochs(holder, optimizer, cfg, lengths, cfg.batch_size, rng, loss_of, result, after_epoch=stopping)
+    if stopping is not None:
+        stopping.restore()
+        result.stopping = stopping.record()
+        result.calibration = calibrate_heads(heads, stopping.logits_of(), [e.targets for e in holdout])
+    heads.eval()
     return result, optimizer_state_dict(holder, optimizer)
 
 
@@ -537,16 +568,10 @@ def _clip_per_run(stacked, R: int, K: int, max_norm: float) -> None:
 # --------------------------------------------------------------------------- one round, saved
 
 
-def train_and_save_cached(cfg, rows: list[dict[str, Any]], counts: LabelCounts, cache: HeadInputs) -> TrainResult:
-    """`actprm.trainer.train_and_save` for the ActPRM objective with `backbone: frozen`, on cached inputs:
-    load `cfg.model`, train its heads one round on the labelled `rows` (labelled schema, each in the cache),
-    save the checkpoint to `cfg.output` exactly as the uncached round does. Raises NothingToTrain."""
-    model, tokenizer, anchor, opt_state, prev = load_checkpoint(cfg.model, torch.device("cpu"))
-    fp = model_fingerprint(model, cfg.max_length)
-    if fp != cache.fingerprint:
-        raise ValueError(f"head inputs cached for model {cache.fingerprint}, not {cfg.model} ({fp})")
+def _examples_of(cache: HeadInputs, rows: list[dict[str, Any]], counts: LabelCounts) -> list[CachedExample]:
+    """Training examples of labelled `rows` (each in the cache), counted as build_examples counts them."""
     idx = cache.index([str(r["id"]) for r in rows])
-    for i in idx:  # what build_examples counts
+    for i in idx:
         if cache.errors[i] is not None:
             counts.too_long += 1
         else:
@@ -555,11 +580,38 @@ def train_and_save_cached(cfg, rows: list[dict[str, Any]], counts: LabelCounts, 
                                [float(r.get("label_weight") or 1.0) for r in rows],
                                [r.get("step_labels") for r in rows])
     counts.error_cut_off += sum(cache.errors[i] is None for i in idx) - len(examples)
+    return examples
+
+
+def train_frozen_and_save(cfg, rows: list[dict[str, Any]], counts: LabelCounts, device: torch.device, *,
+                          progress: bool = False) -> TrainResult:
+    """`train_and_save` for the ActPRM objective with `backbone: frozen`, in-process: the backbone runs once
+    over the labelled rows on `device` (extract_head_inputs), then every pass trains the heads on those
+    inputs on the CPU."""
+    model, tokenizer, *_ = load_checkpoint(cfg.model, device)
+    with precision.autocast(cfg, device):
+        cache = extract_head_inputs(model, tokenizer, rows, max_length=cfg.max_length, device=device,
+                                    system_prompt=cfg.system_prompt, progress=progress)
+    del model
+    return train_and_save_cached(cfg, rows, counts, cache)
+
+
+def train_and_save_cached(cfg, rows: list[dict[str, Any]], counts: LabelCounts, cache: HeadInputs) -> TrainResult:
+    """`actprm.trainer.train_and_save` for the ActPRM objective with `backbone: frozen`, on cached inputs:
+    load `cfg.model`, train its heads one round on the labelled `rows` (labelled schema, each in the cache),
+    save the checkpoint to `cfg.output` exactly as the uncached round does. Raises NothingToTrain."""
+    model, tokenizer, anchor, opt_state, prev = load_checkpoint(cfg.model, torch.device("cpu"))
+    fp = model_fingerprint(model, cfg.max_length)
+    if fp != cache.fingerprint:
+        raise ValueError(f"head inputs cached for model {cache.fingerprint}, not {cfg.model} ({fp})")
+    train_rows, held_rows = split_holdout(rows, cfg.holdout)
+    examples = _examples_of(cache, train_rows, counts)
+    holdout = _examples_of(cache, held_rows, counts)
     if not examples:
         raise NothingToTrain("nothing to train on: no labelled trajectory survived the join "
                              f"({counts.labelled} labelled rows, {counts.too_long} too long)")
     result, state_dict = train_heads_cached(model.heads, cache, examples, cfg, anchor=anchor,
-                                            optimizer_state=opt_state)
+                                            optimizer_state=opt_state, holdout=holdout)
     state = result.state(cfg, counts, prev, cfg.model or DEFAULT_MODEL_NAME, workers=1, dtype="float32",
                          head_inputs_cached=True)
     out = Path(cfg.output)

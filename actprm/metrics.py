@@ -235,3 +235,16 @@ def f1_table(subsets: dict[str, dict[str, Any]], mean: float | None, extra: Sequ
     widths = [width, 6, 9, 11, 5, *(max(6, len(e)) for e in extra)]
     return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
                      for r in rows)
+
+
+def checkpoint_threshold_metrics(rows: list[dict[str, Any]], names: list[str], calibration: dict | None
+                                 ) -> dict[str, Any] | None:
+    """ProcessBench F1 at the checkpoint's own decision threshold (chosen on held-out labels when it was
+    trained; README "The rule and its calibration"), beside the benchmark's fixed threshold: mean F1 and per
+    subset F1 / accuracies. None for a model without one."""
+    if not calibration:
+        return None
+    t = float(calibration["threshold"])
+    m = compute_metrics([r | {"prediction": predict_first_error(r["step_mean"], t)} for r in rows], names)
+    return {"threshold": t, "mean_f1": m["mean_f1"],
+            "subsets": {k: {f: v.get(f) for f in ("f1", "error_acc", "correct_acc")} for k, v in m["subsets"].items()}}

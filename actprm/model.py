@@ -53,6 +53,7 @@ from tokenizers import AddedToken
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, Qwen2Config
 
+from actprm.calibration import check_record
 from actprm.errors import UserError
 from actprm.io.model_files import (
     MAX_HEAD_HIDDEN,
@@ -171,6 +172,9 @@ class EnsembleHeads(nn.Module):
         for i in range(self.n_layers + 1):
             setattr(self, f"W{i + 1}", nn.Parameter(torch.zeros(k, widths[i], widths[i + 1], dtype=f32)))
             setattr(self, f"b{i + 1}", nn.Parameter(torch.zeros(k, widths[i + 1], dtype=f32)))
+        #: the held-out calibration of the heads (actprm.calibration): forward returns
+        #: ``scale * logit + shift``; None (the identity) while training and for a model never calibrated
+        self.calibration: dict | None = None
         if init:
             self.reset_parameters(generator=generator)
 
@@ -202,7 +206,10 @@ class EnsembleHeads(nn.Module):
             z = torch.einsum("nh,khd->knd", x, w) + b.unsqueeze(1)  # (K,N,D)
             for w, b in layers[1:]:
                 z = torch.baddbmm(b.unsqueeze(1), torch.relu(z), w)  # (K,N,D)
-            return z.squeeze(-1).transpose(0, 1).contiguous()  # (N,K)
+            z = z.squeeze(-1).transpose(0, 1).contiguous()  # (N,K)
+            if self.calibration is not None:
+                z = z * float(self.calibration["scale"]) + float(self.calibration["shift"])
+            return z
 
     def extra_repr(self) -> str:
         return (f"hidden_size={self.hidden_size}, n_heads={self.n_heads}, head_hidden={self.head_hidden}, "
@@ -410,6 +417,8 @@ class EnsemblePRM(nn.Module):
             cfg["prompt"] = dict(self.prompt)
         if self.source:
             cfg["source"] = dict(self.source)
+        if self.heads.calibration is not None:
+            cfg["calibration"] = dict(self.heads.calibration)
         return cfg
 
     # ---- forward
@@ -556,6 +565,7 @@ class EnsemblePRM(nn.Module):
         )
         state = load_file(str(path / HEADS_NAME))
         model.heads.load_state_dict(state, strict=True)
+        model.heads.calibration = check_record(cfg.get("calibration"))
         model.to(device)
         model.eval()
         return model

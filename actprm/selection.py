@@ -8,6 +8,8 @@ joins it with rows and models. A loop strategy is either the ActPRM rule (`actpr
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,29 +18,40 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from actprm import uncertainty
+from actprm.calibration import check_record, rule_constants
 from actprm.checkpoint import load_for_scoring
 from actprm.config import RuleSettings
 from actprm.errors import UserError
 from actprm.io.writers import write_parquet_atomic
+from actprm.model import PRM_CONFIG_NAME
 from actprm.sample import sample_corpus
 from actprm.scoring import score_trajectories
+from actprm.shipped import default_prm_path
 
 #: Loop strategies that need the current model's scores.
 SCORING_STRATEGIES = tuple(s for s in uncertainty.LOOP_STRATEGIES if s not in ("random", "full"))
 
 
-def join_scores(rows: list[dict], results: list, cfg: RuleSettings, model_name: str, *, by_rule: bool = True
-                ) -> tuple[list[dict], list[tuple[int, str]]]:
+def model_calibration(model) -> dict | None:
+    """The calibration record of a loaded scorer's heads (None: uncalibrated, or no heads)."""
+    return getattr(getattr(model, "heads", None), "calibration", None)
+
+
+def join_scores(rows: list[dict], results: list, cfg: RuleSettings, model_name: str, *, by_rule: bool = True,
+                calibration: dict | None = None) -> tuple[list[dict], list[tuple[int, str]]]:
     """Rows joined with their scores and the selection rule: (scored rows, [(position, reason)] of
-    the rows that could not be scored, i.e. whose first step alone does not fit the model)."""
+    the rows that could not be scored, i.e. whose first step alone does not fit the model). `calibration`:
+    the model's record (its decision threshold and spread scale, unless `cfg` sets them)."""
     ok = [(row, res) for row, res in zip(rows, results) if res.error is None]
     too_long = [(i, f"too long: {res.error}") for i, res in enumerate(results) if res.error is not None]
     if not ok:
         return [], too_long
+    threshold, spread = rule_constants(calibration, cfg.decision_threshold, cfg.spread_scale)
     summary = uncertainty.summarize(
         [res.probs for _, res in ok], [row["id"] for row, _ in ok],
         delta_pred=cfg.delta_pred, delta_std=cfg.delta_std,
-        acquisition=cfg.acquisition, reduction=cfg.reduction, seed=cfg.seed)
+        acquisition=cfg.acquisition, reduction=cfg.reduction, seed=cfg.seed,
+        threshold=threshold, spread_scale=spread)
     out = []
     for i, (row, res) in enumerate(ok):
         out.append(row | {
@@ -94,12 +107,36 @@ def calibrate(cfg, sources: list, loaded: tuple | None = None, rows: list | None
         raise UserError("--target-rate chooses the ActPRM rule's deltas; with --selection budget choose --budget")
     if rows is None:
         rows = sample_corpus(sources, cfg, cfg.calibration_sample, seed=cfg.seed).rows()
+    loaded = loaded or load_for_scoring(cfg)
     probs, _ = score_rows(cfg, rows, loaded)
     if not probs:
         raise UserError("--target-rate: the corpus has no scorable rows to calibrate on")
-    found = uncertainty.calibrate_deltas(probs, cfg.target_rate)
+    found = deltas_for_rate(probs, cfg, model_calibration(loaded[1]))
     record = {"target_rate": cfg.target_rate, **found}
     return cfg.model_copy(update={"delta_pred": found["delta_pred"], "delta_std": found["delta_std"]}), record
+
+
+def deltas_for_rate(probs: list, cfg, calibration: dict | None) -> dict:
+    """δ_pred/δ_std (δ_std in spread-scale units) under which about `cfg.target_rate` of these rows' head
+    probabilities are uncertain (uncertainty.choose_deltas), with the model's threshold and spread scale."""
+    threshold, spread = rule_constants(calibration, cfg.decision_threshold, cfg.spread_scale)
+    return uncertainty.choose_deltas([uncertainty.stats_extremes(m, s / spread, threshold)
+                                      for m, s in map(uncertainty.step_stats, probs)], cfg.target_rate)
+
+
+def rule_summary(probs: list, ids: list, cfg, calibration: dict | None, delta_pred: float, delta_std: float) -> dict:
+    """uncertainty.summarize of these rows under the deltas, with the model's threshold and spread scale."""
+    threshold, spread = rule_constants(calibration, cfg.decision_threshold, cfg.spread_scale)
+    return uncertainty.summarize(probs, ids, delta_pred=delta_pred, delta_std=delta_std, threshold=threshold,
+                                 spread_scale=spread)
+
+
+def calibration_of(model: str | None) -> dict | None:
+    """The calibration record in a checkpoint directory's prm_config.json (None: none; the shipped PRM)."""
+    config = Path(model or default_prm_path()) / PRM_CONFIG_NAME
+    if not config.is_file():
+        return None
+    return check_record(json.loads(config.read_text()).get("calibration"))
 
 
 def calibration_text(record: dict | None) -> str:
@@ -109,32 +146,63 @@ def calibration_text(record: dict | None) -> str:
             f"delta_std {record['delta_std']:.6g}, {record['rate']:.1%} of {record['n']} sampled rows)")
 
 
-def recalibrate(scores: list[dict[str, Any]], target_rate: float) -> dict[str, Any] | None:
-    """δ_pred/δ_std for about `target_rate` of these scored rows (join_scores' columns) uncertain; their
-    `uncertain` is redone under them. The record (`uncertainty.choose_deltas` + target), None if none scored."""
+def recalibrate(scores: list[dict[str, Any]], target_rate: float, threshold: float = 0.5,
+                spread_scale: float = 1.0) -> dict[str, Any] | None:
+    """δ_pred/δ_std (in units of `spread_scale`) for about `target_rate` of these scored rows (join_scores'
+    columns) uncertain; their `uncertain` is redone under them. The record (`uncertainty.choose_deltas` +
+    target), None if none scored."""
     ok = [sc for sc in scores if sc.get("error") is None]
     if not ok:
         return None
-    stats = [(sc["step_mean"], sc["step_std"] if sc.get("step_std") is not None else [0.0] * len(sc["step_mean"]))
+    stats = [(np.asarray(sc["step_mean"]), np.asarray(sc["step_std"] if sc.get("step_std") is not None
+                                                      else [0.0] * len(sc["step_mean"])) / spread_scale)
              for sc in ok]
-    found = uncertainty.choose_deltas([uncertainty.stats_extremes(m, s) for m, s in stats], target_rate)
+    found = uncertainty.choose_deltas([uncertainty.stats_extremes(m, s, threshold) for m, s in stats], target_rate)
     for sc, (m, s) in zip(ok, stats):
-        sc["uncertain"] = uncertainty.is_uncertain(m, s, found["delta_pred"], found["delta_std"])
+        sc["uncertain"] = uncertainty.is_uncertain(m, s, found["delta_pred"], found["delta_std"], threshold)
     return {"target_rate": target_rate, **found}
 
 
+def actprm_selection(ids: list[str], ok: np.ndarray, uncertain: np.ndarray, acq: np.ndarray, budget: int | None,
+                     explore: float, seed: int) -> np.ndarray:
+    """The `actprm` strategy's mask. With a budget: `ceil(explore * budget)` rows at random (by a seeded hash of
+    the id) and the rest by the rule, ranked by acquisition when it marks more; when it marks fewer, the
+    remainder goes to the next rows by acquisition, so the budget is spent. Without one (stream): the rows the
+    rule marks plus an `explore` share of the labels at random (at least one row). The random share guards
+    against confident mistakes: a model sure that every step is right still gets the labels that correct it."""
+    n = len(ids)
+    mask = ok & uncertain
+    if budget is not None:
+        budget = min(budget, n)
+        n_explore = min(budget, math.ceil(explore * budget)) if explore > 0 else 0
+        by_rule = budget - n_explore
+        if mask.sum() > by_rule:
+            mask &= uncertainty.select_budget(ids, np.where(mask, acq, np.nan), by_rule)
+        elif mask.sum() < by_rule:
+            fill = uncertainty.select_budget(ids, np.where(ok & ~mask, acq, np.nan), int(by_rule - mask.sum()))
+            mask |= fill & ok
+    else:
+        n_explore = math.ceil(explore / (1 - explore) * mask.sum()) if 0 < explore < 1 else 0
+        n_explore = max(n_explore, 1 if explore > 0 else 0)
+    rest = ~mask
+    if n_explore and rest.any():
+        keys = np.array([uncertainty.random_score(i, seed) if r else np.nan for i, r in zip(ids, rest)])
+        mask |= uncertainty.select_budget(ids, keys, n_explore) & rest
+    return mask
+
+
 def select_rows(strategy: str, candidates: list[dict], scores: dict[str, dict], budget: int | None, seed: int,
-                round_index: int) -> list[dict]:
-    """Selection rows (loop_selection schema) of the candidates; `budget` None = no cap (stream, actprm)."""
+                round_index: int, explore: float = 0.0) -> list[dict]:
+    """Selection rows (loop_selection schema) of the candidates; `budget` None = no cap (stream, actprm);
+    `explore`: the actprm strategy's random share (actprm_selection)."""
     ids = [r["id"] for r in candidates]
     if strategy in SCORING_STRATEGIES:
         s = [scores[i] for i in ids]
         ok = np.array([r.get("error") is None for r in s], dtype=bool)
         acq = np.array([r["acquisition"] if r.get("error") is None else np.nan for r in s], dtype=np.float64)
         if strategy == "actprm":
-            mask = ok & np.array([bool(r.get("uncertain")) for r in s])
-            if budget is not None and mask.sum() > budget:
-                mask &= uncertainty.select_budget(ids, np.where(mask, acq, np.nan), budget)
+            mask = actprm_selection(ids, ok, np.array([bool(r.get("uncertain")) for r in s]), acq, budget, explore,
+                                    seed * 7919 + round_index)
         else:
             mask = uncertainty.select_budget(ids, np.where(ok, acq, np.nan), budget if budget is not None else len(ids))
             mask &= ok

@@ -15,6 +15,7 @@ schedule (linear warm-up, linear decay) runs over each round's own steps.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from actprm import precision
+from actprm.calibration import calibration_record
 from actprm.checkpoint import (
     DEFAULT_MODEL_NAME,
     load_checkpoint,
@@ -49,6 +51,7 @@ from actprm.implicit import (
 from actprm.labels import LabelCounts, step_targets
 from actprm.progress import JobResult, progress_bar
 from actprm.scoring import EncodedTrajectory, TrajectoryEncoder, encoder_for
+from actprm.uncertainty import random_score
 
 
 class NothingToTrain(UserError):
@@ -148,6 +151,122 @@ def set_prior_bias(heads: torch.nn.Module, targets: Sequence[Sequence[float | No
     return p
 
 
+#: passes at most when `epochs` is null: the held-out stopping rule ends a round sooner
+MAX_EPOCHS = 50
+#: passes when `epochs` is null and nothing is held out (`holdout: 0`)
+EPOCHS_WITHOUT_HOLDOUT = 8
+#: the largest weight "balanced" gives error steps
+MAX_ERROR_WEIGHT = 50.0
+#: fewest rows on each side of the held-out split; with fewer labels nothing is held out
+MIN_SPLIT_ROWS = 4
+
+
+def with_epochs(cfg: TrainConfig, holding_out: bool) -> TrainConfig:
+    """`cfg` with `epochs` filled when null: MAX_EPOCHS under the stopping rule, else EPOCHS_WITHOUT_HOLDOUT
+    (the implicit objectives: 1)."""
+    if cfg.epochs is not None:
+        return cfg
+    if cfg.objective != "actprm":
+        return cfg.model_copy(update={"epochs": 1})
+    return cfg.model_copy(update={"epochs": MAX_EPOCHS if holding_out else EPOCHS_WITHOUT_HOLDOUT})
+
+
+def split_holdout(rows: list[dict[str, Any]], share: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train rows, held-out rows): a row is held out iff a hash of its id falls below `share`, so a row keeps
+    its side in every round. With fewer than MIN_SPLIT_ROWS on either side, nothing is held out."""
+    if share <= 0:
+        return rows, []
+    held = [random_score(str(r["id"]), seed=-1) < share for r in rows]
+    train = [r for r, h in zip(rows, held) if not h]
+    out = [r for r, h in zip(rows, held) if h]
+    if len(train) < MIN_SPLIT_ROWS or len(out) < MIN_SPLIT_ROWS:
+        return rows, []
+    return train, out
+
+
+def resolve_error_weight(cfg: TrainConfig, targets: Sequence[Sequence[float | None]]) -> float:
+    """The error steps' loss weight: the number, or for "balanced" the labelled steps' ratio of correct to
+    error targets (soft targets count fractionally), between 1 and MAX_ERROR_WEIGHT (1 with no error step)."""
+    if cfg.error_weight != "balanced":
+        return float(cfg.error_weight)
+    flat = np.array([t for ts in targets for t in ts if t is not None], dtype=np.float64)
+    wrong = float((1.0 - flat).sum())
+    if wrong <= 0:
+        return 1.0
+    return float(min(MAX_ERROR_WEIGHT, max(1.0, flat.sum() / wrong)))
+
+
+def first_errors(targets: Sequence[Sequence[float | None]]) -> list[int]:
+    """Each row's labelled first error from its step targets (first target < 0.5; -1: none)."""
+    out = []
+    for ts in targets:
+        wrong = [i for i, t in enumerate(ts) if t is not None and t < 0.5]
+        out.append(wrong[0] if wrong else -1)
+    return out
+
+
+class EarlyStopping:
+    """The stopping rule of a round: after every pass the held-out loss (the training objective on the
+    held-out rows, every head); the weights and optimizer moments of the best pass are kept, and training
+    stops after `patience` passes without a lower loss. `logits_of()` gives the held-out rows' logits
+    (a list of (n_scored, K) tensors); `module` holds the trained parameters."""
+
+    def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 logits_of: Callable[[], list[torch.Tensor]], targets: Sequence[Sequence[float | None]],
+                 error_weight: float, patience: int):
+        self.module, self.optimizer, self.logits_of, self.patience = module, optimizer, logits_of, patience
+        self.targets = [torch.tensor([0.0 if t is None else t for t in ts]) for ts in targets]
+        self.trained = [torch.tensor([t is not None for t in ts]) for ts in targets]
+        self.error_weight = error_weight
+        self.best, self.best_epoch, self.bad, self.losses = float("inf"), 0, 0, []
+        self.snapshot: tuple[dict, dict] | None = None
+
+    @torch.no_grad()
+    def loss(self) -> float:
+        logits = torch.cat([z.float() for z in self.logits_of()])
+        targets, trained = torch.cat(self.targets), torch.cat(self.trained)
+        bce = F.binary_cross_entropy_with_logits(logits, targets.unsqueeze(1).expand_as(logits), reduction="none")
+        w = trained.float() * torch.where(targets < 0.5, self.error_weight, 1.0)
+        return float((bce * w.unsqueeze(1)).sum() / (w.sum() * logits.shape[1]).clamp_min(1e-8))
+
+    def __call__(self, epoch: int) -> bool:
+        """After pass `epoch` (1-based): True to stop."""
+        value = self.loss()
+        self.losses.append(round(value, 5))
+        if value < self.best - 1e-5:
+            self.best, self.best_epoch, self.bad = value, epoch, 0
+            params = {n: p.detach().clone() for n, p in self.module.named_parameters() if p.requires_grad}
+            self.snapshot = (params, copy.deepcopy(self.optimizer.state_dict()))
+        else:
+            self.bad += 1
+        return self.bad >= self.patience
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put the best pass's weights and moments back."""
+        if self.snapshot is None:
+            return
+        params, opt = self.snapshot
+        named = dict(self.module.named_parameters())
+        for n, v in params.items():
+            named[n].copy_(v)
+        self.optimizer.load_state_dict(opt)
+
+    def record(self) -> dict[str, Any]:
+        return {"held_out_losses": self.losses, "best_epoch": self.best_epoch,
+                "held_out_loss": None if self.snapshot is None else round(self.best, 5)}
+
+
+def calibrate_heads(heads: torch.nn.Module, logits: list[torch.Tensor],
+                    targets: Sequence[Sequence[float | None]]) -> dict[str, Any] | None:
+    """Fit the held-out calibration (actprm.calibration) from the held-out rows' raw logits and set it on
+    `heads` (None: no held-out step had a target; the heads stay uncalibrated)."""
+    probs = [torch.sigmoid(z.float()).numpy() for z in logits]
+    record = calibration_record(probs, targets, first_errors(targets))
+    heads.calibration = record
+    return record
+
+
 def anchor_penalty(heads: torch.nn.Module, anchor: dict[str, torch.Tensor]) -> torch.Tensor:
     """mean((phi - phi_init)^2) over all head parameters."""
     total, n = 0.0, 0
@@ -190,6 +309,10 @@ class RoundResult:
     last_loss: float = float("nan")
     losses: list[float] = field(default_factory=list)
     resumed_optimizer: bool = False
+    held_out: int = 0  # labelled rows held out (the stopping rule, the calibration)
+    error_weight: float = 1.0
+    stopping: dict[str, Any] | None = None  # EarlyStopping.record(): held-out losses, best pass
+    calibration: dict[str, Any] | None = None  # the heads' held-out calibration (actprm.calibration)
 
     def finish(self, steps: int, start: float) -> None:
         """Record the step count, the seconds since `start` and the mean loss of the first and last tenth."""
@@ -205,9 +328,11 @@ class RoundResult:
         """The checkpoint's trainer_state.json after this round, continuing `prev` (the start checkpoint's)."""
         index = int(prev.get("round", 0)) + 1
         return {"round": index, "started_from": started_from, **extra, "examples": self.examples,
+                "held_out": self.held_out,
                 "steps": self.steps, "seconds": round(self.seconds, 2), "epochs": self.epochs,
                 "first_loss": self.first_loss, "last_loss": self.last_loss, "losses": self.losses,
                 "resumed_optimizer": self.resumed_optimizer, "counts": counts.as_dict(),
+                "error_weight": self.error_weight, "stopping": self.stopping, "calibration": self.calibration,
                 "config": cfg.model_dump(mode="json"),
                 "history": prev.get("history", []) + [{"round": index, "examples": self.examples,
                                                         "steps": self.steps}]}
@@ -216,13 +341,17 @@ class RoundResult:
 def train_round(model, tokenizer, examples: list[Example], cfg: TrainConfig, *, device: torch.device,
                 anchor: dict[str, torch.Tensor], optimizer_state: dict[str, torch.Tensor] | None = None,
                 rank: int = 0, world_size: int = 1, wrap: Callable | None = None, bar=None,
-                on_step: Callable[[int, float], None] | None = None):
+                on_step: Callable[[int, float], None] | None = None, holdout: list[Example] | None = None):
     """Train `model` in place for one round; returns (RoundResult, optimizer).
 
     With `world_size > 1` each rank trains on examples[rank::world_size] and `wrap` (e.g.
-    ray.train.torch.prepare_model) wraps the model for DDP/FSDP.
+    ray.train.torch.prepare_model) wraps the model for DDP/FSDP. With `holdout` rows, every rank checks the
+    held-out loss after each pass (EarlyStopping: the best pass is kept) and rank 0's heads are calibrated
+    on them (`model.heads.calibration`); `result.stopping` records it.
     """
-    result = RoundResult(examples=len(examples))
+    cfg = with_epochs(cfg, bool(holdout))
+    result = RoundResult(examples=len(examples), held_out=len(holdout or []))
+    model.heads.calibration = None  # train (and stop) on the raw logits
     set_trainable(model, cfg.backbone, cfg.top_layers)
     model.to(device)
     model.train()
@@ -241,6 +370,8 @@ def train_round(model, tokenizer, examples: list[Example], cfg: TrainConfig, *, 
         result.resumed_optimizer = load_optimizer_state(model, optimizer, optimizer_state) > 0
     elif cfg.prior_bias:
         set_prior_bias(heads, [e.targets for e in examples])
+    error_weight = resolve_error_weight(cfg, [e.targets for e in examples])
+    result.error_weight = error_weight
     anchor = {k: v.to(device) for k, v in anchor.items()}
 
     # every rank gets the same number of examples (DDP needs the same number of steps on each)
@@ -256,10 +387,34 @@ def train_round(model, tokenizer, examples: list[Example], cfg: TrainConfig, *, 
         keep = torch.rand((len(batch), model.n_heads), generator=keep_gen) < cfg.learning_probability
         with amp:
             logits = net(ids, None, sep, answer)
-        loss = actprm_loss(logits, targets, trained, rows, weights, keep.to(device), cfg.error_weight)
+        loss = actprm_loss(logits, targets, trained, rows, weights, keep.to(device), error_weight)
         return loss + cfg.anchor_lambda * anchor_penalty(heads, anchor)
 
-    run_epochs(model, optimizer, cfg, lengths, cfg.batch_size, rng, loss_of, result, bar=bar, on_step=on_step)
+    stopping = None
+    if holdout:
+        def holdout_logits() -> list[torch.Tensor]:
+            model.eval()
+            out = []
+            with torch.no_grad(), amp:
+                for k in range(0, len(holdout), cfg.batch_size):
+                    part = holdout[k:k + cfg.batch_size]
+                    ids, sep, answer, *_ = collate(part, pad, device)
+                    z = model(ids, None, sep, answer).float().cpu()
+                    sizes = [len(e.targets) for e in part]
+                    out.extend(torch.split(z, sizes))
+            model.train()
+            return out
+
+        stopping = EarlyStopping(model, optimizer, holdout_logits, [e.targets for e in holdout], error_weight,
+                                 cfg.patience)
+    run_epochs(model, optimizer, cfg, lengths, cfg.batch_size, rng, loss_of, result, bar=bar, on_step=on_step,
+               after_epoch=stopping)
+    if stopping is not None:
+        stopping.restore()
+        result.stopping = stopping.record()
+        if rank == 0:
+            result.calibration = calibrate_heads(heads, stopping.logits_of(), [e.targets for e in holdout])
+        model.eval()
     return result, optimizer
 
 
@@ -270,7 +425,8 @@ def autocast(device: torch.device, cfg: TrainConfig):
 
 def run_epochs(model, optimizer: torch.optim.Optimizer, cfg: TrainConfig, lengths: np.ndarray, batch_size: int,
                rng: np.random.Generator, loss_of: Callable[[list[int]], torch.Tensor], result: RoundResult, *,
-               bar=None, on_step: Callable[[int, float], None] | None = None) -> None:
+               bar=None, on_step: Callable[[int, float], None] | None = None,
+               after_epoch: Callable[[int], bool] | None = None) -> None:
     """The optimizer loop of a round: `cfg.epochs` epochs of length-bucketed batches (`length_batches` of
     `lengths`), `cfg.grad_accum` micro-batches per step, `loss_of(indices)` each micro-batch's loss; the
     linear schedule over the round's steps (`base_lr` of each parameter group), gradient clipping over
@@ -303,6 +459,8 @@ def run_epochs(model, optimizer: torch.optim.Optimizer, cfg: TrainConfig, length
             if on_step is not None:
                 on_step(step, loss_value)
         result.epochs = epoch + 1
+        if after_epoch is not None and after_epoch(epoch + 1):
+            break
     model.eval()
     result.finish(step, start)
 
@@ -320,6 +478,8 @@ def linear_schedule(total: int, warmup_steps: int) -> Callable[[int], float]:
 
 
 def steps_per_round(n_examples: int, cfg: TrainConfig, world_size: int = 1) -> int:
+    """Optimizer steps of a round at most (the stopping rule may end it sooner)."""
+    cfg = with_epochs(cfg, cfg.holdout > 0)
     micro = max(1, math.ceil((n_examples // world_size) / cfg.batch_size))
     return max(1, micro // cfg.grad_accum) * cfg.epochs
 
@@ -360,6 +520,7 @@ def train_implicit_round(model: ImplicitPRM, tokenizer, examples: list, units: l
                          device: torch.device, optimizer_state: dict[str, torch.Tensor] | None = None,
                          bar=None):
     """Train pi_theta in place for one round on outcome labels; returns (RoundResult, optimizer)."""
+    cfg = with_epochs(cfg, False)
     result = RoundResult(examples=len(examples))
     model.to(device)
     model.train()
@@ -391,6 +552,7 @@ def train_implicit_round(model: ImplicitPRM, tokenizer, examples: list, units: l
 
 
 def implicit_steps(n_units: int, unit_size: int, cfg) -> int:
+    cfg = with_epochs(cfg, False)
     per_unit = max(1, cfg.batch_size // unit_size)
     return max(1, math.ceil(n_units / per_unit) // cfg.grad_accum) * cfg.epochs
 
@@ -436,10 +598,15 @@ class TrainResult(JobResult):
                                                   (c.without_annotation, "unannotated"),
                                                   (c.too_long, "too long"), (c.invalid_label, "bad label")) if n]
         rate = r.steps / r.seconds if r.seconds > 0 else 0.0
-        return (f"train: round {self.round_index}, {r.examples} labelled trajectories"
+        held = ""
+        if r.held_out:
+            best = (r.stopping or {}).get("best_epoch")
+            cal = f", decision threshold {r.calibration['threshold']:.2f}" if r.calibration else ""
+            held = f", {r.held_out} held out (best pass {best} of {r.epochs}{cal})"
+        return (f"train: round {self.round_index}, {r.examples + r.held_out} labelled trajectories"
                 + (f" ({', '.join(skipped)} skipped)" if skipped else "")
                 + f", {r.steps} steps in {r.seconds:.1f}s ({rate:.1f} steps/s), "
-                f"loss {r.first_loss:.3f} -> {r.last_loss:.3f} -> {self.output}")
+                f"loss {r.first_loss:.3f} -> {r.last_loss:.3f}{held} -> {self.output}")
 
 
 def train_ensemble_and_save(cfg: TrainConfig, rows: list[dict[str, Any]], counts: LabelCounts,
@@ -449,7 +616,9 @@ def train_ensemble_and_save(cfg: TrainConfig, rows: list[dict[str, Any]], counts
     model, tokenizer, anchor, opt_state, prev = load_checkpoint(cfg.model, device)
     encoder = encoder_for(model, tokenizer, max_length=cfg.max_length or model.max_length,
                           system_prompt=cfg.system_prompt)  # the model's own format
-    examples = build_examples(rows, encoder, counts)
+    train_rows, held_rows = split_holdout(rows, cfg.holdout)
+    examples = build_examples(train_rows, encoder, counts)
+    holdout = build_examples(held_rows, encoder, counts)
     if len(examples) < world_size:
         raise NothingToTrain("nothing to train on: no labelled trajectory survived the join "
                              f"({counts.labelled} labelled rows, {counts.too_long} too long)")
@@ -457,7 +626,7 @@ def train_ensemble_and_save(cfg: TrainConfig, rows: list[dict[str, Any]], counts
     with progress_bar(steps_per_round(len(examples), cfg, world_size), "train", progress and rank == 0) as bar:
         result, optimizer = train_round(model, tokenizer, examples, cfg, device=device, anchor=anchor,
                                         optimizer_state=opt_state, rank=rank, world_size=world_size,
-                                        wrap=wrap, bar=bar)
+                                        wrap=wrap, bar=bar, holdout=holdout)
     if rank != 0:
         return None
     state = result.state(cfg, counts, prev, cfg.model or DEFAULT_MODEL_NAME, workers=world_size,
@@ -490,5 +659,7 @@ def result_from_checkpoint(out: Path) -> TrainResult:
     state = read_trainer_state(str(out))
     r = RoundResult(steps=state["steps"], examples=state["examples"], epochs=state["epochs"],
                     seconds=state["seconds"], first_loss=state["first_loss"], last_loss=state["last_loss"],
-                    losses=state["losses"], resumed_optimizer=state["resumed_optimizer"])
+                    losses=state["losses"], resumed_optimizer=state["resumed_optimizer"],
+                    held_out=state.get("held_out", 0), error_weight=state.get("error_weight", 1.0),
+                    stopping=state.get("stopping"), calibration=state.get("calibration"))
     return TrainResult(LabelCounts(**state["counts"]), r, out, state["round"])

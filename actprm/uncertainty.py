@@ -75,31 +75,34 @@ def predicted_first_error(mean, threshold: float = 0.5) -> int:
     return int(below[0]) if below.size else -1
 
 
-def last_relevant_step(mean) -> int:
-    """E: the predicted first error, or the last step if none (-1 for no steps)."""
-    first = predicted_first_error(mean)
+def last_relevant_step(mean, threshold: float = 0.5) -> int:
+    """E: the predicted first error (at `threshold`), or the last step if none (-1 for no steps)."""
+    first = predicted_first_error(mean, threshold)
     return first if first >= 0 else len(mean) - 1
 
 
 # --------------------------------------------------------------------------- ActPRM rule
 def certain_steps(mean, std, delta_pred: float = DEFAULT_DELTA_PRED,
-                  delta_std: float = DEFAULT_DELTA_STD) -> np.ndarray:
-    """Boolean mask: ``std <= delta_std`` and (``mean >= delta_pred`` or ``mean <= 1 - delta_pred``)."""
+                  delta_std: float = DEFAULT_DELTA_STD, threshold: float = 0.5) -> np.ndarray:
+    """Boolean mask: ``std <= delta_std`` and the step's prediction at `threshold` is right with chance at
+    least `delta_pred` when `mean` is a calibrated chance of being right: ``mean >= max(delta_pred,
+    threshold)`` (predicted right) or ``mean < threshold`` and ``mean <= 1 - delta_pred`` (predicted wrong).
+    At threshold 0.5 this is the paper's ``mean >= delta_pred or mean <= 1 - delta_pred``."""
     _check_deltas(delta_pred, delta_std)
     mean, std = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
-    confident = (mean >= delta_pred) | (mean <= 1.0 - delta_pred)
+    confident = (mean >= max(delta_pred, threshold)) | ((mean < threshold) & (mean <= 1.0 - delta_pred))
     return (std <= delta_std) & confident
 
 
 def is_uncertain(mean, std, delta_pred: float = DEFAULT_DELTA_PRED,
-                 delta_std: float = DEFAULT_DELTA_STD) -> bool:
+                 delta_std: float = DEFAULT_DELTA_STD, threshold: float = 0.5) -> bool:
     """ActPRM rule: True iff some step in 0..E is not certain (see module docstring).
 
     Defaults: DEFAULT_DELTA_PRED / DEFAULT_DELTA_STD (0.8 / 0.05, noise-aware); the paper's
     highlighted setting is PAPER_DELTA_PRED / PAPER_DELTA_STD (0.95 / 0.005).
     """
-    certain = certain_steps(mean, std, delta_pred, delta_std)
-    end = last_relevant_step(mean)
+    certain = certain_steps(mean, std, delta_pred, delta_std, threshold)
+    end = last_relevant_step(mean, threshold)
     return bool(not certain[: end + 1].all())
 
 
@@ -182,8 +185,12 @@ def acquisition(name: str, probs, *, reduction: str = "max", traj_id: str | None
 # --------------------------------------------------------------------------- batch
 def summarize(probs_list: Sequence, ids: Sequence[str], *,
               delta_pred: float = DEFAULT_DELTA_PRED, delta_std: float = DEFAULT_DELTA_STD,
-              acquisition: str = "entropy", reduction: str = "max", seed: int = 0) -> dict:
+              acquisition: str = "entropy", reduction: str = "max", seed: int = 0,
+              threshold: float = 0.5, spread_scale: float = 1.0) -> dict:
     """Stats, ActPRM decision and acquisition score for a ragged batch of trajectories.
+
+    `threshold`: a step is predicted wrong iff its mean is below it (the first error and E);
+    `spread_scale`: the rule compares ``std / spread_scale`` with `delta_std` (actprm.calibration).
 
     Returns ``step_mean`` / ``step_std`` (lists of float32 arrays), ``pred_first_error``
     (int32), ``uncertain`` (bool) and ``acquisition`` (float32) arrays, one entry per id.
@@ -198,10 +205,10 @@ def summarize(probs_list: Sequence, ids: Sequence[str], *,
         mean, std = step_stats(p)
         means.append(mean.astype(np.float32))
         stds.append(std.astype(np.float32))
-        first.append(predicted_first_error(mean))
-        uncertain.append(is_uncertain(mean, std, delta_pred, delta_std))
+        first.append(predicted_first_error(mean, threshold))
+        uncertain.append(is_uncertain(mean, std / spread_scale, delta_pred, delta_std, threshold))
         per_step = ACQUISITIONS[acquisition](p, traj_id, seed)
-        scores.append(_reduce(per_step, last_relevant_step(mean), reduction))
+        scores.append(_reduce(per_step, last_relevant_step(mean, threshold), reduction))
     return {
         "step_mean": means,
         "step_std": stds,
@@ -236,15 +243,16 @@ def trajectory_extremes(probs) -> tuple[float, float]:
     return stats_extremes(*step_stats(probs))
 
 
-def stats_extremes(mean, std) -> tuple[float, float]:
-    """(largest σ, smallest confidence max(μ, 1−μ)) over steps 0..E of per-step means and stds: the
+def stats_extremes(mean, std, threshold: float = 0.5) -> tuple[float, float]:
+    """(largest σ, smallest confidence) over steps 0..E of per-step means and stds (confidence: μ for a step
+    predicted right at `threshold`, 1−μ for one predicted wrong; max(μ, 1−μ) at 0.5): the
     trajectory is certain iff largest σ ≤ δ_std and smallest confidence ≥ δ_pred. No steps: (0.0, 1.0),
     always certain."""
     mean, std = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
-    end = last_relevant_step(mean)
+    end = last_relevant_step(mean, threshold)
     if end < 0:
         return 0.0, 1.0
-    conf = np.maximum(mean, 1.0 - mean)[: end + 1]
+    conf = np.where(mean >= threshold, mean, 1.0 - mean)[: end + 1]  # the chance its prediction is right
     return float(std[: end + 1].max()), float(conf.min())
 
 

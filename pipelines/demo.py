@@ -25,12 +25,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from actprm.calibration import rule_constants
 from actprm.config import DemoConfig, GenerateConfig, LoopConfig, dump_config
 from actprm.curves import labels_to_reach
 from actprm.errors import UserError
 from actprm.io.writers import replaced_dir, write_text_atomic
 from actprm.plots import plot_f1_vs_labels, plot_selection_rate, plot_step_stats
 from actprm.progress import JobResult
+from actprm.selection import calibration_of
 from pipelines import generate as generate_job
 from pipelines import loop
 from pipelines.ray_session import init_ray
@@ -106,9 +108,15 @@ def step_stats(run: Path, r: int) -> tuple[np.ndarray, np.ndarray]:
     return flat(means), flat(stds)
 
 
+def f1_of(line: dict) -> float | None:
+    """A round's eval F1 at its checkpoint's decision threshold (at 0.5 for a model without one)."""
+    return line["mean_f1_checkpoint"] if line.get("mean_f1_checkpoint") is not None else line["mean_f1"]
+
+
 def labels_to(lines: list[dict], level: float) -> float | None:
-    """Labels a strategy's run bought to reach eval F1 `level` (linear between rounds; None: never)."""
-    points = [(ln["labels_used"], ln["mean_f1"]) for ln in lines if ln["mean_f1"] is not None]
+    """Labels a strategy's run bought to reach eval F1 `level` at the checkpoints' decision thresholds
+    (linear between rounds; None: never)."""
+    points = [(ln["labels_used"], f1_of(ln)) for ln in lines if f1_of(ln) is not None]
     return labels_to_reach([p[0] for p in points], [p[1] for p in points], level) if points else None
 
 
@@ -120,24 +128,25 @@ def routed(lines: list[dict]) -> list[float]:
 
 def savings_lines(lines: dict[str, list[dict]]) -> list[str]:
     """Per strategy, the labels it bought to reach random's final F1 (and the ratio to random's labels)."""
-    if "random" not in lines or lines["random"][-1]["mean_f1"] is None:
+    if "random" not in lines or f1_of(lines["random"][-1]) is None:
         return []
     base = lines["random"][-1]
     out = []
     for name, ls in lines.items():
         if name == "random":
             continue
-        need = labels_to(ls, base["mean_f1"])
-        target = f"random's final F1 ({base['mean_f1']:.3f}, {base['labels_used']} labels)"
+        need = labels_to(ls, f1_of(base))
+        target = f"random's final F1 ({f1_of(base):.3f}, {base['labels_used']} labels)"
         out.append(f"\n{name} reached {target} with {need:.0f} labels: {base['labels_used'] / need:.1f}x fewer."
                    if need else f"\n{name} did not reach {target}.")
     return out
 
 
 def write_plots(cfg: DemoConfig, out: Path, lines: dict[str, list[dict]], rule: LoopConfig) -> None:
-    f1 = {name: ([ln["labels_used"] for ln in ls if ln["mean_f1"] is not None],
-                 [ln["mean_f1"] for ln in ls if ln["mean_f1"] is not None]) for name, ls in lines.items()}
-    plot_f1_vs_labels(f1, out / PLOTS["f1"], title=f"eval mean F1 against labels ({cfg.eval_rows} eval rows)")
+    f1 = {name: ([ln["labels_used"] for ln in ls if f1_of(ln) is not None],
+                 [f1_of(ln) for ln in ls if f1_of(ln) is not None]) for name, ls in lines.items()}
+    plot_f1_vs_labels(f1, out / PLOTS["f1"], title=f"eval mean F1 against labels ({cfg.eval_rows} eval rows, "
+                      "checkpoint thresholds)")
     scoring = {name: ls for name, ls in lines.items() if any(ln["uncertain_rate"] is not None for ln in ls)}
     rates = {}
     for name, ls in scoring.items():
@@ -154,7 +163,8 @@ def write_plots(cfg: DemoConfig, out: Path, lines: dict[str, list[dict]], rule: 
         for r in sorted({rounds[0], rounds[-1]}):
             stats[f"{name}, round {r} pool"] = step_stats(out / "runs" / name, r)
     if stats:
-        plot_step_stats(stats, out / PLOTS["steps"], rule.delta_pred, rule.delta_std,
+        spread = rule_constants(calibration_of(str(out / "model")) if (out / "model").is_dir() else None)[1]
+        plot_step_stats(stats, out / PLOTS["steps"], rule.delta_pred, rule.delta_std * spread,
                         title="what the model saw when selecting (first and last round)")
 
 
@@ -174,20 +184,25 @@ def write_report(cfg: DemoConfig, out: Path, lines: dict[str, list[dict]], secon
         f"{cfg.model or 'the shipped PRM (actprm/assets/prm)'}, each strategy ran {cfg.rounds} rounds buying "
         f"{cfg.round_labels} labels a round from the annotator `{judge}`. A round scores the unlabelled pool "
         "with the current model (ActPRM only; random needs no scores), selects, annotates, trains one round "
-        f"from the last checkpoint on every label so far (backbone `{t.backbone}`, lr {t.lr:g}, head lr "
-        f"{t.head_lr:g}, {t.epochs} epoch(s), batch {t.batch_size}, error steps weighted {t.error_weight:g}, "
-        f"output bias at the label prior {'on' if t.prior_bias else 'off'}) and evaluates ProcessBench F1 on the "
-        "eval set (threshold 0.5). Round 0 is the starting model."), "",
-        (f"- **actprm**: the ActPRM rule (a trajectory is uncertain if a step up to the predicted first error has "
-         f"its ensemble mean within ({1 - rule.delta_pred:g}, {rule.delta_pred:g}) or its spread over heads above "
-         f"{rule.delta_std:g}); when more are uncertain than the round's budget, the most uncertain by entropy."),
+        f"from the last checkpoint on every label so far (`actprm train`'s recipe: backbone `{t.backbone}`, "
+        f"head lr {t.head_lr:g}, error weight {t.error_weight}, output bias at the label prior "
+        f"{'on' if t.prior_bias else 'off'}, {t.holdout:.0%} of the labels held out to stop training, calibrate "
+        "the heads and choose the decision threshold) and evaluates ProcessBench F1 on the eval set at the "
+        "checkpoint's decision threshold (and at the benchmark's 0.5). Round 0 is the starting model."), "",
+        (f"- **actprm**: the ActPRM rule on calibrated probabilities (a trajectory is uncertain if a step up to the "
+         f"predicted first error is right or wrong with a calibrated chance under {rule.delta_pred:g}, or its heads "
+         f"disagree more than {rule.delta_std:g} times their typical spread); {rule.explore:.0%} of each round's "
+         "labels go to rows drawn at random; when more are uncertain than the round's budget, the most uncertain "
+         "by entropy, and when fewer, the next by entropy."),
         "- **random**: a fixed random order of the pool.", "",
         ("| strategy | labels to F1 " + " | labels to F1 ".join(f"{x:g}" for x in F1_LEVELS)
-         + " | final F1 | share of the unlabelled pool the rule marks uncertain, round 1, 2, ... |"),
-        "|---|" + "---|" * len(F1_LEVELS) + "---|---|",
+         + " | final F1 (checkpoint threshold) | final F1 at 0.5 | share of the unlabelled pool the rule marks "
+           "uncertain, round 1, 2, ... |"),
+        "|---|" + "---|" * len(F1_LEVELS) + "---|---|---|",
         *(f"| {name} | " + " | ".join(_fmt(labels_to(ls, x), ".0f") if labels_to(ls, x) is not None else "not reached"
                                       for x in F1_LEVELS)
-          + f" | {_fmt(ls[-1]['mean_f1'])} | " + (", ".join(f"{r:.0%}" for r in routed(ls)) or "- (not scored)") + " |"
+          + f" | {_fmt(f1_of(ls[-1]))} | {_fmt(ls[-1]['mean_f1'])} | "
+          + (", ".join(f"{r:.0%}" for r in routed(ls)) or "- (not scored)") + " |"
           for name, ls in lines.items()),
         *savings_lines(lines),
         "",
@@ -199,12 +214,13 @@ def write_report(cfg: DemoConfig, out: Path, lines: dict[str, list[dict]], secon
     ]
     for name, ls in lines.items():
         text += [f"## {name}", "",
-                 ("| round | labels | selected | uncertain share | trained on | loss | mean F1 | error_acc | "
-                  "correct_acc | step AUROC | seconds |"),
-                 "|---|---|---|---|---|---|---|---|---|---|---|"]
+                 ("| round | labels | selected | uncertain share | trained on | loss | threshold | mean F1 | "
+                  "F1 at 0.5 | error_acc at 0.5 | correct_acc at 0.5 | step AUROC | seconds |"),
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for ln in ls:
             text.append(f"| {ln['round']} | {ln['labels_used']} | {ln['rows_selected']} | "
                         f"{_fmt(ln['uncertain_rate'], '.1%')} | {ln['trained_on']} | {_fmt(ln['train_loss'])} | "
+                        f"{_fmt(ln.get('decision_threshold'), '.2f')} | {_fmt(f1_of(ln))} | "
                         f"{_fmt(ln['mean_f1'])} | {_fmt(ln['error_acc'])} | {_fmt(ln['correct_acc'])} | "
                         f"{_fmt(ln['step_auroc'])} | {_fmt(ln['seconds'], '.1f')} |")
         text.append("")

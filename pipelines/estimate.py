@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from actprm import uncertainty
 from actprm.checkpoint import load_for_scoring
 from actprm.config import EstimateConfig
 from actprm.errors import UserError
@@ -35,7 +34,12 @@ from actprm.io.writers import StagedOutput
 from actprm.judge.prompt import render_prompt
 from actprm.progress import JobResult
 from actprm.sample import sample_corpus
-from actprm.selection import score_rows
+from actprm.selection import (
+    deltas_for_rate,
+    model_calibration,
+    rule_summary,
+    score_rows,
+)
 
 
 def normal_quantile(confidence: float) -> float:
@@ -111,9 +115,9 @@ def run(cfg: EstimateConfig, progress: bool = True) -> EstimateResult:
         probs, ids = score_rows(cfg, rows, loaded)
         delta_pred, delta_std, calibration = cfg.delta_pred, cfg.delta_std, None
         if cfg.target_rate is not None and probs:
-            calibration = uncertainty.calibrate_deltas(probs, cfg.target_rate)
+            calibration = deltas_for_rate(probs, cfg, model_calibration(loaded[1]))
             delta_pred, delta_std = calibration["delta_pred"], calibration["delta_std"]
-        uncertain = (uncertainty.summarize(probs, ids, delta_pred=delta_pred, delta_std=delta_std)["uncertain"]
+        uncertain = (rule_summary(probs, ids, cfg, model_calibration(loaded[1]), delta_pred, delta_std)["uncertain"]
                      if probs else [])
         chosen = {i for i, u in zip(ids, uncertain) if u}
         k, n, total = len(chosen), len(rows), sample.seen  # rows too long to score count as not selected

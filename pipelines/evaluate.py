@@ -27,10 +27,18 @@ from actprm.errors import UserError
 from actprm.io.readers import iter_batches, known_rows
 from actprm.io.subsets import Subset, resolve_subsets
 from actprm.io.writers import StagedOutput, write_parquet_atomic
-from actprm.metrics import best_threshold, compute_metrics, f1_table, predict_first_error, prediction_row
+from actprm.metrics import (
+    best_threshold,
+    checkpoint_threshold_metrics,
+    compute_metrics,
+    f1_table,
+    predict_first_error,
+    prediction_row,
+)
 from actprm.progress import JobResult, RowCounts, progress_bar
 from actprm.schemas import table_from_rows
 from actprm.scoring import ScoringStats, score_trajectories
+from actprm.selection import model_calibration
 
 PARTS = ["metrics.json", "predictions.parquet"]
 
@@ -51,8 +59,11 @@ class EvaluateResult(JobResult):
         f1 = "n/a" if m["mean_f1"] is None else f"{m['mean_f1']:.3f}"
         n_f1 = sum(s["f1"] is not None for s in m["subsets"].values())
         swept = f" (swept on {m['threshold_from']})" if m["threshold_from"] else ""
+        own = m.get("checkpoint_threshold")
+        mine = "" if own is None else (f"; {'n/a' if own['mean_f1'] is None else format(own['mean_f1'], '.3f')} at "
+                                       f"the checkpoint's threshold {own['threshold']:.2f}")
         return (f"evaluate: mean F1 {f1} over {n_f1} subsets ({m['counts']['rows_evaluated']} items) at threshold "
-                f"{m['threshold']:.2f}{swept} in {m['seconds']:.1f}s -> {self.output}")
+                f"{m['threshold']:.2f}{swept}{mine} in {m['seconds']:.1f}s -> {self.output}")
 
 
 def _score_subset(subset: Subset, cfg: EvaluateConfig, model, tokenizer, device: str, batch_tokens: int,
@@ -110,6 +121,7 @@ def run(cfg: EvaluateConfig, progress: bool = True) -> EvaluateResult:
             r["prediction"] = predict_first_error(r["step_mean"], threshold)
         write_parquet_atomic(table_from_rows(rows, "predictions"), out.path("predictions.parquet"))
         metrics = compute_metrics(rows, names)
+        own = checkpoint_threshold_metrics(rows, names, model_calibration(model))
         for s in subsets:
             metrics["subsets"][s.name] |= {
                 "path": s.path, "rows_read": s.counts.read, "rows_invalid": s.counts.n_errors,
@@ -126,7 +138,7 @@ def run(cfg: EvaluateConfig, progress: bool = True) -> EvaluateResult:
                        "rows_unlabelled": sum(s.unlabelled for s in subsets), "rows_evaluated": len(rows),
                        "rows_truncated": sum(s.truncated for s in subsets),
                        "rows_unscorable": sum(s.unscorable for s in subsets)},
-            "sweep": sweep, "device": device, "seconds": round(seconds, 3), "scoring": stats.as_dict(),
+            "checkpoint_threshold": own, "sweep": sweep, "device": device, "seconds": round(seconds, 3), "scoring": stats.as_dict(),
         }
         out.path("metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return EvaluateResult(metrics, Path(cfg.output))

@@ -75,7 +75,7 @@ from actprm.progress import JobResult
 from actprm.sample import BottomK
 from actprm.schemas import arrow_schema, error_row, row_json, table_from_rows
 from actprm.scoring import score_trajectories
-from actprm.selection import calibrate, calibration_text, join_scores
+from actprm.selection import calibrate, calibration_text, join_scores, model_calibration
 from pipelines.filter_reads import TRANSPORT, read_ids, read_rows, read_task_cpus
 from pipelines.ray_session import check_object_store, init_ray
 
@@ -109,7 +109,8 @@ class PRMScorer:
                                      max_length=self.cfg.max_length, device=self.device,
                                      system_prompt=self.cfg.system_prompt)
         canonical = [{k: r[k] for k in self.trajectory_columns} for r in todo]
-        scored, too_long = join_scores(canonical, results, self.cfg, self.model_name)
+        scored, too_long = join_scores(canonical, results, self.cfg, self.model_name,
+                                       calibration=model_calibration(self.model))
         origin = [{k: r[k] for k in ("_file", "_row_index", "_source_file")} for r in todo]
         ok = [i for i, res in enumerate(results) if res.error is None]
         out = [s | origin[i] for s, i in zip(scored, ok)]

@@ -70,6 +70,7 @@ import torch
 import yaml
 from ray.util import ActorPool
 
+from actprm.calibration import rule_constants
 from actprm.checkpoint import STATE_NAME, load_scoring_model, resolve_device
 from actprm.config import LoopConfig, RuleSettings, dump_config
 from actprm.errors import UserError
@@ -80,6 +81,7 @@ from actprm.features import (
     model_fingerprint,
     score_results,
     train_and_save_cached,
+    train_frozen_and_save,
 )
 from actprm.io.readers import iter_batches, open_corpus
 from actprm.io.subsets import resolve_subsets
@@ -87,13 +89,20 @@ from actprm.io.writers import write_parquet_atomic, write_text_atomic
 from actprm.judge import Annotator, make_annotator
 from actprm.judge.budget import SpendBudget
 from actprm.labels import LabelCounts, labelled_rows_of, read_labelled
-from actprm.metrics import compute_metrics, prediction_row
+from actprm.metrics import checkpoint_threshold_metrics, compute_metrics, prediction_row
 from actprm.model import default_prm_path
 from actprm.outcome import OutcomeAnnotator
 from actprm.progress import JobResult, progress_bar
 from actprm.schemas import table_from_rows
 from actprm.scoring import default_batch_tokens, score_trajectories
-from actprm.selection import SCORING_STRATEGIES, join_scores, recalibrate, select_rows
+from actprm.selection import (
+    SCORING_STRATEGIES,
+    calibration_of,
+    join_scores,
+    model_calibration,
+    recalibrate,
+    select_rows,
+)
 from actprm.trainer import NothingToTrain, result_from_checkpoint, train_and_save
 from actprm.uncertainty import ACQUISITIONS
 from pipelines.ray_session import init_ray
@@ -141,7 +150,8 @@ class ScoringActor:
                                      [r["steps"] for r in rows], batch_tokens=self.batch_tokens,
                                      max_length=self.max_length, device=self.device,
                                      system_prompt=self.system_prompt)
-        scored, too_long = join_scores([{"id": r["id"]} for r in rows], results, selection, model or "")
+        scored, too_long = join_scores([{"id": r["id"]} for r in rows], results, selection, model or "",
+                                       calibration=model_calibration(self.model))
         return scored + [{"id": rows[i]["id"], "error": reason} for i, reason in too_long]
 
 
@@ -240,7 +250,8 @@ class HeadCache:
             load_heads(self.heads, model or self.start or default_prm_path())
             self.loaded = model
         results = score_results(self.heads, self.inputs[part], [str(r["id"]) for r in rows])
-        scored, too_long = join_scores([{"id": r["id"]} for r in rows], results, selection, model or "")
+        scored, too_long = join_scores([{"id": r["id"]} for r in rows], results, selection, model or "",
+                                       calibration=self.heads.calibration)
         if bar is not None:
             bar.update(len(rows))
         return {r["id"]: r for r in scored + [{"id": rows[i]["id"], "error": why} for i, why in too_long]}
@@ -436,7 +447,9 @@ class Loop:
         """target_rate: δ_pred/δ_std for about that share of these (round 1's) rows uncertain, recorded in
         state.json (before the selection is written, so a resumed round 1 selects with them) and held for
         every later round."""
-        record = recalibrate(list(scores.values()), self.cfg.target_rate)
+        threshold, spread = rule_constants(calibration_of(self.model_after(0)), self.cfg.decision_threshold,
+                                           self.cfg.spread_scale)
+        record = recalibrate(list(scores.values()), self.cfg.target_rate, threshold, spread)
         if record is not None:
             self.state["calibration"] = record
             self.run.write_state(self.state)
@@ -479,7 +492,7 @@ class Loop:
                 scores = self.scorer.score(candidates, self.model_after(r - 1), self.selection_cfg, bar, self.implicit)
             if self.cfg.target_rate is not None and not self.state.get("calibration"):
                 self.calibrate(scores)
-        rows = select_rows(self.cfg.strategy, candidates, scores, budget, self.cfg.seed, r)
+        rows = select_rows(self.cfg.strategy, candidates, scores, budget, self.cfg.seed, r, self.cfg.explore)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_parquet_atomic(table_from_rows(rows, "loop_selection"), path)
         self.step_done(r, "select", time.perf_counter() - start)
@@ -523,6 +536,8 @@ class Loop:
         try:
             if self.cache is not None:
                 train_and_save_cached(tcfg, rows, counts, self.cache.inputs["pool"])
+            elif tcfg.objective == "actprm" and tcfg.backbone == "frozen":
+                train_frozen_and_save(tcfg, rows, counts, self.device, progress=self.progress)
             else:
                 train_and_save(tcfg, rows, counts, self.device, progress=self.progress)
         except NothingToTrain:
@@ -546,6 +561,7 @@ class Loop:
                                         s["n_scored_steps"] if ok else 0, self.cfg.threshold))
         metrics = compute_metrics(preds, self.eval_names) | {"threshold": self.cfg.threshold, "model": model,
                                                              "rows": len(preds)}
+        metrics["checkpoint_threshold"] = checkpoint_threshold_metrics(preds, self.eval_names, calibration_of(model))
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(json.dumps(metrics, indent=2) + "\n", path)
         self.step_done(r, "evaluate", time.perf_counter() - start)
@@ -578,7 +594,9 @@ class Loop:
             values = [s[key] for s in (m or {}).get("subsets", {}).values() if s[key] is not None]
             return float(np.mean(values)) if values else None
 
-        line.update(mean_f1=m["mean_f1"] if m else None, error_acc=mean_of("error_acc"),
+        own = (m or {}).get("checkpoint_threshold") or {}
+        line.update(mean_f1=m["mean_f1"] if m else None, mean_f1_checkpoint=own.get("mean_f1"),
+                    decision_threshold=own.get("threshold"), error_acc=mean_of("error_acc"),
                     correct_acc=mean_of("correct_acc"), step_auroc=m["step_auroc"] if m else None,
                     checkpoint=self.model_after(r), seconds=self.round_seconds(r))
         table_from_rows([line], "loop_metrics")  # the line has the documented types

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from actprm.calibration import rule_constants
 from actprm.checkpoint import load_for_scoring
 from actprm.config import ScoreConfig
 from actprm.errors import UserError
@@ -31,19 +32,28 @@ from actprm.precision import model_dtype
 from actprm.progress import JobResult, RowCounts, progress_bar
 from actprm.schemas import error_row
 from actprm.scoring import ScoringStats, score_trajectories
-from actprm.selection import apply_budget, calibrate, calibration_text, join_scores
+from actprm.selection import (
+    apply_budget,
+    calibrate,
+    calibration_text,
+    join_scores,
+    model_calibration,
+)
 
 PARTS = ["scored", "errors", "summary.json", "selection.png"]
 PLOT_MAX_STEPS = 50_000  # steps kept for the plot (the first ones scored)
 
 
-def scored_rows(batch: Batch, results: list, cfg: ScoreConfig, model_name: str) -> tuple[list[dict], list[dict]]:
-    """Join a batch's valid rows with their scores: (scored rows, error rows for unscorable ones).
+def scored_rows(batch: Batch, results: list, cfg: ScoreConfig, model_name: str, calibration: dict | None = None
+                ) -> tuple[list[dict], list[dict]]:
+    """Join a batch's valid rows with their scores: (scored rows, error rows for unscorable ones);
+    `calibration`: the model's record (its decision threshold and spread scale).
 
     An unscorable row (its first step alone does not fit the model) goes to errors with
     its canonical row as `row_json`.
     """
-    out, too_long = join_scores(batch.valid, results, cfg, model_name, by_rule=cfg.selection == "threshold")
+    out, too_long = join_scores(batch.valid, results, cfg, model_name, by_rule=cfg.selection == "threshold",
+                                calibration=calibration)
     errors = [error_row(batch.source_file, batch.valid_index[i], batch.valid[i]["id"], reason, batch.valid[i])
               for i, reason in too_long]
     return out, errors
@@ -91,7 +101,7 @@ def run(cfg: ScoreConfig, progress: bool = True) -> ScoreJobResult:
                     model, tokenizer, [r["problem"] for r in batch.valid], [r["steps"] for r in batch.valid],
                     batch_tokens=batch_tokens, max_length=cfg.max_length, device=device, stats=stats,
                     system_prompt=cfg.system_prompt)
-                rows, too_long = scored_rows(batch, results, cfg, model_name)
+                rows, too_long = scored_rows(batch, results, cfg, model_name, model_calibration(model))
                 scored.add_rows(rows)
                 errors.add_rows(batch.errors + too_long)
                 counts.read += batch.n_read
@@ -124,6 +134,8 @@ def run(cfg: ScoreConfig, progress: bool = True) -> ScoreJobResult:
         out.path("summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if n_scored:
             plot_selection(np.array(plot["mean"]), np.array(plot["std"]), np.array(plot["acq"]),
-                           np.array(plot["unc"], dtype=bool), cfg.delta_pred, cfg.delta_std,
+                           np.array(plot["unc"], dtype=bool), cfg.delta_pred,
+                           cfg.delta_std * rule_constants(model_calibration(model), cfg.decision_threshold,
+                                                          cfg.spread_scale)[1],
                            out.path("selection.png"), title=f"{model_name}: {n_uncertain}/{n_scored} uncertain")
     return ScoreJobResult(counts, n_scored, n_uncertain, n_selected, stats, seconds, Path(cfg.output), calibration)

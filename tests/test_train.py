@@ -24,9 +24,10 @@ from actprm.trainer import actprm_loss, anchor_penalty
 from actprm.world.arith import Generator
 from pipelines.train import run as run_train
 
-# small and fast: heads plus the top decoder layer, high learning rates, few rows
+# small and fast: heads plus the top decoder layer, high learning rates, few rows, fixed passes (nothing
+# held out; the held-out recipe has its own tests in tests/test_calibration.py)
 FAST = dict(backbone="top", top_layers=1, lr=1e-3, head_lr=1e-2, batch_size=16, warmup_steps=2, threads=2,
-            device="cpu", epochs=2)
+            device="cpu", epochs=2, holdout=0.0)
 
 
 def test_step_targets_follow_the_rule():
@@ -195,9 +196,10 @@ def test_cli_train_and_user_errors(world, tmp_path, capsys):
     d, _ = world
     out = tmp_path / "cli"
     assert main(["train", "--trajectories", str(d / "traj.parquet"), "--annotations", str(d / "true"),
-                 "--output", str(out), "--backbone", "frozen", "--epochs", "1", "--no-progress"]) == 0
+                 "--output", str(out), "--no-progress"]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith("train: round 1, 160 labelled trajectories") and str(out) in line
+    assert "held out (best pass" in line and "decision threshold" in line
     assert main(["train", "--trajectories", str(d / "traj.parquet"), "--output", str(tmp_path / "x")]) == 2
     assert "--annotations" in capsys.readouterr().err
     assert main(["train", "--trajectories", str(d / "traj.parquet"), "--annotations", str(d / "true"),
