@@ -410,7 +410,7 @@ class HeadRun:
 _PARAMS = ("W1", "b1", "W2", "b2", "W3", "b3")
 
 
-def train_heads_cached_many(runs: list[HeadRun], cache: HeadInputs, cfg, *, error_weight: float = 1.0,
+def train_heads_cached_many(runs: list[HeadRun], cache: HeadInputs, cfg, *, error_weight: float | None = None,
                             feature_dropout: float = 0.0, bootstrap: bool = False) -> None:
     """:func:`train_heads_cached` for several independent learners in lockstep, as one stacked op per step.
 
@@ -423,12 +423,19 @@ def train_heads_cached_many(runs: list[HeadRun], cache: HeadInputs, cfg, *, erro
     """
     if not runs:
         return
+    cfg = with_epochs(cfg, False)
     n = {len(r.examples) for r in runs}
     steps_before = {int(r.optimizer_state["heads.W1::step"].item()) if r.optimizer_state else 0 for r in runs}
     if len(n) != 1 or len(steps_before) != 1:
         raise ValueError("runs trained together need the same number of examples and optimizer steps")
     R, K = len(runs), runs[0].heads.n_heads
     F_, D = runs[0].heads.hidden_size, runs[0].heads.head_hidden
+    # as train_heads_cached: each run's own error weight (cfg.error_weight unless given) and prior-bias start
+    weights = [error_weight if error_weight is not None else resolve_error_weight(cfg, [e.targets for e in r.examples])
+               for r in runs]
+    if not runs[0].optimizer_state and getattr(cfg, "prior_bias", False):
+        for r in runs:
+            set_prior_bias(r.heads, [e.targets for e in r.examples])
 
     stacked = EnsembleHeads(F_, R * K, D, init=False)
     with torch.no_grad():
@@ -477,7 +484,7 @@ def train_heads_cached_many(runs: list[HeadRun], cache: HeadInputs, cfg, *, erro
         optimizer.zero_grad(set_to_none=True)
         values = torch.zeros(R)
         for a in range(cfg.grad_accum):
-            loss_r = _stacked_loss(stacked, per, step * cfg.grad_accum + a, R, K, cfg, anchor, error_weight,
+            loss_r = _stacked_loss(stacked, per, step * cfg.grad_accum + a, R, K, cfg, anchor, weights,
                                    feature_dropout)
             (loss_r.sum() / cfg.grad_accum).backward()
             values += loss_r.detach() / cfg.grad_accum
@@ -507,7 +514,7 @@ def _length_batches(lengths, batch_size, rng):
     return length_batches(lengths, batch_size, rng)
 
 
-def _stacked_loss(stacked, per, j: int, R: int, K: int, cfg, anchor, error_weight: float,
+def _stacked_loss(stacked, per, j: int, R: int, K: int, cfg, anchor, error_weight: list[float],
                   feature_dropout: float) -> torch.Tensor:
     """(R,) the runs' losses on their j-th micro-batches (padded to one length, pads untrained)."""
     xs, tgs, trs, rws = [], [], [], []
@@ -532,8 +539,8 @@ def _stacked_loss(stacked, per, j: int, R: int, K: int, cfg, anchor, error_weigh
         x[r, :s] = xs[r]
         tg[r, :s] = tgs[r]
         step_w = trs[r].float()
-        if error_weight != 1.0:
-            step_w = step_w * torch.where(tgs[r] < 0.5, error_weight, 1.0)
+        if error_weight[r] != 1.0:
+            step_w = step_w * torch.where(tgs[r] < 0.5, error_weight[r], 1.0)
         w[r, :, :s] = rws[r] * step_w.unsqueeze(0)
     W1 = stacked.W1.view(R, K, Fdim, -1)
     D = W1.shape[-1]

@@ -134,7 +134,7 @@ def run_world(args, world: str, strategies: list[str], seeds: list[int]) -> None
     N = len(pool)
     base_cfg = TrainConfig(backbone="frozen", head_lr=args.head_lr, epochs=args.epochs, batch_size=16,
                            warmup_steps=5, anchor_lambda=0.0, learning_probability=args.learning_probability,
-                           device="cpu")
+                           device="cpu", prior_bias=False, holdout=0.0)  # the study's fixed recipe
     done = {(r["strategy"], r["seed"]) for r in read_results(args.results)
             if r["world"] == world and r["variant"] == args.variant and r["pool_rows"] == N
             and r["budget_pct"] == max(args.budgets)}
@@ -253,7 +253,8 @@ def run_stream(args, world: str, seeds: list[int]) -> None:
                 if opt_state is None and args.prior_bias:
                     set_bias_to_prior(heads, float(np.mean([t for e in examples for t in e.targets if t is not None])))
                 cfg = TrainConfig(backbone="frozen", head_lr=args.head_lr, epochs=args.epochs, batch_size=16,
-                                  warmup_steps=5, anchor_lambda=0.0, device="cpu", seed=seed * 1000 + c)
+                                  warmup_steps=5, anchor_lambda=0.0, device="cpu", seed=seed * 1000 + c,
+                                  prior_bias=False, holdout=0.0, error_weight=args.error_weight)
                 runs = [HeadRun(heads, examples, anchor, seed * 1000 + c, opt_state)]
                 train_heads_cached_many(runs, pool, cfg, error_weight=args.error_weight)
                 opt_state = runs[0].optimizer_state

@@ -194,7 +194,11 @@ def fmt(m: float, h: float) -> str:
 
 
 def report(args) -> str:
-    rows = [r for r in read_results(args.results) if r["pool_rows"] == args.pool_rows]
+    latest: dict[tuple, dict] = {}  # a rerun's line supersedes an interrupted run's
+    for r in read_results(args.results):
+        if r["pool_rows"] == args.pool_rows and (r["strategy"] == "random" or r["budget_pct"] <= args.strategy_max):
+            latest[(r["world"], r["strategy"], r["seed"], r["budget_pct"])] = r
+    rows = list(latest.values())
     out = []
     for world in [w for w in args.world if any(r["world"] == w for r in rows)]:
         mine = [r for r in rows if r["world"] == world]

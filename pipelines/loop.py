@@ -584,7 +584,7 @@ class Loop:
                 line["selection_rate"] = line["rows_selected"] / len(sel["selected"])
             if (self.run.checkpoint(r) / STATE_NAME).is_file():
                 t = result_from_checkpoint(self.run.checkpoint(r)).round
-                line.update(trained_on=t.examples, train_steps=t.steps,
+                line.update(trained_on=t.examples + t.held_out, train_steps=t.steps,
                             train_loss=None if np.isnan(t.last_loss) else t.last_loss)
         line.update(labels_used=totals.labels_used, labels=totals.labels, judge_calls=totals.judge_calls,
                     judge_tokens=totals.judge_tokens, judge_usd=round(totals.judge_usd, 6))

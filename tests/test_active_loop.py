@@ -27,7 +27,8 @@ from actprm.world.arith import Generator
 ray = pytest.importorskip("ray")
 
 from actprm.labels import labelled_rows_of
-from actprm.selection import select_rows
+from actprm.calibration import rule_constants
+from actprm.selection import calibration_of, select_rows
 from pipelines import loop as active_loop
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,16 +218,16 @@ def test_stream_mode_trains_only_on_the_rows_it_selected(world, tmp_path, scorer
     labelled = pq.read_table(run / "labelled" / "round-002" / "labelled.parquet").column("id").to_pylist()
     assert sorted(labelled) == chunk2
     trainer = json.loads((run / "checkpoints" / "round-002" / "trainer_state.json").read_text())
-    assert trainer["examples"] == 10 and trainer["counts"]["labelled"] == 10  # the chunk's own labels only
-    # the chunk's 10 are the most uncertain by entropy among its 40
+    assert trainer["examples"] + trainer["held_out"] == 10 and trainer["counts"]["labelled"] == 10  # its own only
+    # of the chunk's 10, 9 are the most uncertain by entropy among its 40 and 1 (explore: 10%) is drawn at random
     sel = pq.read_table(run / "labelled" / "round-002" / "selection.parquet").to_pylist()
-    taken = min(r["acquisition"] for r in sel if r["selected"])
-    assert all(r["acquisition"] <= taken for r in sel if not r["selected"])
+    top = sorted(sel, key=lambda r: (-r["acquisition"], r["id"]))[:9]
+    assert all(r["selected"] for r in top)
 
 
 def test_target_rate_calibrates_the_rule_on_the_first_chunk_and_holds_it(world, tmp_path, scorers):
     run = tmp_path / "run"
-    cfg = loop_cfg(world, run, mode="stream", chunk_rows=40, rounds=2, target_rate=0.25)
+    cfg = loop_cfg(world, run, mode="stream", chunk_rows=40, rounds=2, target_rate=0.25, explore=0.0)
     active_loop.run(cfg, progress=False, annotator=CountingAnnotator(), pool=scorers)
     calibration = json.loads((run / "state.json").read_text())["calibration"]
     assert calibration["target_rate"] == 0.25 and calibration["n"] == 40
@@ -235,10 +236,13 @@ def test_target_rate_calibrates_the_rule_on_the_first_chunk_and_holds_it(world, 
     got = lines(run)
     assert abs(got[1]["rows_selected"] / 40 - 0.25) <= 0.05  # about the target on the chunk it was chosen on
 
-    def check(r: int) -> None:  # every row of the chunk: selected iff uncertain under the held deltas
+    def check(r: int) -> None:  # every row of the chunk: selected iff uncertain under the held deltas, read
+        # with the threshold and spread scale of the model that scored it
+        model = run / "checkpoints" / f"round-{r - 1:03d}" if r > 1 else world / "tiny"
+        threshold, spread = rule_constants(calibration_of(str(model)))
         for row in pq.read_table(run / "labelled" / f"round-{r:03d}" / "selection.parquet").to_pylist():
             assert row["selected"] == row["uncertain"] == uncertainty.is_uncertain(
-                row["step_mean"], row["step_std"], *deltas), (r, row["id"])
+                row["step_mean"], np.array(row["step_std"]) / spread, *deltas, threshold), (r, row["id"])
 
     check(1)
     check(2)

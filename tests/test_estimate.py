@@ -13,6 +13,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from actprm import uncertainty
+from actprm.calibration import NOMINAL_SPREAD
 from actprm.cli import main
 from actprm.judge.prompt import render_prompt
 from actprm.model import default_prm_path
@@ -44,22 +45,23 @@ def corpus(tmp_path_factory):
 
 
 def true_selected(scored, delta_pred, delta_std) -> int:
+    """The rule on the scored rows; the PRM was never calibrated, so delta_std is in NOMINAL_SPREAD units."""
     rows = pq.read_table(scored / "scored", columns=["step_mean", "step_std"]).to_pylist()
-    return sum(uncertainty.is_uncertain(np.array(r["step_mean"]), np.array(r["step_std"]), delta_pred, delta_std)
-               for r in rows)
+    return sum(uncertainty.is_uncertain(np.array(r["step_mean"]), np.array(r["step_std"]) / NOMINAL_SPREAD,
+                                        delta_pred, delta_std) for r in rows)
 
 
 def test_estimate_projects_within_its_interval_of_the_real_count(corpus, tmp_path, capsys):
     data, model, scored = corpus
     out = tmp_path / "est"
     assert main(["estimate", "--input", str(data), "--model", str(model), "--sample", "300", "--threads", "1",
-                 "--delta-pred", "0.9", "--delta-std", "0.05", "--price-in", "2", "--price-out", "8",
+                 "--delta-pred", "0.9", "--delta-std", "4", "--price-in", "2", "--price-out", "8",
                  "--mean-output-tokens", "1000", "--output", str(out), "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "selection rate:" in text and "judge requests:" in text and "estimate.json" in text
     report = json.loads((out / "estimate.json").read_text())
     p = report["projection"]
-    real = true_selected(scored, 0.9, 0.05)
+    real = true_selected(scored, 0.9, 4)
     assert 0.15 * N_ROWS < real < 0.85 * N_ROWS  # the test means something: neither none nor all
     assert report["rows_valid"] == N_ROWS and report["sample_scored"] == 300
     assert p["rows_selected_low"] <= real <= p["rows_selected_high"]

@@ -123,11 +123,22 @@ def test_many_runs_in_lockstep_equal_each_run_alone(prm, rows):
 
     model, tok = prm
     cache = extract_head_inputs(model, tok, rows[:40])
+    # weights compared exactly with a fixed error weight and no prior bias: AdamW turns float noise in a gradient
+    # near zero into a full step, and the balanced weight makes more of them (its losses are compared below)
     cfg = TrainConfig(dtype="float32", backbone="frozen", head_lr=1e-2, epochs=2, batch_size=8, warmup_steps=2,
-                      learning_probability=0.7, anchor_lambda=0.3, grad_clip=0.05)  # clipping is active
+                      learning_probability=0.7, anchor_lambda=0.3, grad_clip=0.05,  # clipping is active
+                      error_weight=1.0, prior_bias=False)
     anchor = {k: v.detach().clone() for k, v in model.heads.state_dict().items()}
     labels = [r["first_error_step"] for r in rows[:40]]
     picks = [list(range(0, 30)), list(range(10, 40)), list(range(5, 35))]  # three learners, own rows
+    balanced = cfg.model_copy(update={"error_weight": "balanced", "prior_bias": True})
+    many = [HeadRun(copy.deepcopy(model.heads), cached_examples(cache, idx, [labels[i] for i in idx]), anchor, seed=s)
+            for s, idx in enumerate(picks)]
+    train_heads_cached_many(many, cache, balanced)
+    for s, run in enumerate(many):  # each run its own balanced weight and prior-bias start, as alone
+        res, _ = train_heads_cached(copy.deepcopy(model.heads), cache, run.examples,
+                                    balanced.model_copy(update={"seed": s}), anchor=anchor)
+        np.testing.assert_allclose(run.result.losses, res.losses, atol=1e-4)
     runs, alone = [], []
     for seed, idx in enumerate(picks):
         ex = cached_examples(cache, idx, [labels[i] for i in idx])

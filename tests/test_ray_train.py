@@ -28,7 +28,12 @@ def test_two_workers_train_and_write_a_loadable_checkpoint(tmp_path, local_ray):
     result = recipe.run(cfg, progress=False)
     state = json.loads((tmp_path / "ckpt" / "trainer_state.json").read_text())
     assert state["workers"] == 2
-    assert result.round.examples == 96 and result.round.steps == 3 * 6  # 48 examples per worker, batches of 8
+    # a fifth held out (the stopping rule on every worker, the calibration on rank 0); at most 3 passes of
+    # batches of 8 over each worker's half of the rest
+    held = result.round.held_out
+    assert 10 < held < 30 and result.round.examples + held == 96 and state["calibration"] is not None
+    assert 1 <= result.round.epochs <= 3
+    assert result.round.steps == result.round.epochs * (result.round.examples // 2 // 8)
     assert result.round.last_loss < result.round.first_loss
     model, _ = load_prm(tmp_path / "ckpt")
     assert model.n_heads == 8
