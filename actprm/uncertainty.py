@@ -28,11 +28,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-#: actprm's defaults: they allow for the judge's noise. Heads trained on labels that are wrong on a share ε
-#: of steps settle near 1 − ε on a correct step, so a δ_pred of 0.95 marks every step of an 18%-wrong
-#: judge's corpus uncertain forever; 0.8 allows ε up to ~0.2 (raise it toward 1 − ε for a cleaner judge).
-#: Heads trained on the same rows keep a spread of 0.01-0.05 where they agree, so δ_std 0.005 does the same.
-#: README "The default deltas", where the routed share these give is measured round by round.
+#: The rule's defaults on a model without a calibration record (absolute units). A calibrated checkpoint reads
+#: δ_pred as a calibrated chance and δ_std in units of its spread scale (actprm.calibration; README "The rule
+#: and its calibration"). Heads trained on labels wrong on a share ε of steps settle near 1 − ε on a correct
+#: step, so read raw, a δ_pred of 0.95 marks every step of an 18%-wrong judge's corpus uncertain.
 DEFAULT_DELTA_PRED = 0.8
 DEFAULT_DELTA_STD = 0.05
 #: The ActivePRM paper's highlighted setting (its code's defaults were 0.9 / 0.01), for labels near-clean.

@@ -55,7 +55,7 @@ class DemoResult(JobResult):
         parts = []
         for name, lines in self.lines.items():
             last = lines[-1]
-            f1 = "-" if last["mean_f1"] is None else f"{last['mean_f1']:.3f}"
+            f1 = "-" if f1_of(last) is None else f"{f1_of(last):.3f}"
             reach = labels_to(lines, F1_LEVELS[-1])
             to = "" if reach is None else f", F1 {F1_LEVELS[-1]:g} at {reach:.0f}"
             parts.append(f"{name} F1 {f1} with {last['labels_used']} labels{to}")
