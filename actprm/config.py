@@ -483,9 +483,11 @@ class LoopConfig(ReadSettings, ScorerSettings, RuleSettings, EvalSettings, RaySe
     overwrite: bool = Field(False, description="start the run directory over")
     strategy: Strategy = Field("actprm", description="actprm: the rule (ranked by --acquisition past the "  # type: ignore[valid-type]
                                "budget); an acquisition name: its top-k; random: a seeded random order; full: all")
-    explore: float = Field(0.1, ge=0.0, lt=1.0, description="strategy actprm: share of each round's labels "
-                           "drawn at random from the rows the rule calls certain, so a model confidently wrong "
-                           "still gets the labels that correct it (stream: at least one row per chunk)")
+    explore: float = Field(0.1, ge=0.0, lt=1.0, description="strategy actprm: when the rule marks fewer rows "
+                           "than the round's budget, up to this share of the budget goes to rows drawn at random "
+                           "among those it calls certain (the rest by acquisition), so a model confidently wrong "
+                           "still gets the labels that correct it; stream: this share beside the rule's rows, at "
+                           "least one per chunk")
     round_labels: list[int] = Field(default_factory=lambda: [200],
                                     description="rounds: labels bought per round; the last value repeats")
     score_sample: int | None = Field(None, gt=0, description="rounds: score this many unlabelled rows per round")

@@ -165,26 +165,26 @@ def recalibrate(scores: list[dict[str, Any]], target_rate: float, threshold: flo
 
 def actprm_selection(ids: list[str], ok: np.ndarray, uncertain: np.ndarray, acq: np.ndarray, budget: int | None,
                      explore: float, seed: int) -> np.ndarray:
-    """The `actprm` strategy's mask. With a budget: `ceil(explore * budget)` rows at random (by a seeded hash of
-    the id) and the rest by the rule, ranked by acquisition when it marks more; when it marks fewer, the
-    remainder goes to the next rows by acquisition, so the budget is spent. Without one (stream): the rows the
-    rule marks plus an `explore` share of the labels at random (at least one row). The random share guards
-    against confident mistakes: a model sure that every step is right still gets the labels that correct it."""
+    """The `actprm` strategy's mask. With a budget: the rows the rule marks, ranked by acquisition when they
+    are more than the budget; when they are fewer, the rule has run dry, and the rest of the budget is spent:
+    up to `ceil(explore * budget)` rows drawn at random (a seeded hash of the id) among those it calls
+    certain, the remainder by acquisition. Without one (stream): the rows the rule marks plus an `explore`
+    share of the labels at random (at least one row). The random rows guard against confident mistakes: a
+    model sure that every step is right still gets the labels that correct it."""
     n = len(ids)
     mask = ok & uncertain
     if budget is not None:
         budget = min(budget, n)
-        n_explore = min(budget, math.ceil(explore * budget)) if explore > 0 else 0
-        by_rule = budget - n_explore
-        if mask.sum() > by_rule:
-            mask &= uncertainty.select_budget(ids, np.where(mask, acq, np.nan), by_rule)
-        elif mask.sum() < by_rule:
-            fill = uncertainty.select_budget(ids, np.where(ok & ~mask, acq, np.nan), int(by_rule - mask.sum()))
-            mask |= fill & ok
+        if mask.sum() >= budget:
+            return mask & uncertainty.select_budget(ids, np.where(mask, acq, np.nan), budget)
+        short = int(budget - mask.sum())
+        n_explore = min(short, math.ceil(explore * budget)) if explore > 0 else 0
+        fill = uncertainty.select_budget(ids, np.where(ok & ~mask, acq, np.nan), short - n_explore)
+        mask |= fill & ok
     else:
         n_explore = math.ceil(explore / (1 - explore) * mask.sum()) if 0 < explore < 1 else 0
         n_explore = max(n_explore, 1 if explore > 0 else 0)
-    rest = ~mask
+    rest = ok & ~mask
     if n_explore and rest.any():
         keys = np.array([uncertainty.random_score(i, seed) if r else np.nan for i, r in zip(ids, rest)])
         mask |= uncertainty.select_budget(ids, keys, n_explore) & rest

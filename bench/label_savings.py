@@ -49,6 +49,9 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "label_savings.jsonl"
 BUDGETS = [0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 40, 50, 70, 100]
 STRATEGIES = ["actprm", "actprm-paper", "entropy", "bald", "random"]
+#: ablations run on request (--strategies): the default rule without its exploration share, and with a random
+#: 10% of every budget whether or not the rule runs dry
+ABLATIONS = ["actprm-explore0", "actprm-explore10"]
 RARE_WORLDS = ("arith-hard", "arith-rare")
 
 
@@ -103,10 +106,20 @@ class Learner:
             return unc[np.argsort(-st["entropy"][unc], kind="stable")[:k]]
         st, rule = self.rule()
         self.last_share = float(st["uncertain"][cand].mean())
-        if self.strategy == "actprm":
+        if self.strategy in ("actprm", "actprm-explore0"):
+            ids = [self.pool.ids[i] for i in cand]
+            explore = rule["explore"] if self.strategy == "actprm" else 0.0
+            mask = actprm_selection(ids, np.ones(len(cand), dtype=bool), st["uncertain"][cand], st["entropy"][cand],
+                                    k, explore, self.seed * 7919 + round_index)
+            return cand[mask]
+        if self.strategy == "actprm-explore10":  # ceil(10%) of every budget at random, the rest by the rule + fill
+            n_explore = math.ceil(0.1 * k)
             ids = [self.pool.ids[i] for i in cand]
             mask = actprm_selection(ids, np.ones(len(cand), dtype=bool), st["uncertain"][cand], st["entropy"][cand],
-                                    k, rule["explore"], self.seed * 7919 + round_index)
+                                    k - n_explore, 0.0, 0)
+            rest = np.flatnonzero(~mask)
+            keys = np.array([uncertainty.random_score(ids[i], self.seed * 7919 + round_index) for i in rest])
+            mask[rest[np.argsort(-keys, kind="stable")[:n_explore]]] = True
             return cand[mask]
         return cand[np.argsort(-st[self.strategy][cand], kind="stable")[:k]]
 
@@ -202,7 +215,7 @@ def report(args) -> str:
     out = []
     for world in [w for w in args.world if any(r["world"] == w for r in rows)]:
         mine = [r for r in rows if r["world"] == world]
-        strategies = [s for s in STRATEGIES if any(r["strategy"] == s for r in mine)]
+        strategies = [s for s in STRATEGIES + ABLATIONS if any(r["strategy"] == s for r in mine)]
         budgets = sorted({r["budget_pct"] for r in mine})
         err_share = float(np.mean([r["true_error_rows"] / r["labels"] for r in mine
                                    if r["strategy"] == "random" and r["budget_pct"] == 100])) if any(
@@ -289,7 +302,7 @@ def plot(rows: list[dict], args) -> None:
     worlds = [w for w in args.world if any(r["world"] == w for r in rows)]
     fig, axes = plt.subplots(1, len(worlds), figsize=(5.2 * len(worlds), 4.2), squeeze=False)
     for ax, world in zip(axes[0], worlds):
-        for s in STRATEGIES:
+        for s in STRATEGIES + ABLATIONS:
             c = curves(rows, world, s)
             if not c:
                 continue
@@ -313,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("mode", choices=["run", "report"])
     p.add_argument("--world", nargs="+", default=["arith", "arith-hard", "arith-rare", "arith-mid"])
-    p.add_argument("--strategies", nargs="+", default=STRATEGIES, choices=STRATEGIES)
+    p.add_argument("--strategies", nargs="+", default=STRATEGIES, choices=STRATEGIES + ABLATIONS)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--budgets", type=float, nargs="+", default=BUDGETS)
     p.add_argument("--strategy-max", type=float, default=50.0, help="budgets above: only the random learners")

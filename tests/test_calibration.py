@@ -162,6 +162,17 @@ def test_exploration_reaches_a_model_that_is_confidently_wrong():
     some[:90] = True
     m = actprm_selection(ids, ok, some, acq, None, 0.1, seed=3)
     assert m[:90].all() and m.sum() == 100
+    # while the rule marks at least the budget, nothing is drawn at random: the top of its rows by acquisition
+    many = np.zeros(n, dtype=bool)
+    many[:200] = True
+    m = actprm_selection(ids, ok, many, acq, 100, 0.1, seed=3)
+    assert m.sum() == 100 and not m[200:].any() and m[100:200].all()  # acq rises with the index
+    # five short of the budget: those five at random among the certain rows
+    few = np.zeros(n, dtype=bool)
+    few[:95] = True
+    m = actprm_selection(ids, ok, few, acq, 100, 0.1, seed=3)
+    assert m[:95].all() and m.sum() == 100
+    assert set(np.flatnonzero(m[95:]) + 95) != set(range(995, 1000))  # not the acquisition's top
     # the loop's selection rows carry it
     scores = {i: {"acquisition": float(a), "uncertain": False, "error": None} for i, a in zip(ids, acq)}
     rows = select_rows("actprm", [{"id": i} for i in ids], scores, 100, 0, 1, explore=0.1)
