@@ -191,9 +191,9 @@ def write_report(cfg: DemoConfig, out: Path, lines: dict[str, list[dict]], secon
         "checkpoint's decision threshold (and at the benchmark's 0.5). Round 0 is the starting model."), "",
         (f"- **actprm**: the ActPRM rule on calibrated probabilities (a trajectory is uncertain if a step up to the "
          f"predicted first error is right or wrong with a calibrated chance under {rule.delta_pred:g}, or its heads "
-         f"disagree more than {rule.delta_std:g} times their typical spread); {rule.explore:.0%} of each round's "
-         "labels go to rows drawn at random; when more are uncertain than the round's budget, the most uncertain "
-         "by entropy, and when fewer, the next by entropy."),
+         f"disagree more than {rule.delta_std:g} times their typical spread); when more are uncertain than the "
+         "round's budget, the most uncertain by entropy; when fewer, the rest of the budget goes up to "
+         f"{rule.explore:.0%} of it to rows drawn at random and the remainder by entropy."),
         "- **random**: a fixed random order of the pool.", "",
         ("| strategy | labels to F1 " + " | labels to F1 ".join(f"{x:g}" for x in F1_LEVELS)
          + " | final F1 (checkpoint threshold) | final F1 at 0.5 | share of the unlabelled pool the rule marks "
