@@ -49,6 +49,7 @@ import ray
 import torch
 
 from actprm import hygiene
+from actprm.calibration import rule_constants
 from actprm.checkpoint import DEFAULT_MODEL_NAME, load_for_scoring, load_scoring_model
 from actprm.config import FilterConfig
 from actprm.errors import UserError
@@ -75,7 +76,13 @@ from actprm.progress import JobResult
 from actprm.sample import BottomK
 from actprm.schemas import arrow_schema, error_row, row_json, table_from_rows
 from actprm.scoring import score_trajectories
-from actprm.selection import calibrate, calibration_text, join_scores, model_calibration
+from actprm.selection import (
+    calibrate,
+    calibration_of,
+    calibration_text,
+    join_scores,
+    model_calibration,
+)
 from pipelines.filter_reads import TRANSPORT, read_ids, read_rows, read_task_cpus
 from pipelines.ray_session import check_object_store, init_ray
 
@@ -373,6 +380,8 @@ def run(cfg: FilterConfig, progress: bool = True) -> FilterResult:
         "errors_by_kind": dict(errors.most_common()),
         "selection_rate": totals["selected"] / totals["scored"] if totals["scored"] else 0.0,
         "delta_pred": cfg.delta_pred, "delta_std": cfg.delta_std, "calibration": calibration,
+        **dict(zip(("decision_threshold", "spread_scale"),
+                   rule_constants(calibration_of(cfg.model), cfg.decision_threshold, cfg.spread_scale))),
         "hygiene": {"dedup": cfg.dedup, "near_dedup": cfg.near_dedup, "decontaminate": eval_paths,
                     "removed": {k: errors[k] for k in HYGIENE_KINDS if errors[k]}},
         "model": cfg.model or DEFAULT_MODEL_NAME, "files_done_earlier": len(sources) - len(pending),

@@ -126,6 +126,8 @@ def run(cfg: ScoreConfig, progress: bool = True) -> ScoreJobResult:
             "files": [str(s.path) for s in sources], **counts.as_dict(), "rows_scored": n_scored,
             "rows_uncertain": n_uncertain, "rows_selected": n_selected,
             "selection_rate": n_selected / n_scored if n_scored else 0.0,
+            **dict(zip(("decision_threshold", "spread_scale"),
+                       rule_constants(model_calibration(model), cfg.decision_threshold, cfg.spread_scale))),
             "delta_pred": cfg.delta_pred, "delta_std": cfg.delta_std, "calibration": calibration,
             "model": model_name, "device": device, "dtype": model_dtype(model), "seconds": round(seconds, 3),
             "rows_per_second": counts.read / seconds if seconds else 0.0,

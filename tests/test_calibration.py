@@ -222,6 +222,8 @@ def test_evaluate_and_score_use_the_checkpoints_threshold(trained, tmp_path, cap
     assert f"the checkpoint's threshold {record['threshold']:.2f}" in line
     assert main(["score", "--input", str(d / "traj.parquet"), "--model", str(d / "model"),
                  "--output", str(tmp_path / "sc"), "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "sc" / "summary.json").read_text())
+    assert summary["decision_threshold"] == record["threshold"] and summary["spread_scale"] == record["spread_scale"]
     scored = pq.read_table(tmp_path / "sc" / "scored").to_pylist()
     for r in scored[:50]:
         assert r["pred_first_error"] == uncertainty.predicted_first_error(np.array(r["step_mean"]), record["threshold"])
