@@ -121,8 +121,12 @@ def calibration_record(probs: Sequence[np.ndarray], targets: Sequence[Sequence[f
     stds = np.concatenate([uncertainty.step_stats(c)[1] for c in cal if len(c)]) if cal else np.zeros(0)
     spread = float(np.median(stds)) if stds.size else NOMINAL_SPREAD
     threshold = choose_threshold([uncertainty.step_stats(c)[0] for c in cal], truth)
-    return {"scale": scale, "shift": shift, "spread_scale": max(spread, 1e-6), "threshold": threshold,
-            "held_out_rows": len(probs), "held_out_steps": len(y)}
+    record = {"scale": scale, "shift": shift, "spread_scale": max(spread, 1e-6), "threshold": threshold,
+              "held_out_rows": len(probs), "held_out_steps": len(y)}
+    try:
+        return check_record(record)
+    except ValueError:  # a fit that did not converge to finite numbers: the heads stay uncalibrated
+        return None
 
 
 def check_record(record) -> dict | None:

@@ -430,6 +430,8 @@ def train_heads_cached_many(runs: list[HeadRun], cache: HeadInputs, cfg, *, erro
         raise ValueError("runs trained together need the same number of examples and optimizer steps")
     R, K = len(runs), runs[0].heads.n_heads
     F_, D = runs[0].heads.hidden_size, runs[0].heads.head_hidden
+    for r in runs:  # trained on the raw logits, as train_heads_cached; their old calibration no longer applies
+        r.heads.calibration = None
     # as train_heads_cached: each run's own error weight (cfg.error_weight unless given) and prior-bias start
     weights = [error_weight if error_weight is not None else resolve_error_weight(cfg, [e.targets for e in r.examples])
                for r in runs]

@@ -164,16 +164,17 @@ def recalibrate(scores: list[dict[str, Any]], target_rate: float, threshold: flo
 
 
 def actprm_selection(ids: list[str], ok: np.ndarray, uncertain: np.ndarray, acq: np.ndarray, budget: int | None,
-                     explore: float, seed: int) -> np.ndarray:
+                     explore: float, seed: int, *, fill: bool = True) -> np.ndarray:
     """The `actprm` strategy's mask. With a budget: the rows the rule marks, ranked by acquisition when they
     are more than the budget; when they are fewer, the rule has run dry, and the rest of the budget is spent:
     up to `ceil(explore * budget)` rows drawn at random (a seeded hash of the id) among those it calls
-    certain, the remainder by acquisition. Without one (stream): the rows the rule marks plus an `explore`
-    share of the labels at random (at least one row). The random rows guard against confident mistakes: a
-    model sure that every step is right still gets the labels that correct it."""
+    certain, the remainder by acquisition. With `fill` off (stream) or no budget: the rows the rule marks plus
+    an `explore` share of the labels at random (at least one row), the budget only a cap (by acquisition).
+    The random rows guard against confident mistakes: a model sure that every step is right still gets the
+    labels that correct it."""
     n = len(ids)
     mask = ok & uncertain
-    if budget is not None:
+    if budget is not None and fill:
         budget = min(budget, n)
         if mask.sum() >= budget:
             return mask & uncertainty.select_budget(ids, np.where(mask, acq, np.nan), budget)
@@ -188,13 +189,16 @@ def actprm_selection(ids: list[str], ok: np.ndarray, uncertain: np.ndarray, acq:
     if n_explore and rest.any():
         keys = np.array([uncertainty.random_score(i, seed) if r else np.nan for i, r in zip(ids, rest)])
         mask |= uncertainty.select_budget(ids, keys, n_explore) & rest
+    if budget is not None and mask.sum() > budget:  # a cap (stream: what is left of the label budget)
+        mask &= uncertainty.select_budget(ids, np.where(mask, acq, np.nan), budget)
     return mask
 
 
 def select_rows(strategy: str, candidates: list[dict], scores: dict[str, dict], budget: int | None, seed: int,
-                round_index: int, explore: float = 0.0) -> list[dict]:
+                round_index: int, explore: float = 0.0, fill: bool = True) -> list[dict]:
     """Selection rows (loop_selection schema) of the candidates; `budget` None = no cap (stream, actprm);
-    `explore`: the actprm strategy's random share (actprm_selection)."""
+    `explore`, `fill`: the actprm strategy's random share and whether it spends the whole budget (rounds)
+    or takes it as a cap (stream) (actprm_selection)."""
     ids = [r["id"] for r in candidates]
     if strategy in SCORING_STRATEGIES:
         s = [scores[i] for i in ids]
@@ -202,7 +206,7 @@ def select_rows(strategy: str, candidates: list[dict], scores: dict[str, dict], 
         acq = np.array([r["acquisition"] if r.get("error") is None else np.nan for r in s], dtype=np.float64)
         if strategy == "actprm":
             mask = actprm_selection(ids, ok, np.array([bool(r.get("uncertain")) for r in s]), acq, budget, explore,
-                                    seed * 7919 + round_index)
+                                    seed * 7919 + round_index, fill=fill)
         else:
             mask = uncertainty.select_budget(ids, np.where(ok, acq, np.nan), budget if budget is not None else len(ids))
             mask &= ok

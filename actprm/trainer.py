@@ -235,11 +235,20 @@ class EarlyStopping:
         self.losses.append(round(value, 5))
         if value < self.best - 1e-5:
             self.best, self.best_epoch, self.bad = value, epoch, 0
-            params = {n: p.detach().clone() for n, p in self.module.named_parameters() if p.requires_grad}
-            self.snapshot = (params, copy.deepcopy(self.optimizer.state_dict()))
+            # on the CPU: a full backbone's weights and moments would double its device memory
+            params = {n: p.detach().cpu().clone() for n, p in self.module.named_parameters() if p.requires_grad}
+            state = self.optimizer.state_dict()
+            moments = {k: {n: (v.detach().cpu().clone() if torch.is_tensor(v) else v) for n, v in st.items()}
+                       for k, st in state["state"].items()}
+            self.snapshot = (params, {"state": moments, "param_groups": copy.deepcopy(state["param_groups"])})
         else:
             self.bad += 1
-        return self.bad >= self.patience
+        stop = self.bad >= self.patience
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # Ray Train: rank 0 decides
+            flag = torch.tensor([int(stop)], device=next(self.module.parameters()).device)
+            torch.distributed.broadcast(flag, 0)
+            stop = bool(flag.item())
+        return stop
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -249,8 +258,8 @@ class EarlyStopping:
         params, opt = self.snapshot
         named = dict(self.module.named_parameters())
         for n, v in params.items():
-            named[n].copy_(v)
-        self.optimizer.load_state_dict(opt)
+            named[n].copy_(v.to(named[n].device))
+        self.optimizer.load_state_dict(opt)  # moves the moments to their parameters' devices
 
     def record(self) -> dict[str, Any]:
         return {"held_out_losses": self.losses, "best_epoch": self.best_epoch,

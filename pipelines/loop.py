@@ -37,8 +37,8 @@ by a model that has moved on), annotations are never requested twice, a finished
 not retrained. metrics.jsonl is rebuilt from those files after every round. The loop stops on
 `rounds`, `label_budget` (rows sent to the annotator; the last round is cut to fit exactly),
 `dollar_budget` (a SpendBudget checked before every judge request: a request it cannot pay for is not
-sent, its row fails `budget exhausted`, and the loop stops after that round), an exhausted pool or corpus, or a round in which the
-rule finds nothing uncertain. A rerun with more rounds or a bigger budget continues the run.
+sent, its row fails `budget exhausted`, and the loop stops after that round), an exhausted pool or corpus, or a round that
+selects nothing (the actprm strategy spends its budget even where the rule runs dry). A rerun with more rounds or a bigger budget continues the run.
 
 With `train.backbone: frozen` (rounds mode, the ensemble), nothing the backbone computes changes
 between rounds: the actors run it once over the pool and the eval set, and every round scores, trains
@@ -428,6 +428,7 @@ class Loop:
         self.scorer: ScoringPool | HeadCache = pool  # the cache, once built (execute)
         # the strategy's acquisition ranks (entropy, bald, ...); the rule ranks by cfg.acquisition
         self.selection_cfg = RuleSettings(delta_pred=cfg.delta_pred, delta_std=cfg.delta_std,
+                                          decision_threshold=cfg.decision_threshold, spread_scale=cfg.spread_scale,
                                           acquisition=cfg.strategy if cfg.strategy in ACQUISITIONS else cfg.acquisition,
                                           reduction=cfg.reduction, seed=cfg.seed)
         self.implicit = cfg.implicit_settings()  # None: the ensemble scorer
@@ -492,7 +493,8 @@ class Loop:
                 scores = self.scorer.score(candidates, self.model_after(r - 1), self.selection_cfg, bar, self.implicit)
             if self.cfg.target_rate is not None and not self.state.get("calibration"):
                 self.calibrate(scores)
-        rows = select_rows(self.cfg.strategy, candidates, scores, budget, self.cfg.seed, r, self.cfg.explore)
+        rows = select_rows(self.cfg.strategy, candidates, scores, budget, self.cfg.seed, r, self.cfg.explore,
+                           fill=self.cfg.mode == "rounds")
         path.parent.mkdir(parents=True, exist_ok=True)
         write_parquet_atomic(table_from_rows(rows, "loop_selection"), path)
         self.step_done(r, "select", time.perf_counter() - start)
@@ -669,7 +671,7 @@ class Loop:
             line = self.run_round(r, candidates, rows_by_id, totals)
             self._show(bar, line)
             if cfg.strategy == "actprm" and not sampled and line["rows_selected"] == 0:
-                return r, "the rule found nothing uncertain"
+                return r, "nothing left to select"
 
     def stream(self, totals: Totals, done: int, bar) -> tuple[int, str]:
         """One pass over the corpus in chunks, from chunk `done` + 1; (last chunk, why it stopped)."""

@@ -173,6 +173,12 @@ def test_exploration_reaches_a_model_that_is_confidently_wrong():
     m = actprm_selection(ids, ok, few, acq, 100, 0.1, seed=3)
     assert m[:95].all() and m.sum() == 100
     assert set(np.flatnonzero(m[95:]) + 95) != set(range(995, 1000))  # not the acquisition's top
+    # stream: what is left of the label budget is a cap, not a target
+    three = np.zeros(n, dtype=bool)
+    three[[5, 50, 500]] = True
+    assert actprm_selection(ids, ok, three, acq, 5000, 0.1, seed=3, fill=False).sum() == 4
+    capped = actprm_selection(ids, ok, three, acq, 2, 0.1, seed=3, fill=False)
+    assert capped.sum() == 2 and capped[500]  # the cap keeps the top by acquisition
     # the loop's selection rows carry it
     scores = {i: {"acquisition": float(a), "uncertain": False, "error": None} for i, a in zip(ids, acq)}
     rows = select_rows("actprm", [{"id": i} for i in ids], scores, 100, 0, 1, explore=0.1)
