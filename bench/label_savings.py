@@ -5,6 +5,7 @@ per-seed ratios with 95% intervals.
     python -m bench.selection_lab extract --world configs/worlds/arith-rare.yaml    # once per world (20k + 1k)
     python -m bench.label_savings run --world arith arith-hard arith-rare arith-mid --seeds 0 1 2 3 4
     python -m bench.label_savings report [--plot bench/results/label_savings.png]
+    python -m bench.label_savings summary          # the savings ratios, one line per world
 
 Per (world, strategy, seed) a learner starts from the shipped PRM's heads and buys labels in rounds up to
 each cumulative budget (percent of the 20,000-row pool): the strategy picks the round's rows among the
@@ -207,11 +208,7 @@ def fmt(m: float, h: float) -> str:
 
 
 def report(args) -> str:
-    latest: dict[tuple, dict] = {}  # a rerun's line supersedes an interrupted run's
-    for r in read_results(args.results):
-        if r["pool_rows"] == args.pool_rows and (r["strategy"] == "random" or r["budget_pct"] <= args.strategy_max):
-            latest[(r["world"], r["strategy"], r["seed"], r["budget_pct"])] = r
-    rows = list(latest.values())
+    rows = latest_rows(args)  # a rerun's line supersedes an interrupted run's
     out = []
     for world in [w for w in args.world if any(r["world"] == w for r in rows)]:
         mine = [r for r in rows if r["world"] == world]
@@ -295,6 +292,50 @@ def report(args) -> str:
     return text
 
 
+def latest_rows(args) -> list[dict]:
+    latest: dict[tuple, dict] = {}
+    for r in read_results(args.results):
+        if r["pool_rows"] == args.pool_rows and (r["strategy"] == "random" or r["budget_pct"] <= args.strategy_max):
+            latest[(r["world"], r["strategy"], r["seed"], r["budget_pct"])] = r
+    return list(latest.values())
+
+
+def seed_ratios(mine: list[dict], world: str, strategy: str, target: float) -> list[float | None]:
+    rc, sc = curves(mine, world, "random"), curves(mine, world, strategy)
+    out = []
+    for seed in sorted(set(rc) & set(sc)):
+        a = labels_to_reach(*rc[seed], target, log=True)
+        b = labels_to_reach(*sc[seed], target, log=True)
+        out.append(None if a is None or b is None else a / b)
+    return out
+
+
+def summary(args) -> None:
+    """One table: per world, the full-pool F1 and each strategy's savings ratio at 90% of it (per seed mean ±
+    95% half-width, geometric mean, seeds reaching it within --strategy-max)."""
+    rows = latest_rows(args)
+    shown = [s for s in args.strategies if s != "random"]
+    print("| world | rows with a mistake | full-pool F1 (random, 100%) | " + " | ".join(shown) + " |")
+    print("|---|---|---|" + "---|" * len(shown))
+    for world in args.world:
+        mine = [r for r in rows if r["world"] == world]
+        full = [r["f1"] for r in mine if r["strategy"] == "random" and r["budget_pct"] == 100]
+        if not full:
+            continue
+        err = np.mean([r["true_error_rows"] / r["labels"] for r in mine
+                       if r["strategy"] == "random" and r["budget_pct"] == 100])
+        cells = []
+        for s in shown:
+            ratios = seed_ratios(mine, world, s, 0.9 * float(np.mean(full)))
+            ok = [v for v in ratios if v is not None]
+            if not ok:
+                cells.append(f"not reached (0/{len(ratios)})")
+                continue
+            m, h = mean_interval(ok)
+            cells.append(f"{fmt(m, h)} (geo {np.exp(np.mean(np.log(ok))):.2f}; {len(ok)}/{len(ratios)})")
+        print(f"| {world} | {err:.0%} | {fmt(*mean_interval(full))} ({len(full)}) | " + " | ".join(cells) + " |")
+
+
 def plot(rows: list[dict], args) -> None:
     from actprm.plots import pyplot, save_figure
 
@@ -324,7 +365,7 @@ def plot(rows: list[dict], args) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["run", "report"])
+    p.add_argument("mode", choices=["run", "report", "summary"])
     p.add_argument("--world", nargs="+", default=["arith", "arith-hard", "arith-rare", "arith-mid"])
     p.add_argument("--strategies", nargs="+", default=STRATEGIES, choices=STRATEGIES + ABLATIONS)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -338,7 +379,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--plot", default=str(REPO / "bench" / "results" / "label_savings.png"))
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
-    {"run": run, "report": report}[args.mode](args)
+    {"run": run, "report": report, "summary": summary}[args.mode](args)
 
 
 if __name__ == "__main__":
