@@ -398,8 +398,9 @@ class TrainConfig(ImplicitSettings, RaySettings):
     top_layers: int = Field(2, gt=0, description="with backbone: top, the decoder layers trained")
     lr: float = Field(2e-4, gt=0, description="backbone learning rate")
     head_lr: float | None = Field(1e-2, gt=0, description="head learning rate (null: lr)")
-    epochs: int | None = Field(None, gt=0, description="passes over the labelled rows (null: actprm: until the "
-                               "held-out loss stops falling, at most 50 (8 with --holdout 0); implicit: 1)")
+    epochs: int | None = Field(None, gt=0, description="passes over the labelled rows at most: the held-out "
+                               "stopping rule may end the round sooner (null: 50 for actprm, 8 with --holdout 0; "
+                               "implicit: 1)")
     holdout: float = Field(0.2, ge=0.0, lt=1.0, description="actprm: share of the labelled rows (by id hash, "
                            "the same rows every round) held out to stop training, calibrate the heads and "
                            "choose the checkpoint's decision threshold; 0: none of these")

@@ -341,9 +341,13 @@ def plot(rows: list[dict], args) -> None:
 
     plt = pyplot()
     worlds = [w for w in args.world if any(r["world"] == w for r in rows)]
-    fig, axes = plt.subplots(1, len(worlds), figsize=(5.2 * len(worlds), 4.2), squeeze=False)
-    for ax, world in zip(axes[0], worlds):
-        for s in STRATEGIES + ABLATIONS:
+    cols = 2 if len(worlds) > 2 else len(worlds)
+    nrows = -(-len(worlds) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(6.4 * cols, 4.4 * nrows), squeeze=False)
+    for ax in axes.flat[len(worlds):]:
+        ax.axis("off")
+    for ax, world in zip(axes.flat, worlds):
+        for s in STRATEGIES:  # the ablations are in the report's tables
             c = curves(rows, world, s)
             if not c:
                 continue
