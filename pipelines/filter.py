@@ -274,7 +274,7 @@ def default_actors(cfg: FilterConfig) -> tuple[int, float, float]:
     # one actor per CPU, one torch thread each, their reservations summing to 90% of CPUs - 1 so that a CPU
     # stays for read tasks: Ray Data (2.60) schedules from a little under the cluster's CPUs, so the 10%
     # keeps actors and reads clear of that edge (with 4 MiB blocks, exactly CPUs - 1 also ran both actors,
-    # within noise of this: BENCHMARKS.md, "Corpus scale", session 10)
+    # within noise of this: BENCHMARKS.md, "Corpus scale")
     actors = cfg.actors or max(1, int(cpus))
     return actors, ACTOR_SHARE * max(cpus - 1, 0.5) / actors, 0.0
 
