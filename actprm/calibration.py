@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from actprm import uncertainty
+from actprm.metrics import processbench_scores
 
 #: δ_std's unit for a model no actprm round calibrated (the shipped PRM, an imported one): chosen so that the
 #: default δ_std keeps its earlier absolute meaning there (4 x 0.0125 = 0.05).
@@ -78,15 +79,13 @@ def relative_spread(std, spread_scale: float | None) -> np.ndarray:
 
 
 def processbench_f1(truth: Sequence[int], pred: Sequence[int]) -> float:
-    """Harmonic mean of the accuracy on rows with an error (the first error found exactly) and on rows
-    without (no error predicted): ProcessBench's F1 (actprm.metrics has the full report)."""
-    truth, pred = np.asarray(truth), np.asarray(pred)
-    err, ok = truth >= 0, truth < 0
-    acc_e = float((pred[err] == truth[err]).mean()) if err.any() else float("nan")
-    acc_c = float((pred[ok] == -1).mean()) if ok.any() else float("nan")
-    if math.isnan(acc_e) or math.isnan(acc_c):
-        return acc_c if math.isnan(acc_e) else acc_e
-    return 0.0 if acc_e + acc_c == 0 else 2 * acc_e * acc_c / (acc_e + acc_c)
+    """ProcessBench's F1 (actprm.metrics.processbench_scores); where the rows hold only one kind (all with an
+    error, or none), that kind's accuracy; nan for no rows."""
+    s = processbench_scores(truth, pred)
+    for value in (s["f1"], s["error_acc"], s["correct_acc"]):
+        if value is not None:
+            return value
+    return float("nan")
 
 
 def choose_threshold(means: Sequence[np.ndarray], truth: Sequence[int], grid=THRESHOLD_GRID) -> float:

@@ -52,7 +52,6 @@ from actprm.trainer import (
     TrainResult,
     actprm_loss,
     anchor_penalty,
-    calibrate_heads,
     length_batches,
     linear_schedule,
     resolve_error_weight,
@@ -379,9 +378,7 @@ def train_heads_cached(heads, cache: HeadInputs, examples: list[CachedExample], 
                                  cfg.patience)
     run_epochs(holder, optimizer, cfg, lengths, cfg.batch_size, rng, loss_of, result, after_epoch=stopping)
     if stopping is not None:
-        stopping.restore()
-        result.stopping = stopping.record()
-        result.calibration = calibrate_heads(heads, stopping.logits_of(), [e.targets for e in holdout])
+        stopping.finish(result, heads)
     heads.eval()
     return result, optimizer_state_dict(holder, optimizer)
 
@@ -597,22 +594,26 @@ def train_frozen_and_save(cfg, rows: list[dict[str, Any]], counts: LabelCounts, 
     """`train_and_save` for the ActPRM objective with `backbone: frozen`, in-process: the backbone runs once
     over the labelled rows on `device` (extract_head_inputs), then every pass trains the heads on those
     inputs on the CPU."""
-    model, tokenizer, *_ = load_checkpoint(cfg.model, device)
+    loaded = load_checkpoint(cfg.model, device)
+    model, tokenizer = loaded[:2]
     with precision.autocast(cfg, device):
         cache = extract_head_inputs(model, tokenizer, rows, max_length=cfg.max_length, device=device,
                                     system_prompt=cfg.system_prompt, progress=progress)
-    del model
-    return train_and_save_cached(cfg, rows, counts, cache)
+    model.to("cpu")  # the heads train on the CPU, beside the cached inputs
+    return train_and_save_cached(cfg, rows, counts, cache, loaded=loaded)
 
 
-def train_and_save_cached(cfg, rows: list[dict[str, Any]], counts: LabelCounts, cache: HeadInputs) -> TrainResult:
+def train_and_save_cached(cfg, rows: list[dict[str, Any]], counts: LabelCounts, cache: HeadInputs, *,
+                          loaded: tuple | None = None) -> TrainResult:
     """`actprm.trainer.train_and_save` for the ActPRM objective with `backbone: frozen`, on cached inputs:
-    load `cfg.model`, train its heads one round on the labelled `rows` (labelled schema, each in the cache),
-    save the checkpoint to `cfg.output` exactly as the uncached round does. Raises NothingToTrain."""
-    model, tokenizer, anchor, opt_state, prev = load_checkpoint(cfg.model, torch.device("cpu"))
-    fp = model_fingerprint(model, cfg.max_length)
-    if fp != cache.fingerprint:
-        raise ValueError(f"head inputs cached for model {cache.fingerprint}, not {cfg.model} ({fp})")
+    load `cfg.model` (or take `loaded`, its load_checkpoint whose backbone made `cache`), train its heads one
+    round on the labelled `rows` (labelled schema, each in the cache), save the checkpoint to `cfg.output`
+    exactly as the uncached round does. Raises NothingToTrain."""
+    model, tokenizer, anchor, opt_state, prev = loaded or load_checkpoint(cfg.model, torch.device("cpu"))
+    if loaded is None:
+        fp = model_fingerprint(model, cfg.max_length)
+        if fp != cache.fingerprint:
+            raise ValueError(f"head inputs cached for model {cache.fingerprint}, not {cfg.model} ({fp})")
     train_rows, held_rows = split_holdout(rows, cfg.holdout)
     examples = _examples_of(cache, train_rows, counts)
     holdout = _examples_of(cache, held_rows, counts)

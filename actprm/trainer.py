@@ -215,6 +215,7 @@ class EarlyStopping:
                  logits_of: Callable[[], list[torch.Tensor]], targets: Sequence[Sequence[float | None]],
                  error_weight: float, patience: int):
         self.module, self.optimizer, self.logits_of, self.patience = module, optimizer, logits_of, patience
+        self.raw_targets = targets
         self.targets = [torch.tensor([0.0 if t is None else t for t in ts]) for ts in targets]
         self.trained = [torch.tensor([t is not None for t in ts]) for ts in targets]
         self.error_weight = error_weight
@@ -264,6 +265,14 @@ class EarlyStopping:
     def record(self) -> dict[str, Any]:
         return {"held_out_losses": self.losses, "best_epoch": self.best_epoch,
                 "held_out_loss": None if self.snapshot is None else round(self.best, 5)}
+
+    def finish(self, result: RoundResult, heads: torch.nn.Module | None) -> None:
+        """After the last pass: the best pass back, its record in `result`, and `heads` (None: not this rank)
+        calibrated on the held-out rows."""
+        self.restore()
+        result.stopping = self.record()
+        if heads is not None:
+            result.calibration = calibrate_heads(heads, self.logits_of(), self.raw_targets)
 
 
 def calibrate_heads(heads: torch.nn.Module, logits: list[torch.Tensor],
@@ -419,10 +428,7 @@ def train_round(model, tokenizer, examples: list[Example], cfg: TrainConfig, *, 
     run_epochs(model, optimizer, cfg, lengths, cfg.batch_size, rng, loss_of, result, bar=bar, on_step=on_step,
                after_epoch=stopping)
     if stopping is not None:
-        stopping.restore()
-        result.stopping = stopping.record()
-        if rank == 0:
-            result.calibration = calibrate_heads(heads, stopping.logits_of(), [e.targets for e in holdout])
+        stopping.finish(result, heads if rank == 0 else None)
         model.eval()
     return result, optimizer
 

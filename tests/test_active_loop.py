@@ -26,8 +26,8 @@ from actprm.world.arith import Generator
 
 ray = pytest.importorskip("ray")
 
-from actprm.labels import labelled_rows_of
 from actprm.calibration import rule_constants
+from actprm.labels import labelled_rows_of
 from actprm.selection import calibration_of, select_rows
 from pipelines import loop as active_loop
 

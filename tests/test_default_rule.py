@@ -10,7 +10,12 @@ import torch
 
 from actprm import calibration, uncertainty
 from actprm.config import LoopConfig, RuleSettings, TrainConfig
-from actprm.features import cached_examples, extract_head_inputs, score_cached, train_heads_cached
+from actprm.features import (
+    cached_examples,
+    extract_head_inputs,
+    score_cached,
+    train_heads_cached,
+)
 from actprm.judge.verifier import VerifierAnnotator
 from actprm.model import default_prm_path, load_prm
 from actprm.trainer import split_holdout
