@@ -7,6 +7,8 @@ training round adds its optimizer moments, the anchor heads and `trainer_state.j
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import json
 from pathlib import Path
 from typing import Any
@@ -113,11 +115,13 @@ def load_checkpoint(path: str | None, device: torch.device):
 
 
 def save_checkpoint(out: Path, model, tokenizer, optimizer, anchor: dict[str, torch.Tensor],
-                    state: dict[str, Any], *, optimizer_state: dict[str, torch.Tensor] | None = None) -> None:
+                    state: dict[str, Any], *, optimizer_state: dict[str, torch.Tensor] | None = None,
+                    extra: Callable[[Path], None] | None = None) -> None:
     """Write the checkpoint beside `out`, then move it into place (a killed run leaves no half checkpoint).
 
     The optimizer's moments come from `optimizer`, or ready-made (`optimizer_state`, keyed as the file).
-    Whether `out` may be replaced is decided before training (check_train_paths).
+    `extra(staging)` writes more files into it (the one pass's state). Whether `out` may be replaced is
+    decided before training (check_train_paths).
     """
     with replaced_dir(out) as staging:
         model.save_pretrained(staging, tokenizer=tokenizer)
@@ -125,6 +129,8 @@ def save_checkpoint(out: Path, model, tokenizer, optimizer, anchor: dict[str, to
         save_file(moments, str(staging / OPTIMIZER_NAME))
         save_file({k: v.detach().cpu().contiguous() for k, v in anchor.items()}, str(staging / ANCHOR_NAME))
         (staging / STATE_NAME).write_text(json.dumps(state, indent=2) + "\n")
+        if extra is not None:
+            extra(staging)
 
 
 def read_optimizer_state(path: str | None) -> dict[str, torch.Tensor] | None:

@@ -492,7 +492,17 @@ class LoopConfig(ReadSettings, ScorerSettings, RuleSettings, EvalSettings, RaySe
     round_labels: list[int] = Field(default_factory=lambda: [200],
                                     description="rounds: labels bought per round; the last value repeats")
     score_sample: int | None = Field(None, gt=0, description="rounds: score this many unlabelled rows per round")
-    chunk_rows: int = Field(1000, gt=0, description="stream: corpus rows per chunk")
+    chunk_rows: int = Field(1000, gt=0, description="stream: corpus rows per chunk (the unit the run directory "
+                            "keeps: selection, annotations, checkpoint, eval)")
+    stream_batch: int = Field(64, gt=0, description="stream: rows per mini-batch of the pass; each is scored by the "
+                              "current heads, its selection labelled and trained on before the next")
+    replay: int = Field(4096, ge=0, description="stream: labelled rows kept for replay (a uniform reservoir of "
+                        "every label so far; 0: train on each batch's own labels only)")
+    replay_rows: int = Field(256, ge=0, description="stream: earlier labels replayed in each optimizer step")
+    steps_per_batch: int = Field(4, gt=0, description="stream: optimizer steps per mini-batch")
+    calibrate_every: int = Field(5, gt=0, description="stream: recalibrate the heads every N mini-batches on the "
+                                 "last `calibration_window` labels, each scored before it was trained on")
+    calibration_window: int = Field(2000, gt=0, description="stream: labelled rows the calibration reads")
     rounds: int | None = Field(None, gt=0, description="stop after this many rounds (stream: chunks)")
     label_budget: int | None = Field(None, ge=0, description="stop when this many rows went to the annotator")
     dollar_budget: float | None = Field(None, ge=0, description="US dollars the judge may be paid in all: checked "
@@ -515,28 +525,57 @@ class LoopConfig(ReadSettings, ScorerSettings, RuleSettings, EvalSettings, RaySe
         """The annotator's settings; a path is read as a judge YAML (keys other than the judge's are ignored)."""
         return judge_settings(self.judge)
 
+    def pass_settings(self, total_batches: int, *, strategy: str | None = None, seed: int | None = None):
+        """The stream mode's one-pass settings (actprm.onepass.PassSettings) for a pass of `total_batches`
+        mini-batches: these fields and the `train:` recipe's learning rate, warm-up, error weight, prior bias,
+        anchor, learning probability and clip."""
+        from actprm.onepass import PassSettings
+
+        t = self.train
+        return PassSettings(
+            total_batches=total_batches, strategy=strategy or self.strategy, head_lr=t.head_lr or t.lr,
+            warmup_batches=t.warmup_steps, steps_per_batch=self.steps_per_batch, replay=self.replay,
+            replay_rows=self.replay_rows, window=self.calibration_window, calibrate_every=self.calibrate_every,
+            explore=self.explore, delta_pred=self.delta_pred, delta_std=self.delta_std,
+            decision_threshold=self.decision_threshold, spread_scale=self.spread_scale,
+            acquisition=self.acquisition, error_weight=t.error_weight, prior_bias=t.prior_bias,
+            anchor_lambda=t.anchor_lambda, learning_probability=t.learning_probability, grad_clip=t.grad_clip,
+            seed=self.seed if seed is None else seed)
+
 
 class DemoConfig(RaySettings):
-    """The whole loop on the arithmetic world: ActPRM vs random selection, report and plots.
+    """The whole loop on a world where mistakes are rare: ActPRM vs random selection, one pass, report and plots.
 
-    Generate a world pool and eval set, run a few rounds of ActPRM selection and of random selection with
-    the verifier annotator on a local Ray, and write OUTPUT/report.md, the plots (f1_vs_labels.png,
-    step_stats.png, selection_rate.png), OUTPUT/metrics.jsonl (both strategies) and OUTPUT/model/ (the final
-    ActPRM model). The runs are in OUTPUT/runs/; a rerun resumes them. Settings: configs/demo.yaml."""
+    Generate a world pool and eval set (by default the rare-mistake world, configs/worlds/arith-rare.yaml), run
+    rounds of ActPRM selection and of random selection with the verifier annotator on a local Ray, then one
+    pass of the stream mode over the same pool (ActPRM's selection, and every row labelled), and write
+    OUTPUT/report.md (labels to reach F1 0.8 and 0.9, savings, routed share per round, the pass), the plots
+    (f1_vs_labels.png, step_stats.png, selection_rate.png, one_pass.png), OUTPUT/metrics.jsonl and OUTPUT/model/
+    (the final ActPRM model). --contrast-world runs a second world the same way under OUTPUT/contrast/ and
+    reports it beside the first. The runs are in OUTPUT/runs/; a rerun resumes them. Settings: configs/demo.yaml."""
 
     examples = ("actprm demo",
-                "actprm demo --output runs/demo --rows 3000 --rounds 4",
+                "actprm demo --contrast-world configs/worlds/arith.yaml     # the default world beside it",
+                "actprm demo --output runs/demo --rows 3000 --rounds 4 --no-one-pass",
                 "actprm demo --config configs/demo.yaml --output /tmp/demo --overwrite",
-                "actprm demo --world-config configs/worlds/arith-hard.yaml --rows 10000 --round-labels 300 "
+                "actprm demo --world-config configs/worlds/arith-hard.yaml --rows 20000 --round-labels 300 "
                 "--rounds 8 --output runs/demo-hard")
     output: str = Field("runs/demo", description="where the report, plots, model and runs go")
     overwrite: bool = Field(False, description="start over")
-    world_config: str | None = Field(None, description="YAML of world parameters (null: the default world, "
-                                     "configs/worlds/arith.yaml; configs/worlds/arith-hard.yaml: rare mistakes)")
-    rows: int = Field(3000, gt=0, description="pool trajectories")
+    world_config: str | None = Field("configs/worlds/arith-rare.yaml", description=(
+        "YAML of world parameters, a path from the working directory or from the repository (null: the default "
+        "world, configs/worlds/arith.yaml); the default is the rare-mistake world, where selection has mistakes "
+        "to find"))
+    contrast_world: str | None = Field(None, description=(
+        "a second world run the same way and reported beside the first (configs/worlds/arith.yaml: the default "
+        "world, whose mistakes are common and whose learning curve is short)"))
+    rows: int = Field(10000, gt=0, description="pool trajectories")
     eval_rows: int = Field(500, gt=0, description="eval trajectories (about half with an error)")
-    rounds: int = Field(4, gt=0, description="rounds per strategy")
-    round_labels: int = Field(150, gt=0, description="labels bought per round")
+    rounds: int = Field(5, gt=0, description="rounds per strategy")
+    round_labels: int = Field(300, gt=0, description="labels bought per round")
+    one_pass: bool = Field(True, description="also one pass of the stream mode over the pool: ActPRM's selection, "
+                           "and every row labelled")
+    chunk_rows: int = Field(2500, gt=0, description="the pass's chunks (each a checkpoint and an eval)")
     strategies: list[Strategy] = Field(default_factory=lambda: ["actprm", "random"],  # type: ignore[valid-type]
                                        description="the strategies compared")
     seed: int = Field(0, description="the world's and the loops' seed")

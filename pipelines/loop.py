@@ -59,7 +59,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,14 @@ import yaml
 from ray.util import ActorPool
 
 from actprm.calibration import rule_constants
-from actprm.checkpoint import STATE_NAME, load_scoring_model, resolve_device
+from actprm.checkpoint import (
+    STATE_NAME,
+    load_checkpoint,
+    load_scoring_model,
+    optimizer_state_dict,
+    resolve_device,
+    save_checkpoint,
+)
 from actprm.config import LoopConfig, RuleSettings, dump_config
 from actprm.errors import UserError
 from actprm.features import (
@@ -91,6 +98,13 @@ from actprm.judge.budget import SpendBudget
 from actprm.labels import LabelCounts, labelled_rows_of, read_labelled
 from actprm.metrics import checkpoint_threshold_metrics, compute_metrics, prediction_row
 from actprm.model import default_prm_path
+from actprm.onepass import (
+    OnePass,
+    PassSettings,
+    batches_of,
+    read_pass_state,
+    save_pass_state,
+)
 from actprm.outcome import OutcomeAnnotator
 from actprm.progress import JobResult, progress_bar
 from actprm.schemas import table_from_rows
@@ -103,7 +117,13 @@ from actprm.selection import (
     recalibrate,
     select_rows,
 )
-from actprm.trainer import NothingToTrain, result_from_checkpoint, train_and_save
+from actprm.shipped import DEFAULT_MODEL_NAME
+from actprm.trainer import (
+    NothingToTrain,
+    RoundResult,
+    result_from_checkpoint,
+    train_and_save,
+)
 from actprm.uncertainty import ACQUISITIONS
 from pipelines.ray_session import init_ray
 
@@ -205,10 +225,9 @@ class ScoringPool:
 
 
 def head_cache_applies(cfg: LoopConfig) -> str | None:
-    """Why the loop cannot run on cached head inputs (None: it can)."""
+    """Why the loop cannot run on cached head inputs (None: it can). The stream mode's one pass always reads
+    each chunk's head inputs; this says whether its eval set can be cached too."""
     t = cfg.train
-    if cfg.mode != "rounds":
-        return "the stream mode scores each row once"
     if cfg.scorer != "ensemble" or t.objective != "actprm":
         return "the implicit PRM has no heads"
     if t.backbone != "frozen":
@@ -301,7 +320,8 @@ def prepare_run(cfg: LoopConfig) -> RunDir:
     if cfg.overwrite and out.exists():
         shutil.rmtree(out)
     config_path = out / "config.yaml"
-    if out.exists() and any(out.iterdir()) and not config_path.is_file():
+    # a directory holding only head_inputs/ is a new run given another run's backbone outputs (the demo)
+    if out.exists() and any(p.name != "head_inputs" for p in out.iterdir()) and not config_path.is_file():
         raise UserError(f"{out}: exists, is not empty and holds no loop run; choose another --output or "
                         "pass --overwrite")
     resolved = cfg.model_dump(mode="json")
@@ -425,6 +445,7 @@ class Loop:
     def __init__(self, cfg: LoopConfig, run: RunDir, pool: ScoringPool, annotator: Annotator, progress: bool):
         self.cfg, self.run, self.pool, self.annotator, self.progress = cfg, run, pool, annotator, progress
         self.cache: HeadCache | None = None
+        self.pool_inputs: HeadInputs | None = None  # the stream mode's: the pool's head inputs, where a run left them
         self.scorer: ScoringPool | HeadCache = pool  # the cache, once built (execute)
         # the strategy's acquisition ranks (entropy, bald, ...); the rule ranks by cfg.acquisition
         self.selection_cfg = RuleSettings(delta_pred=cfg.delta_pred, delta_std=cfg.delta_std,
@@ -687,17 +708,171 @@ class Loop:
         return r, "end of the corpus"
 
     def use_head_cache(self) -> None:
-        """Build (or read back) the head-input cache when the config asks for it (`head_cache`)."""
+        """Build (or read back) the head-input cache when the config asks for it (`head_cache`): the pool and
+        the eval set in rounds mode, the eval set in the stream mode's one pass."""
         cfg = self.cfg
         why_not = head_cache_applies(cfg)
         if cfg.head_cache is False or (cfg.head_cache is None and why_not):
             return
         if why_not:
             raise UserError(f"head_cache: cannot run on cached head inputs: {why_not}")
-        pool_rows = [row for rows in read_rows(cfg.pool, cfg) for row in rows]
-        self.cache = HeadCache(self.run, self.pool, cfg, {"pool": pool_rows, "eval": [r for _, r in self.eval_rows]},
-                               self.progress)
+        parts = {"eval": [r for _, r in self.eval_rows]}
+        if cfg.mode == "rounds":
+            parts["pool"] = [row for rows in read_rows(cfg.pool, cfg) for row in rows]
+        self.cache = HeadCache(self.run, self.pool, cfg, parts, self.progress)
         self.scorer = self.cache
+
+    # ---- the stream mode's one pass (frozen backbone, the ensemble)
+    def one_pass(self, totals: Totals, done: int, bar) -> tuple[int, str]:
+        """ActPRM's Algorithm 1 (actprm.onepass) over the corpus, chunk after chunk from chunk `done` + 1:
+        each chunk's head inputs come from the scoring actors, its mini-batches are scored, labelled and
+        trained on in the driver, and the chunk ends with its files and a checkpoint that carries the pass."""
+        cfg = self.cfg
+        sources = open_corpus(cfg.pool, cfg.format)
+        known = [s.n_rows for s in sources]
+        n_rows = sum(known) if all(n is not None for n in known) else sum(len(c) for c in read_rows(cfg.pool, cfg))
+        total_batches = sum(batches_of(min(cfg.chunk_rows, n_rows - k), cfg.stream_batch)
+                            for k in range(0, max(n_rows, 1), cfg.chunk_rows))
+        start_model = str(Path(cfg.model).resolve()) if cfg.model else None
+        model, _ = load_scoring_model(start_model, "cpu", None, "float32")
+        fingerprint = model_fingerprint(model, cfg.max_length)
+        del model
+        shared = self.run.path / "head_inputs" / "pool.safetensors"  # left by a run over the same pool (the demo)
+        self.pool_inputs = None
+        if shared.is_file():
+            with contextlib.suppress(ValueError):
+                self.pool_inputs = HeadInputs.load(shared, fingerprint)
+        r = 0
+        for chunk in chunks_of(read_rows(cfg.pool, cfg), cfg.chunk_rows):
+            r += 1
+            if r <= done:
+                continue  # a finished chunk: read past, not scored again
+            stopped = self.stop_reason(r, totals)
+            if stopped:
+                return r - 1, stopped
+            start = time.perf_counter()
+            if not self.run.checkpoint(r).is_dir():
+                self.pass_chunk(r, chunk, totals, total_batches, start_model, fingerprint)
+            totals.add(pq.read_table(self.run.annotations(r)).to_pylist())
+            if r % cfg.eval_every == 0:
+                self.evaluate(r)
+            self.state["seconds"].setdefault(str(r), {})["round_wall"] = round(time.perf_counter() - start, 3)
+            line = self.write_metrics(r)[-1]
+            self.step_done(r, "round", 0.0)
+            self._show(bar, line)
+            if self.budget_spent(totals):
+                return r, self.stop_reason(r + 1, totals) or "label budget reached"
+        return r, "end of the corpus"
+
+    def budget_spent(self, totals: Totals) -> bool:
+        budget = getattr(self.annotator, "budget", None)
+        return (self.cfg.label_budget is not None and totals.labels_used >= self.cfg.label_budget) or (
+            budget is not None and budget.exhausted)
+
+    def pass_chunk(self, r: int, chunk: list[dict], totals: Totals, total_batches: int, start_model: str | None,
+                   fingerprint: str) -> None:
+        """Chunk r of the pass, from checkpoint r - 1's state. Its files are written when it ends; a chunk killed
+        midway is done again from the same state and seeds, so it picks the same rows, and the judge cache
+        answers those already paid (README, "One pass (stream mode)")."""
+        cfg = self.cfg
+        step_start = time.perf_counter()
+        prev = self.model_after(r - 1)
+        model, tokenizer, anchor, opt_state, prev_state = load_checkpoint(prev, torch.device("cpu"))
+        saved = read_pass_state(prev)
+        inputs = None
+        if self.pool_inputs is not None:
+            with contextlib.suppress(KeyError):
+                inputs = self.pool_inputs.rows(self.pool_inputs.index([str(row["id"]) for row in chunk]))
+        if inputs is None:
+            with progress_bar(len(chunk), f"chunk {r}: head inputs", self.progress) as bar:
+                inputs = self.pool.head_inputs(chunk, start_model, fingerprint, bar)
+        settings = cfg.pass_settings(total_batches)
+        if saved is not None:  # the pass goes on with the settings it started with, its schedule included
+            settings = PassSettings(**saved[1]["settings"])
+        learner = OnePass(model.heads, settings, anchor=anchor, optimizer_state=opt_state if saved else None)
+        if saved is not None:
+            learner.load_state_dict(*saved)
+        elif cfg.target_rate is not None:  # δ_pred/δ_std for the target rate on the first chunk, held for the pass
+            if not self.state.get("calibration"):
+                stats = learner.rule_stats(inputs, np.array([e is None for e in inputs.errors]))
+                self.calibrate({rid: {"step_mean": m, "step_std": sd, "error": None if m is not None else "too long"}
+                                for rid, m, sd in zip(inputs.ids, stats["step_mean"], stats["step_std"])})
+            learner.s = replace(settings, delta_pred=self.selection_cfg.delta_pred,
+                                delta_std=self.selection_cfg.delta_std)
+            settings = learner.s
+        first_record = len(learner.records)
+        rows_by_id = {row["id"]: row for row in chunk}
+        selection, annotations = [], []
+        used = totals.labels_used
+        per_chunk = None if cfg.strategy in ("actprm", "full") else self.round_budget(r, totals)
+        n_batches = batches_of(len(chunk), cfg.stream_batch)
+        with progress_bar(len(chunk), f"chunk {r}: one pass", self.progress) as bar:
+            for b in range(n_batches):
+                lo, hi = b * cfg.stream_batch, min(len(chunk), (b + 1) * cfg.stream_batch)
+                part = inputs.rows(range(lo, hi))
+                count = None
+                if per_chunk is not None:  # random, entropy, bald: the chunk's labels spread over its batches
+                    count = per_chunk * (b + 1) // n_batches - per_chunk * b // n_batches
+                if cfg.label_budget is not None:
+                    left = max(0, cfg.label_budget - used)
+                    count = left if count is None else min(count, left)
+
+                def annotate(pos: np.ndarray, lo: int = lo) -> list[int | None]:
+                    rows = [chunk[lo + int(p)] for p in pos]
+                    got = self.annotator.annotate(rows)
+                    if [a["id"] for a in got] != [row["id"] for row in rows]:
+                        raise RuntimeError(f"annotator {self.annotator.judge!r} broke the one-row-per-input contract")
+                    annotations.extend(got)
+                    labels = {x["id"]: x["label_first_error"] for x in labelled_rows_of(got, rows_by_id)}
+                    return [labels.get(row["id"]) for row in rows]
+
+                learner.step(part, annotate, count=count)
+                used += int(learner.last["mask"].sum())
+                selection.extend(self.selection_rows(r, part, learner))
+                bar.update(hi - lo)
+        self.run.selection(r).parent.mkdir(parents=True, exist_ok=True)
+        write_parquet_atomic(table_from_rows(selection, "loop_selection"), self.run.selection(r))
+        write_parquet_atomic(table_from_rows(annotations, "annotations"), self.run.annotations(r))
+        self.write_labelled(r, annotations, rows_by_id)
+        records = learner.records[first_record:]
+        losses = [rec.loss for rec in records if rec.loss is not None]
+        result = RoundResult(steps=len(records) * settings.steps_per_batch, examples=sum(rec.labelled for rec in records),
+                             epochs=1, seconds=time.perf_counter() - step_start, losses=losses,
+                             resumed_optimizer=opt_state is not None and saved is not None,
+                             error_weight=learner.error_weight(), calibration=model.heads.calibration)
+        if losses:
+            k = max(1, len(losses) // 10)
+            result.first_loss, result.last_loss = float(np.mean(losses[:k])), float(np.mean(losses[-k:]))
+        counts = LabelCounts(labelled=result.examples)
+        state = result.state(cfg.train, counts, prev_state, prev or DEFAULT_MODEL_NAME, head_inputs_cached=True,
+                             one_pass={"chunk": r, "batches": [asdict(rec) for rec in records]})
+        save_checkpoint(self.run.checkpoint(r), model, tokenizer, None, anchor, state,
+                        optimizer_state=optimizer_state_dict(learner.holder, learner.optimizer),
+                        extra=lambda d: save_pass_state(d, learner))
+        self.step_done(r, "train", time.perf_counter() - step_start)
+
+    @staticmethod
+    def selection_rows(r: int, part: HeadInputs, learner: OnePass) -> list[dict]:
+        """A batch's rows for selection.parquet (loop_selection), the scores those the batch was selected by."""
+        last, out = learner.last, []
+        scored = "uncertain" in last
+        acquisition = learner.s.acquisition if learner.s.strategy == "actprm" else learner.s.strategy
+        for i, rid in enumerate(part.ids):
+            row = {"id": rid, "round": r, "batch": learner.batches, "selected": bool(last["mask"][i]),
+                   "error": part.errors[i]}
+            if scored and part.errors[i] is None:
+                row.update(step_mean=last["step_mean"][i], step_std=last["step_std"][i],
+                           pred_first_error=int(last["pred_first_error"][i]), uncertain=bool(last["uncertain"][i]),
+                           acquisition=float(last[acquisition][i]), n_scored_steps=int(part.n_scored[i]))
+            out.append(row)
+        return out
+
+    def runs_one_pass(self) -> bool:
+        """The stream mode runs ActPRM's one pass (actprm.onepass) for the ensemble on a frozen backbone; other
+        recipes train a round on each chunk's labels (`stream`)."""
+        t = self.cfg.train
+        return (self.cfg.mode == "stream" and self.cfg.scorer == "ensemble" and t.objective == "actprm"
+                and t.backbone == "frozen")
 
     def execute(self) -> tuple[int, str, list[dict]]:
         self.use_head_cache()
@@ -706,7 +881,8 @@ class Loop:
         totals = finished_totals(self.run, done)
         with progress_bar(self.cfg.rounds, "loop", self.progress, unit="rounds") as bar:
             bar.update(min(done, self.cfg.rounds or done))
-            last, stopped = (self.rounds if self.cfg.mode == "rounds" else self.stream)(totals, done, bar)
+            mode = self.rounds if self.cfg.mode == "rounds" else (self.one_pass if self.runs_one_pass() else self.stream)
+            last, stopped = mode(totals, done, bar)
         if last and not self.run.eval(last).is_file():  # the final model is always evaluated
             self.evaluate(last)
         lines = self.write_metrics(last)

@@ -225,6 +225,57 @@ def test_stream_mode_trains_only_on_the_rows_it_selected(world, tmp_path, scorer
     assert all(r["selected"] for r in top)
 
 
+class FailingAnnotator(CountingAnnotator):
+    """The verifier, failing on its `fail_at`-th call (a loop killed in the middle of a chunk)."""
+
+    def __init__(self, fail_at: int, **kw):
+        super().__init__(**kw)
+        self.calls, self.fail_at = 0, fail_at
+
+    async def annotate_async(self, rows, on_row=None):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("killed in the middle of a chunk")
+        return await super().annotate_async(rows, on_row)
+
+
+def test_one_pass_scores_selects_and_trains_batch_by_batch_and_resumes_exactly(world, tmp_path, scorers):
+    """The stream mode's one pass: mini-batches of 16 inside chunks of 40, every batch scored by the heads the
+    earlier batches trained; a loop killed in the middle of chunk 2 and rerun ends where an uninterrupted one
+    does, and a finished run continued with more chunks goes on with the pass's own state."""
+    cfg = loop_cfg(world, tmp_path / "whole", mode="stream", chunk_rows=40, stream_batch=16, rounds=None,
+                   explore=0.0, replay=30, replay_rows=8, steps_per_batch=2, calibrate_every=1)
+    whole = active_loop.run(cfg, progress=False, annotator=CountingAnnotator(), pool=scorers)
+    assert whole.stopped == "end of the corpus" and whole.rounds == 3
+    got = lines(tmp_path / "whole")
+    assert [x["rows_considered"] for x in got] == [0, 40, 40, 40]
+    sel = pq.read_table(tmp_path / "whole" / "labelled" / "round-002" / "selection.parquet").to_pylist()
+    assert [r["batch"] for r in sel] == [4] * 16 + [5] * 16 + [6] * 8  # the pass's batches, counted across chunks
+    assert all(r["selected"] == r["uncertain"] for r in sel)  # no exploration: the rule's rows, batch by batch
+    ckpt = tmp_path / "whole" / "checkpoints" / "round-002"
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert [b["batch"] for b in state["one_pass"]["batches"]] == [4, 5, 6]
+    assert sum(b["labelled"] for b in state["one_pass"]["batches"]) == got[2]["rows_selected"] == state["examples"]
+    assert state["steps"] == 3 * 2 and (ckpt / "pass_state.safetensors").is_file()
+    labelled = pq.read_table(ckpt.parents[1] / "labelled" / "round-002" / "labelled.parquet").column("id").to_pylist()
+    assert sorted(labelled) == selected_ids(tmp_path / "whole", 2)
+
+    # killed during chunk 2 (its second batch's labels), then rerun: the same rows, the same heads
+    run = tmp_path / "killed"
+    with pytest.raises(RuntimeError, match="killed"):
+        active_loop.run(cfg.model_copy(update={"output": str(run)}), progress=False,
+                        annotator=FailingAnnotator(fail_at=5), pool=scorers)
+    assert not (run / "checkpoints" / "round-002").exists() and not (run / "labelled" / "round-002").exists()
+    active_loop.run(cfg.model_copy(update={"output": str(run)}), progress=False, annotator=CountingAnnotator(),
+                    pool=scorers)
+    for r in (1, 2, 3):
+        assert selected_ids(run, r) == selected_ids(tmp_path / "whole", r)
+    a = load_prm(str(tmp_path / "whole" / "checkpoints" / "round-003"))[0].heads.state_dict()
+    b = load_prm(str(run / "checkpoints" / "round-003"))[0].heads.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+
+
 def test_target_rate_calibrates_the_rule_on_the_first_chunk_and_holds_it(world, tmp_path, scorers):
     run = tmp_path / "run"
     cfg = loop_cfg(world, run, mode="stream", chunk_rows=40, rounds=2, target_rate=0.25, explore=0.0)
@@ -304,19 +355,32 @@ def test_a_killed_loop_process_resumes_without_paying_a_label_twice(world, tmp_p
 
 def test_demo_end_to_end_at_a_small_size(tmp_path, local_ray, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--output", str(out), "--rows", "80", "--eval-rows", "30", "--rounds", "2",
-                 "--round-labels", "15", "--actors", "1", "--threads", "1", "--no-progress"]) == 0
+    args = ["demo", "--output", str(out), "--rows", "80", "--eval-rows", "30", "--rounds", "2", "--round-labels",
+            "15", "--chunk-rows", "40", "--actors", "1", "--threads", "1", "--no-progress"]
+    assert main(args) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-2] == f"demo: report in {out / 'report.md'}"
     assert printed[-1].startswith("demo: actprm F1 ") and "with 30 labels, random F1" in printed[-1]
-    for name in ("report.md", "f1_vs_labels.png", "step_stats.png", "selection_rate.png", "metrics.jsonl"):
+    assert "one pass: actprm F1 " in printed[-1] and "(full " in printed[-1]
+    for name in ("report.md", "f1_vs_labels.png", "step_stats.png", "selection_rate.png", "one_pass.png",
+                 "metrics.jsonl"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    got = lines(out)
+    every = lines(out)
+    assert {x["world"] for x in every} == {"arith-rare"}  # the demo's default world: rare mistakes
+    got = [x for x in every if x["run"] == "rounds"]
     assert [(x["strategy"], x["round"]) for x in got] == [("actprm", 0), ("actprm", 1), ("actprm", 2),
                                                           ("random", 0), ("random", 1), ("random", 2)]
+    passes = [x for x in every if x["run"] == "one pass"]
+    assert [(x["strategy"], x["round"]) for x in passes] == [("actprm", 0), ("actprm", 1), ("actprm", 2),
+                                                            ("full", 0), ("full", 1), ("full", 2)]
+    assert passes[-1]["labels_used"] == 80 and 0 < passes[2]["labels_used"] <= 80
+    # the passes read the pool's backbone outputs the rounds computed, not the actors again
+    assert (out / "runs" / "pass-full" / "head_inputs" / "pool.safetensors").is_file()
     assert all(x["mean_f1"] is not None for x in got)
     report = (out / "report.md").read_text()
-    assert "## actprm" in report and "## random" in report and "![F1 against labels](f1_vs_labels.png)" in report
+    assert "### arith-rare: actprm" in report and "### arith-rare: random" in report
+    assert "### arith-rare: one pass, actprm" in report and "| one pass | labels (share of the pool)" in report
+    assert "![F1 against labels](f1_vs_labels.png)" in report and "![one pass](one_pass.png)" in report
     table = [ln for ln in report.splitlines() if ln.startswith("| actprm | ") or ln.startswith("| random | ")][:2]
     assert len(table) == 2 and table[1].endswith("| - (not scored) |")  # random needs no scores
     routed = table[0].rsplit("|", 2)[-2].strip().split(", ")
@@ -328,8 +392,7 @@ def test_demo_end_to_end_at_a_small_size(tmp_path, local_ray, capsys):
     for a, b in zip(model.heads.parameters(), final.heads.parameters()):
         assert np.array_equal(a.detach().numpy(), b.detach().numpy())
     # a rerun resumes (nothing to redo) and a different size is refused
-    assert main(["demo", "--output", str(out), "--rows", "80", "--eval-rows", "30", "--rounds", "2",
-                 "--round-labels", "15", "--actors", "1", "--threads", "1", "--no-progress"]) == 0
+    assert main(args) == 0
     assert main(["demo", "--output", str(out), "--rows", "90", "--no-progress"]) == 2
 
 

@@ -78,6 +78,69 @@ def test_the_threshold_maximises_processbench_f1_nearest_half_on_ties():
     assert calibration.processbench_f1([1, -1, 0], [1, -1, -1]) == pytest.approx(2 * 0.5 * 1 / 1.5)
 
 
+def test_the_threshold_search_equals_the_step_by_step_definition():
+    """choose_threshold computes every threshold's predicted first errors at once; the plain definition (first
+    step whose mean is below t) picks the same threshold on random rows, weighted with ones or not."""
+    def plain(means, truth):
+        best, best_t = -1.0, 0.5
+        for t in sorted(calibration.THRESHOLD_GRID, key=lambda v: (abs(v - 0.5), v)):
+            f1 = calibration.processbench_f1(truth, [uncertainty.predicted_first_error(m, t) for m in means])
+            if f1 > best + 1e-12:
+                best, best_t = f1, float(t)
+        return best_t
+
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        means = [rng.beta(3, 1, size=rng.integers(1, 8)) for _ in range(rng.integers(1, 30))]
+        truth = [int(rng.integers(-1, len(m))) for m in means]
+        assert calibration.choose_threshold(means, truth) == plain(means, truth)
+        assert calibration.choose_threshold(means, truth, weights=np.ones(len(means))) == plain(means, truth)
+
+
+def test_weighted_f1_counts_a_row_as_often_as_its_weight():
+    truth, pred = [2, 2, -1, -1, -1], [2, 0, -1, -1, 1]
+    assert calibration.weighted_f1(truth, pred, [1, 1, 1, 1, 1]) == pytest.approx(
+        calibration.processbench_f1(truth, pred))
+    # weight 3 on the first row: the same as the row written three times
+    assert calibration.weighted_f1(truth, pred, [3, 1, 1, 1, 1]) == pytest.approx(
+        calibration.processbench_f1([2, 2, 2] + truth[1:], [2, 2, 2] + pred[1:]))
+
+
+def test_one_standard_error_moves_the_threshold_toward_half_only_within_the_noise():
+    rng = np.random.default_rng(1)
+    means = [np.clip(rng.normal(0.8, 0.15, size=4), 0, 1) for _ in range(40)]
+    truth = [int(np.argmax(m < 0.7)) if (m < 0.7).any() else -1 for m in means]
+    best = calibration.choose_threshold(means, truth)
+    loose = calibration.choose_threshold(means, truth, one_se=True)
+    assert abs(loose - 0.5) <= abs(best - 0.5)
+    def f1(t):
+        return calibration.processbench_f1(truth, [uncertainty.predicted_first_error(m, t) for m in means])
+
+    se = np.sqrt(f1(best) * (1 - f1(best)) / len(means))
+    assert f1(loose) >= f1(best) - se - 1e-12
+    # with a thousand times the rows the error is tiny: the best threshold stands
+    assert calibration.choose_threshold(means * 1000, truth * 1000, one_se=True) == best
+
+
+def test_platt_does_not_overshoot_from_a_far_start():
+    """Most steps confidently right, a few with extreme logits and coin-flip labels (what a window of stale
+    scores looks like): the undamped Newton step went to scale 2249, shift -76; the damped one descends to the
+    fit's optimum, where no small move lowers the objective."""
+    rng = np.random.default_rng(2)
+    z = np.concatenate([rng.normal(3, 1, 3000), rng.normal(-30, 5, 300)])
+    y = np.concatenate([np.ones(3000), (rng.random(300) < 0.5).astype(float)])
+
+    def objective(a, b):
+        u = a * z + b
+        return float(np.sum(np.logaddexp(0, u) - y * u) + (a - 1) ** 2 + b * b)
+
+    scale, shift = calibration.fit_platt(z, y)
+    assert np.isfinite([scale, shift]).all() and scale < 10
+    here = objective(scale, shift)
+    for da, db in ((0.01, 0), (-0.01, 0), (0, 0.05), (0, -0.05)):
+        assert here <= objective(scale + da, shift + db)
+
+
 def test_bad_records_are_refused():
     assert calibration.check_record(None) is None
     ok = {"scale": 1.0, "shift": 0.0, "spread_scale": 0.01, "threshold": 0.6}
