@@ -7,9 +7,8 @@ training round adds its optimizer moments, the anchor heads and `trainer_state.j
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
