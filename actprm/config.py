@@ -525,23 +525,6 @@ class LoopConfig(ReadSettings, ScorerSettings, RuleSettings, EvalSettings, RaySe
         """The annotator's settings; a path is read as a judge YAML (keys other than the judge's are ignored)."""
         return judge_settings(self.judge)
 
-    def pass_settings(self, total_batches: int, *, strategy: str | None = None, seed: int | None = None):
-        """The stream mode's one-pass settings (actprm.onepass.PassSettings) for a pass of `total_batches`
-        mini-batches: these fields and the `train:` recipe's learning rate, warm-up, error weight, prior bias,
-        anchor, learning probability and clip."""
-        from actprm.onepass import PassSettings
-
-        t = self.train
-        return PassSettings(
-            total_batches=total_batches, strategy=strategy or self.strategy, head_lr=t.head_lr or t.lr,
-            warmup_batches=t.warmup_steps, steps_per_batch=self.steps_per_batch, replay=self.replay,
-            replay_rows=self.replay_rows, window=self.calibration_window, calibrate_every=self.calibrate_every,
-            explore=self.explore, delta_pred=self.delta_pred, delta_std=self.delta_std,
-            decision_threshold=self.decision_threshold, spread_scale=self.spread_scale,
-            acquisition=self.acquisition, error_weight=t.error_weight, prior_bias=t.prior_bias,
-            anchor_lambda=t.anchor_lambda, learning_probability=t.learning_probability, grad_clip=t.grad_clip,
-            seed=self.seed if seed is None else seed)
-
 
 class DemoConfig(RaySettings):
     """The whole loop on a world where mistakes are rare: ActPRM vs random selection, one pass, report and plots.

@@ -61,8 +61,8 @@ MIN_CALIBRATION_STEPS = 20
 
 @dataclass(frozen=True)
 class PassSettings:
-    """What one pass does; the loop builds it from its config (LoopConfig.pass_settings), where every field
-    has its default and its help."""
+    """What one pass does; the loop builds it from its config (:func:`pass_settings`), where every field has
+    its default and its help."""
 
     total_batches: int  # batches in the whole pass: the length of the learning-rate schedule
     strategy: str = "actprm"
@@ -86,6 +86,21 @@ class PassSettings:
     learning_probability: float = 1.0
     grad_clip: float = 1.0
     seed: int = 0
+
+
+def pass_settings(cfg, total_batches: int, *, strategy: str | None = None, seed: int | None = None) -> PassSettings:
+    """The stream mode's one-pass settings for a pass of `total_batches` mini-batches, from a LoopConfig `cfg`
+    (its stream fields, rule and strategy, and the `train:` recipe's learning rate, warm-up, error weight, prior
+    bias, anchor, learning probability and clip): where each has its default and its help."""
+    t = cfg.train
+    return PassSettings(
+        total_batches=total_batches, strategy=strategy or cfg.strategy, head_lr=t.head_lr or t.lr,
+        warmup_batches=t.warmup_steps, steps_per_batch=cfg.steps_per_batch, replay=cfg.replay,
+        replay_rows=cfg.replay_rows, window=cfg.calibration_window, calibrate_every=cfg.calibrate_every,
+        explore=cfg.explore, delta_pred=cfg.delta_pred, delta_std=cfg.delta_std,
+        decision_threshold=cfg.decision_threshold, spread_scale=cfg.spread_scale, acquisition=cfg.acquisition,
+        error_weight=t.error_weight, prior_bias=t.prior_bias, anchor_lambda=t.anchor_lambda,
+        learning_probability=t.learning_probability, grad_clip=t.grad_clip, seed=cfg.seed if seed is None else seed)
 
 
 @dataclass

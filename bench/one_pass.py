@@ -7,7 +7,7 @@ of the same size (`random`: per batch, as many rows as actprm labelled in that b
     python -m bench.one_pass report [--plot bench/results/one_pass.png]
 
 Per (world, seed): the pool's 20,000 rows in a seeded order, in mini-batches of the loop's `stream_batch`,
-through `actprm.onepass.OnePass` with the loop's defaults (LoopConfig().pass_settings: replay, learning-rate
+through `actprm.onepass.OnePass` with the loop's defaults (actprm.onepass.pass_settings: replay, learning-rate
 schedule over the pass, recalibration on the window), starting from the shipped PRM's heads; the verifier
 (18% wrong answers, seeded per seed) labels. F1 is ProcessBench F1 on the world's 1,000-row eval set at the
 heads' decision threshold, at 10 points along the pass and after it. Results: one JSON line per (world,
@@ -29,7 +29,7 @@ from actprm.config import LoopConfig
 from actprm.curves import mean_interval, row_stats
 from actprm.judge.verifier import VerifierAnnotator
 from actprm.metrics import processbench_scores
-from actprm.onepass import OnePass, PassSummary, batches_of
+from actprm.onepass import OnePass, PassSummary, batches_of, pass_settings
 from bench.label_efficiency_cached import shipped_heads
 from bench.results import append, read_results
 from bench.selection_lab import WORK, load
@@ -65,7 +65,7 @@ def one_pass(strategy: str, seed: int, pool, truth: np.ndarray, ev, e_truth: np.
     loop = loop_config(overrides)
     order = np.random.default_rng(seed).permutation(len(pool))
     n_batches = batches_of(len(pool), loop.stream_batch)
-    learner = OnePass(shipped_heads(), loop.pass_settings(n_batches, strategy=strategy, seed=seed))
+    learner = OnePass(shipped_heads(), pass_settings(loop, n_batches, strategy=strategy, seed=seed))
     verifier = VerifierAnnotator(wrong_rate=wrong_rate, seed=seed)
     along, labels, error_rows = [], 0, 0
     marks = {math.ceil(n_batches * (j + 1) / checkpoints) for j in range(checkpoints)}

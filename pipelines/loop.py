@@ -102,6 +102,7 @@ from actprm.onepass import (
     OnePass,
     PassSettings,
     batches_of,
+    pass_settings,
     read_pass_state,
     save_pass_state,
 )
@@ -786,7 +787,7 @@ class Loop:
         if inputs is None:
             with progress_bar(len(chunk), f"chunk {r}: head inputs", self.progress) as bar:
                 inputs = self.pool.head_inputs(chunk, start_model, fingerprint, bar)
-        settings = cfg.pass_settings(total_batches)
+        settings = pass_settings(cfg, total_batches)
         if saved is not None:  # the pass goes on with the settings it started with, its schedule included
             settings = PassSettings(**saved[1]["settings"])
         learner = OnePass(model.heads, settings, anchor=anchor, optimizer_state=opt_state if saved else None)

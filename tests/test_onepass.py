@@ -16,6 +16,7 @@ from actprm.onepass import (
     OnePass,
     PassSummary,
     batches_of,
+    pass_settings,
     read_pass_state,
     save_pass_state,
 )
@@ -66,7 +67,7 @@ def f1(learner: OnePass, ev: HeadInputs, truth: np.ndarray) -> float:
 
 
 def settings(n_batches: int, **kw):
-    return LoopConfig(**kw).pass_settings(n_batches)
+    return pass_settings(LoopConfig(**kw), n_batches)
 
 
 def test_the_selection_rate_falls_as_the_heads_learn():
