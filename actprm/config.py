@@ -463,8 +463,8 @@ class LoopConfig(ReadSettings, ScorerSettings, RuleSettings, EvalSettings, RaySe
     The active-learning loop on Ray. --mode rounds (pool-based): each round scores the unlabelled pool with
     the current model, selects up to the round's budget with --strategy, annotates (settings under `judge:`,
     or a configs/judge/*.yaml path), trains one round from the last checkpoint (settings under `train:`) and
-    evaluates on --eval. --mode stream (ActPRM's Algorithm 1): one pass over the corpus in chunks; each chunk
-    is scored, its uncertain rows annotated and trained on. Everything lives in the run directory (--output);
+    evaluates on --eval. --mode stream (ActPRM's Algorithm 1): one pass over the corpus in mini-batches; each
+    is scored by the current heads, its uncertain rows annotated and trained on (with replay) before the next. Everything lives in the run directory (--output);
     a killed loop rerun into it resumes from the last completed step and pays no label twice; a rerun with
     more --rounds or a bigger budget continues it."""
 
@@ -477,7 +477,8 @@ class LoopConfig(ReadSettings, ScorerSettings, RuleSettings, EvalSettings, RaySe
     labels: Literal["annotator", "outcome"] = Field(
         "annotator", description="annotator: the judge's step labels; outcome: the outcome checker's response-level "
         "labels (PRIME-style, no judge call; train.objective implicit-*)")
-    mode: Literal["rounds", "stream"] = Field("rounds", description="rounds: pool-based; stream: one pass in chunks")
+    mode: Literal["rounds", "stream"] = Field("rounds", description="rounds: pool-based; stream: one pass in "
+                                                    "mini-batches (README \"One pass (stream mode)\")")
     pool: list[str] = Field(default_factory=list, description="the corpus to select from (files, dirs, globs)")
     eval: list[str] = Field(default_factory=list, description="eval subsets, one path each (ProcessBench F1)")
     output: str | None = Field(None, description="the run directory; a rerun into it resumes")

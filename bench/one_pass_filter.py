@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> None:
                                               str(seed), "--output", str(work / what), *extra)
     run = work / "loop"
     if not (run / "state.json").is_file() or json.loads((run / "state.json").read_text()).get("step") != "done":
-        seconds["loop"] = cli("loop", "--mode", "stream", "--pool", str(work / "pool"), "--eval", str(work / "eval"),
-                              "--judge", "configs/judge/verifier.yaml", "--chunk-rows", str(args.chunk_rows),
+        seconds["loop"] = cli("loop", "--config", "configs/loop/stream.yaml", "--pool", str(work / "pool"),
+                              "--eval", str(work / "eval"), "--chunk-rows", str(args.chunk_rows),
                               "--output", str(run), "--threads", "1")
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     model = metrics[-1]["checkpoint"]

@@ -9,8 +9,12 @@ Two modes (`mode`):
   the current model, selects up to the round's budget (`round_labels`) with `strategy`, annotates,
   trains one round from the last checkpoint on the labels so far (`train_on: all`) or the round's
   own (`new`), and evaluates on `eval`;
-- `stream` (ActPRM's Algorithm 1): one pass over the corpus in chunks of `chunk_rows`; each chunk is
-  scored by the current model, its uncertain rows are annotated and trained on, and the pass moves on.
+- `stream` (ActPRM's Algorithm 1): one pass over the corpus. With the ensemble on a frozen backbone (the
+  default recipe) the pass runs in mini-batches of `stream_batch` rows (actprm.onepass): each is scored by
+  the current heads, its selected rows are annotated and trained on (with replay of earlier labels, one
+  learning-rate schedule over the whole pass) before the next; a chunk of `chunk_rows` rows is the unit
+  the run directory keeps (selection, annotations, a checkpoint that carries the pass, an eval). Other
+  recipes (the implicit PRM, a trained backbone) train one round on each chunk's labels.
 
 Strategies: `actprm` (the ActPRM rule; when more rows are uncertain than the budget, the top ones by
 `acquisition`), `entropy` and `bald` (top-k by that acquisition), `random` (top-k of a seeded hash of
@@ -25,7 +29,8 @@ The run directory holds all state (README, "The active loop"):
     RUN/labelled/round-NNN/selection.parquet    the rows considered, their scores, `selected`
     RUN/labelled/round-NNN/annotations.parquet  one annotation per selected row
     RUN/labelled/round-NNN/labelled.parquet     the round's labels (labelled schema)
-    RUN/checkpoints/round-NNN/           the model after round NNN (with optimizer state)
+    RUN/checkpoints/round-NNN/           the model after round NNN (with optimizer state; in the one pass
+                                         also pass_state.safetensors: replay, window, counters)
     RUN/evals/round-NNN.json             ProcessBench figures of that model on `eval`
     RUN/head_inputs/{pool,eval}.safetensors  what the heads read for each row, computed once from the
                                          start model (`head_cache`: rounds mode, frozen backbone)
@@ -34,7 +39,9 @@ The run directory holds all state (README, "The active loop"):
 Each step writes its file atomically, and a step whose file exists is not run again, so a loop
 killed at any point resumes from the last completed step: the selection is read back (not redone
 by a model that has moved on), annotations are never requested twice, a finished checkpoint is
-not retrained. metrics.jsonl is rebuilt from those files after every round. The loop stops on
+not retrained. The one pass writes a chunk's files when the chunk ends; a chunk killed midway is
+done again from the last checkpoint's state with the same seeds, so it selects the same rows, and the
+judge cache answers the ones already paid. metrics.jsonl is rebuilt from those files after every round. The loop stops on
 `rounds`, `label_budget` (rows sent to the annotator; the last round is cut to fit exactly),
 `dollar_budget` (a SpendBudget checked before every judge request: a request it cannot pay for is not
 sent, its row fails `budget exhausted`, and the loop stops after that round), an exhausted pool or corpus, or a round that
