@@ -7,7 +7,7 @@ from pathlib import Path
 
 from actprm.config import InitModelConfig
 from actprm.errors import UserError
-from actprm.io.writers import check_output_dir
+from actprm.io.writers import check_output_dir, replaced_dir
 from actprm.model import count_parameters, from_backbone, init_model
 from actprm.progress import JobResult
 
@@ -38,5 +38,6 @@ def run(cfg: InitModelConfig, progress: bool = True) -> InitModelResult:
                                           step_features=cfg.step_features)
     except (OSError, ValueError) as exc:  # no such backbone / not a model / features it cannot give
         raise UserError(f"init-model: {str(exc).splitlines()[0]}") from None
-    model.save_pretrained(out, tokenizer=tokenizer)
+    with replaced_dir(out) as staging:  # the output holds only what this run wrote, or stays as it was
+        model.save_pretrained(staging, tokenizer=tokenizer)
     return InitModelResult(cfg, count_parameters(model.backbone), model.max_length, out)

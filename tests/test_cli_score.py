@@ -89,3 +89,16 @@ def test_a_model_dir_without_safetensors_weights_is_a_user_error(tmp_path, write
     assert main(["score", "--input", str(path), "--output", str(tmp_path / "o"), "--model", str(broken)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"actprm: error: {broken}: cannot load the PRM") and err.count("\n") == 1
+
+
+def test_init_model_overwrite_leaves_only_what_it_wrote(tmp_path, capsys):
+    """Overwriting a trained checkpoint: its optimizer state, anchor and trainer state go with it, so the next
+    `train` starts a first round, not round N + 1 with another model's moments."""
+    out = tmp_path / "m"
+    assert main(["init-model", "--preset", "tiny", "--n-heads", "4", "--output", str(out)]) == 0
+    wrote = sorted(p.name for p in out.iterdir())
+    for stale in ("optimizer.safetensors", "heads_init.safetensors", "trainer_state.json", "notes.txt"):
+        (out / stale).write_text("from a training round")
+    assert main(["init-model", "--preset", "tiny", "--n-heads", "2", "--output", str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == wrote
+    assert json.loads((out / "prm_config.json").read_text())["n_heads"] == 2
