@@ -58,6 +58,31 @@ def test_overwrite_never_deletes_through_a_symlink(tmp_path, corpus, capsys):
     assert not list(out.glob(".staging-*"))  # refused before anything was staged
 
 
+@pytest.mark.parametrize("verb", ["validate", "score", "annotate"])
+def test_overwrite_into_a_linked_output_directory_deletes_nothing(tmp_path, corpus, capsys, verb):
+    """--output is a link to a directory of earlier tables (the user's files among them): --overwrite would
+    have replaced the tables through the link; it is refused, and writing new tables into a linked directory
+    that holds none of them is fine."""
+    target = tmp_path / "target"
+    args = {"validate": [], "score": [], "annotate": ["--backend", "verifier"]}[verb]
+    assert main([verb, "--input", str(corpus), "--output", str(target), *args]) == 0
+    tables = sorted(p.name for p in target.iterdir() if p.is_dir())
+    assert tables
+    (target / tables[0] / "mine.txt").write_text("keep")
+    link = tmp_path / "link"
+    link.symlink_to(target, target_is_directory=True)
+    before = sorted(str(p.relative_to(target)) for p in target.rglob("*"))
+    capsys.readouterr()
+    assert main([verb, "--input", str(corpus), "--output", str(link), "--overwrite", *args]) == 2
+    one_line_error(capsys, "symbolic link")
+    assert sorted(str(p.relative_to(target)) for p in target.rglob("*")) == before
+    assert (target / tables[0] / "mine.txt").read_text() == "keep"
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (tmp_path / "link2").symlink_to(fresh, target_is_directory=True)
+    assert main([verb, "--input", str(corpus), "--output", str(tmp_path / "link2"), *args]) == 0
+
+
 def test_replaced_dir_refuses_a_link(tmp_path):
     target = tmp_path / "t"
     target.mkdir()

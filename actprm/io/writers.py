@@ -285,6 +285,8 @@ class StagedOutput:
             raise UserError(
                 f"{self.directory}: already holds {', '.join(existing)}; choose another --output or pass --overwrite"
             )
+        if existing:  # replacing tables inside a linked directory would delete what the link points to
+            refuse_link(self.directory)
         for part in existing:
             refuse_link(self.directory / part)
         self._staging: Path | None = None
