@@ -9,7 +9,9 @@
   password that is an ordinary word is redacted as a word too); secrets under 4 characters are
   not registered (they would mangle ordinary text, and no real key is that short);
 - whatever looks like a credential even when it was never registered: the userinfo of any URL
-  (`scheme://user:pass@` -> `scheme://[redacted]@`) and `Bearer <token>`.
+  (`scheme://user:pass@` -> `scheme://[redacted]@`), `Bearer <token>` and `Basic <token>`;
+- the `Authorization: Basic` value a client sends for a URL's `user:pass` (its base64), registered with
+  the URL.
 
 `display_url(url)` is a URL as it may be shown: userinfo and secret-looking query values removed.
 The registry is per process: each Ray actor registers what it reads from its own environment.
@@ -17,6 +19,7 @@ The registry is per process: each Ray actor registers what it reads from its own
 
 from __future__ import annotations
 
+import base64
 import re
 import threading
 from collections.abc import Iterable
@@ -29,7 +32,7 @@ _SECRETS: set[str] = set()
 _GUARD = threading.Lock()
 _SECRET_PARAM = re.compile(r"key|token|secret|password|passwd|pwd|sig|signature|credential|auth", re.IGNORECASE)
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@?#]+@")
-_BEARER = re.compile(r"(?P<word>\bBearer\s+)[A-Za-z0-9._~+/=-]{4,}")
+_BEARER = re.compile(r"(?P<word>\b(?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=-]{4,}")
 
 
 def _forms(secret: str) -> set[str]:
@@ -47,6 +50,10 @@ def url_secrets(url: str | None) -> list[str]:
     except ValueError:
         return []
     found += [value for name, value in parse_qsl(parts.query, keep_blank_values=True) if _SECRET_PARAM.search(name)]
+    if parts.username is not None and parts.password is not None:  # sent as `Authorization: Basic b64(u:p)`
+        for pair in dict.fromkeys([f"{parts.username}:{parts.password}",
+                                   f"{unquote(parts.username)}:{unquote(parts.password)}"]):
+            found.append(base64.b64encode(pair.encode()).decode())
     return [s for s in found if s]
 
 
@@ -77,7 +84,9 @@ def redact(text: str | None, extra: Iterable[str | None] = ()) -> str | None:
             text = text.replace(secret, REDACTED)
     if "://" in text:
         text = _USERINFO.sub(lambda m: m.group("scheme") + REDACTED + "@", text)
-    return _BEARER.sub(lambda m: m.group("word") + REDACTED, text) if "Bearer" in text else text
+    if "Bearer" in text or "Basic" in text:
+        text = _BEARER.sub(lambda m: m.group("word") + REDACTED, text)
+    return text
 
 
 def display_url(url: str | None) -> str | None:

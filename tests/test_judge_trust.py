@@ -280,7 +280,8 @@ def test_replies_without_choices_are_billed_calls(served, tmp_path):
 
 
 def test_redaction_of_keys_and_url_credentials():
-    assert url_secrets("http://user:hunter2-pass@host:8000/v1?api_key=abcd1234&x=1") == ["hunter2-pass", "abcd1234"]
+    assert url_secrets("http://user:hunter2-pass@host:8000/v1?api_key=abcd1234&x=1") == [
+        "hunter2-pass", "abcd1234", "dXNlcjpodW50ZXIyLXBhc3M="]  # the last: base64 of user:pass (Basic auth)
     assert url_secrets("https://tok-1234567@host/v1") == ["tok-1234567"] and url_secrets("http://h:80/v1") == []
     assert display_url("http://user:hunter2-pass@host:8000/v1?api_key=abcd1234&x=1") == \
         "http://[redacted]@host:8000/v1?api_key=[redacted]&x=1"
@@ -451,3 +452,24 @@ def serve_cli(tmp_path):
     yield start
     for s in servers:
         s.stop()
+
+
+def test_basic_credentials_of_the_base_url_are_redacted_in_every_form(serve_cli, tmp_path, monkeypatch):
+    """`http://user:pass@host` makes the HTTP client send `Authorization: Basic base64(user:pass)`: a judge that
+    echoes its headers gets that written nowhere either, nor the user's password in any form."""
+    import base64
+
+    monkeypatch.setenv("TRUST_KEY", SECRET)
+    _, fake, server, data = serve_cli(n=3, fault_rates={"echo_key": 1.0})
+    url = server.url.replace("http://", "http://someone:URLSECRET-123@")
+    out = tmp_path / "ann"
+    assert main(["annotate", "--backend", "openai", "--base-url", url, "--judge-model", "fake-judge",
+                 "--api-key-env", "TRUST_KEY", "--input", str(data), "--output", str(out), "--no-progress"]) == 0
+    basic = base64.b64encode(b"someone:URLSECRET-123")
+    sent = {h.get("Authorization", "") for h in fake.headers_seen}
+    for path in out.rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            assert basic not in blob and b"URLSECRET-123" not in blob and SECRET.encode() not in blob, (path, sent)
+    assert redact(f"Authorization: Basic {basic.decode()}") == "Authorization: Basic [redacted]"
+    assert url_secrets("http://someone:URLSECRET-123@h/v1")[-1] == basic.decode()
