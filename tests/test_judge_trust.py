@@ -107,6 +107,33 @@ def test_a_lock_refuses_a_second_process_naming_the_holder_and_a_dead_holders_lo
     assert not path.exists()  # released: removed
 
 
+HOLD_CACHE = ("import sys, time; from actprm.judge.cache import AnswerCache; "
+              "c = AnswerCache(sys.argv[1]); print('held', flush=True); time.sleep(60)")
+
+
+@pytest.mark.parametrize("how", ["symlink", "hardlink"])
+def test_a_cache_under_another_name_is_the_same_cache(tmp_path, how):
+    """Two runs on one cache, one of them through a symbolic or a hard link: the second is refused (each would
+    otherwise pay for answers the other is paying for)."""
+    real = tmp_path / "cache.sqlite"
+    AnswerCache(real).close()  # the file exists, as a cache a link could point to does
+    other = tmp_path / "elsewhere" / "alias.sqlite"
+    other.parent.mkdir()
+    other.symlink_to(real) if how == "symlink" else os.link(real, other)
+    holder = subprocess.Popen([PY, "-c", HOLD_CACHE, str(real)], env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockHeld):
+            AnswerCache(other)
+    finally:
+        holder.kill()
+        holder.wait()
+    cache = AnswerCache(other)  # the holder is gone: free
+    again = AnswerCache(real)  # the same cache again within one process: re-entrant
+    again.close()
+    cache.close()
+
+
 def test_two_annotate_runs_into_one_output_or_one_cache_the_second_exits_2_naming_the_first(served, tmp_path):
     _, fake, server, data = served(n=16, fault_rates={"slow": 1.0}, slow_s=600)  # until released
     out = tmp_path / "ann"

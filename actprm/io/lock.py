@@ -47,8 +47,9 @@ class LockHeld(UserError):
 
 
 def lock_path_for_cache(cache: str | os.PathLike) -> Path:
-    """The lock file of a judge cache: `<cache>.lock` beside it."""
-    return Path(f"{cache}.lock")
+    """The lock file of a judge cache: `<cache>.lock` beside the file the path resolves to (a cache reached
+    through a symbolic link is the same cache)."""
+    return Path(f"{os.path.realpath(cache)}.lock")
 
 
 def _holder(path: Path) -> tuple[int | None, str]:
@@ -147,6 +148,54 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+class FileLock:
+    """An exclusive flock on a file itself (its inode), re-entrant per process: a judge cache reached under
+    two names (a hard link) is still one cache. Held beside the cache's RunLock, which names the holder."""
+
+    _held: dict[tuple[int, int], list[Any]] = {}  # (st_dev, st_ino) -> [fd, count]
+
+    def __init__(self, path: str | os.PathLike, what: str):
+        self.path, self.what = Path(path), what
+        self._key: tuple[int, int] | None = None
+
+    def acquire(self) -> FileLock:
+        fd = os.open(self.path, os.O_RDONLY)
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        with _GUARD:
+            held = FileLock._held.get(key)
+            if held is not None:
+                os.close(fd)
+                held[1] += 1
+                self._key = key
+                return self
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    raise LockHeld(f"{self.what} is in use by another actprm run (the same file under another "
+                                   "name); wait for it to finish or stop it", None) from None
+                except OSError as exc:  # no flock on this filesystem: the RunLock's pid check alone
+                    if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                        os.close(fd)
+                        raise
+            FileLock._held[key] = [fd, 1]
+            self._key = key
+            return self
+
+    def release(self) -> None:
+        with _GUARD:
+            held = FileLock._held.get(self._key) if self._key else None
+            if held is None:
+                return
+            held[1] -= 1
+            if held[1] == 0:
+                del FileLock._held[self._key]
+                os.close(held[0])
+            self._key = None
 
 
 def output_lock(directory: str | os.PathLike) -> RunLock:

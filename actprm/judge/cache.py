@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from actprm.errors import UserError
-from actprm.io.lock import cache_lock
+from actprm.io.lock import FileLock, cache_lock
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
@@ -97,6 +97,7 @@ class AnswerCache:
     def __init__(self, path: str | os.PathLike, read_only: bool = False, lock: bool = True):
         self.path = Path(path)
         self._lock = None
+        self._file_lock = None
         if read_only:
             uri = self.path.resolve().as_uri() + "?mode=ro&immutable=1"
             self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
@@ -110,6 +111,8 @@ class AnswerCache:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=30000")
             self._db.execute(SCHEMA)
+            if lock:  # the file now exists: lock its inode too (the same cache under a hard link)
+                self._file_lock = FileLock(self.path, f"judge cache {self.path}").acquire()
         except sqlite3.DatabaseError as exc:
             self.close()
             raise UserError(f"{self.path}: not a judge answer cache ({exc}); choose another --cache") from None
@@ -169,15 +172,18 @@ class AnswerCache:
         db = getattr(self, "_db", None)
         if db is not None:
             db.close()
-        if getattr(self, "_lock", None) is not None:
-            self._lock.release()
-            self._lock = None
+        self._release_locks()
 
-    def __del__(self) -> None:  # a cache dropped without close() gives its lock back
+    def _release_locks(self) -> None:
+        for name in ("_file_lock", "_lock"):
+            held = getattr(self, name, None)
+            if held is not None:
+                held.release()
+                setattr(self, name, None)
+
+    def __del__(self) -> None:  # a cache dropped without close() gives its locks back
         with contextlib.suppress(Exception):  # at interpreter shutdown, modules may be gone
-            if getattr(self, "_lock", None) is not None:
-                self._lock.release()
-                self._lock = None
+            self._release_locks()
 
 
 class LayeredCache:
