@@ -75,7 +75,7 @@ from actprm.judge import Annotator, cache_path, error_kind, make_annotator
 from actprm.judge.base import check_contract
 from actprm.judge.budget import SpendBudget, check_spend_settings
 from actprm.judge.cache import AnswerCache, LayeredCache, segments_dir
-from actprm.judge.interrupt import GracefulInterrupt
+from actprm.judge.interrupt import GracefulInterrupt, stop_signals_interrupt
 from actprm.judge.openai_judge import JudgeStats, LocalLimits, OpenAIJudge
 from actprm.judge.rollout import RolloutAnnotator
 from actprm.progress import JobResult, RowCounts, progress_bar
@@ -476,7 +476,8 @@ def run_on_ray(cfg: AnnotateConfig, progress: bool = True) -> AnnotateResult:
                       for i in range(cfg.actors)]
             try:
                 try:
-                    _annotate_on_actors(cfg, sources, actors, out, counts, done, progress, judge)
+                    with stop_signals_interrupt():  # SIGTERM / SIGHUP: the Ctrl-C path below
+                        _annotate_on_actors(cfg, sources, actors, out, counts, done, progress, judge)
                 except KeyboardInterrupt:  # first Ctrl-C: the answers in flight are cached, then exit 130
                     print(f"actprm: interrupted: sending no new requests; waiting up to {cfg.interrupt_grace_s:g}s "
                           "for those in flight (their answers are cached); Ctrl-C again to stop now",

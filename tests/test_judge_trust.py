@@ -197,7 +197,9 @@ def _config_file(tmp_path: Path, **settings) -> Path:
     return path
 
 
-def test_first_sigint_waits_for_the_requests_in_flight_and_caches_them(served, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_first_stop_signal_waits_for_the_requests_in_flight_and_caches_them(served, tmp_path, signum):
+    """Ctrl-C, and what a scheduler or `timeout` sends (SIGTERM) or a closed terminal (SIGHUP): the same drain."""
     _, fake, server, data = served(n=12, fault_rates={"slow": 1.0}, slow_s=1.5)
     out = tmp_path / "ann"
     cmd = cli(server.url, data, out, "--concurrency", "4", "--config", str(_config_file(tmp_path, interrupt_grace_s=30)))
@@ -205,10 +207,11 @@ def test_first_sigint_waits_for_the_requests_in_flight_and_caches_them(served, t
     wait_for(lambda: fake._in_flight == 4)
     sent = fake.requests
     start = time.time()
-    job.send_signal(signal.SIGINT)
+    job.send_signal(signum)
     _, err = job.communicate(timeout=60)
     took = time.time() - start
     assert job.returncode == 130 and "waiting up to 30s for 4 in flight" in err and "Traceback" not in err
+    assert f"interrupted ({signum.name})" in err
     assert 0.2 < took < 10  # it waited for the answers (1.5 s each), not for the grace
     assert fake.requests == sent == 4  # nothing new was sent after the signal
     assert fake.total_paid == 4 == cached_answers(out / "judge_cache.sqlite")  # every paid answer kept

@@ -1,7 +1,8 @@
 """Ctrl-C in a paid job: stop sending, let the requests in flight finish and be cached, then exit.
 
 Without this, a SIGINT ends the job at once while the judge still finishes (and bills) the requests
-in flight, and the rerun pays for them again. `GracefulInterrupt` is the job's side; the
+in flight, and the rerun pays for them again. SIGTERM and SIGHUP (what Slurm, Kubernetes, Ray and
+`timeout` send, and a closed terminal) get the same policy: one signal policy for every paying job. `GracefulInterrupt` is the job's side; the
 annotator's side is `request_stop()` (actprm.judge.openai_judge.OpenAIJudge: requests waiting for a
 slot, the budget or a retry are not sent; those on the wire finish and are cached on arrival).
 """
@@ -9,15 +10,20 @@ slot, the budget or a retry are not sent; those on the wire finish and are cache
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
+from collections.abc import Iterator
 from typing import Any
+
+#: the signals that stop a paying job gracefully (those this platform has)
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 class GracefulInterrupt:
     """`async with GracefulInterrupt(annotator, grace_s) as stop:` around a job's annotating loop.
 
-    First SIGINT: the annotator sends nothing new (`request_stop`, where it has one), the requests
+    First SIGINT, SIGTERM or SIGHUP: the annotator sends nothing new (`request_stop`, where it has one), the requests
     in flight finish (and are cached) within `grace_s` seconds, said on stderr; the loop calls
     `stop.check()` between batches, which raises KeyboardInterrupt (the CLI exits 130) instead of
     writing more. A second SIGINT, or the end of the grace, cancels the job at once; it ends with
@@ -46,16 +52,17 @@ class GracefulInterrupt:
     def _say(self, text: str) -> None:
         print(f"actprm: {text}", file=self.stream or sys.stderr, flush=True)
 
-    def _on_sigint(self) -> None:
+    def _on_signal(self, signum: int) -> None:
         self.signals += 1
+        name = signal.Signals(signum).name
         if self.signals > 1:
-            self._say("interrupted again: stopping now; the answers of requests still in flight are lost")
+            self._say(f"interrupted again ({name}): stopping now; the answers of requests still in flight are lost")
             self._cancel()
             return
         stats = getattr(self.annotator, "stats", None)
         in_flight = getattr(stats, "in_flight", 0)
-        self._say(f"interrupted: sending no new requests; waiting up to {self.grace_s:g}s for {in_flight} "
-                  "in flight (their answers are cached); Ctrl-C again to stop now")
+        self._say(f"interrupted ({name}): sending no new requests; waiting up to {self.grace_s:g}s for "
+                  f"{in_flight} in flight (their answers are cached); Ctrl-C again to stop now")
         stop = getattr(self.annotator, "request_stop", None)
         if stop is not None:
             stop()
@@ -75,7 +82,8 @@ class GracefulInterrupt:
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
         try:
-            self._loop.add_signal_handler(signal.SIGINT, self._on_sigint)
+            for signum in STOP_SIGNALS:
+                self._loop.add_signal_handler(signum, self._on_signal, signum)
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
             self._loop = None
         return self
@@ -84,9 +92,32 @@ class GracefulInterrupt:
         if self._timer is not None:
             self._timer.cancel()
         if self._loop is not None:
-            self._loop.remove_signal_handler(signal.SIGINT)
+            for signum in STOP_SIGNALS:
+                self._loop.remove_signal_handler(signum)
         if self.cancelled and exc_type is asyncio.CancelledError:
             if self._task is not None:
                 self._task.uncancel()
             raise KeyboardInterrupt
         return False
+
+
+@contextlib.contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """In a synchronous driver (the Ray recipes): SIGTERM and SIGHUP raise KeyboardInterrupt as SIGINT does,
+    so the driver's Ctrl-C path (drain the actors, cache what is in flight) runs for them too. Outside the
+    main thread it does nothing."""
+    def raise_interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    saved = {}
+    try:
+        for signum in STOP_SIGNALS:
+            if signum != signal.SIGINT:
+                saved[signum] = signal.signal(signum, raise_interrupt)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
