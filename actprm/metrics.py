@@ -194,15 +194,17 @@ def compute_metrics(rows: Sequence[dict[str, Any]], subsets: Sequence[str] | Non
     """
     names = list(subsets) if subsets is not None else list(dict.fromkeys(r["subset"] for r in rows))
     per: dict[str, Any] = {}
+    exact: list[dict[str, Any]] = []  # the unrounded scores: the mean is of these, rounded once
     for name in names:
         part = [r for r in rows if r["subset"] == name]
         scores = processbench_scores([r["label"] for r in part], [r["prediction"] for r in part])
+        exact.append(scores)
         s, y = _step_arrays(part)
         per[name] = {**{k: _round(v) if k.endswith(("acc", "f1")) else v for k, v in scores.items()},
                      "step_auroc": _round(auroc(s, y)), "step_ece": _round(expected_calibration_error(s, y)),
                      "n_steps_evaluated": int(y.size)}
     s, y = _step_arrays(rows)
-    return {"mean_f1": _round(mean_f1(list(per.values()))), "subsets": per,
+    return {"mean_f1": _round(mean_f1(exact)), "subsets": per,
             "step_auroc": _round(auroc(s, y)), "step_ece": _round(expected_calibration_error(s, y)),
             "n_steps_evaluated": int(y.size)}
 

@@ -252,3 +252,22 @@ def test_evaluate_user_errors(eval_inputs, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err
     assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_mean_f1_is_the_mean_of_the_unrounded_subset_f1s():
+    """Subset F1s that each round up: the mean of the rounded ones would be one in the last digit off
+    ProcessBench's unrounded mean (0.116155 where the official script prints 0.116154)."""
+    from actprm.metrics import compute_metrics, processbench_scores
+
+    def rows(subset, hits_err, n_err, hits_ok, n_ok):
+        none = {"step_mean": [], "step_std": [], "n_steps": 3, "n_scored_steps": 0}
+        out = [{"subset": subset, "label": 1, "prediction": 1 if i < hits_err else -1, **none} for i in range(n_err)]
+        return out + [{"subset": subset, "label": -1, "prediction": -1 if i < hits_ok else 0, **none}
+                      for i in range(n_ok)]
+
+    data = rows("a", 1, 35, 9, 39) + rows("b", 1, 12, 7, 32) + rows("c", 1, 29, 8, 36)
+    exact = [processbench_scores([r["label"] for r in data if r["subset"] == s],
+                                 [r["prediction"] for r in data if r["subset"] == s])["f1"] for s in "abc"]
+    got = compute_metrics(data)
+    assert got["mean_f1"] == round(sum(exact) / 3, 6) != round(sum(round(f, 6) for f in exact) / 3, 6)
+    assert [got["subsets"][s]["f1"] for s in "abc"] == [round(f, 6) for f in exact]
