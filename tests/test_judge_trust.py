@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import good_row
 
 from actprm.cli import main
 from actprm.config import AnnotateConfig, JudgeConfig
@@ -503,3 +504,14 @@ def test_basic_credentials_of_the_base_url_are_redacted_in_every_form(serve_cli,
             assert basic not in blob and b"URLSECRET-123" not in blob and SECRET.encode() not in blob, (path, sent)
     assert redact(f"Authorization: Basic {basic.decode()}") == "Authorization: Basic [redacted]"
     assert url_secrets("http://someone:URLSECRET-123@h/v1")[-1] == basic.decode()
+
+
+@pytest.mark.parametrize("url", ["not a url", "localhost:8000/v1", "ftp://h/v1", "http:///v1"])
+def test_a_base_url_the_client_cannot_send_to_is_one_line_before_anything_is_sent(tmp_path, capsys, url):
+    data = tmp_path / "in.jsonl"
+    data.write_text(json.dumps(good_row(0)) + "\n")
+    code = main(["annotate", "--backend", "openai", "--base-url", url, "--judge-model", "m", "--input", str(data),
+                 "--output", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "not an http(s) URL" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()

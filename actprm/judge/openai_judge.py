@@ -69,6 +69,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import openai
 from aiolimiter import AsyncLimiter
@@ -276,6 +277,21 @@ class _Sample:
     error: str | None = None  # a request that never produced an answer
 
 
+def check_base_url(url: str | None) -> None:
+    """An endpoint URL the client can send to (http or https, with a host), else one line before anything is
+    sent (a typo would otherwise fail every row with a connection error). None: the client's default."""
+    if url is None:
+        return
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise UserError(f"--base-url {display_url(url)!r}: not an http(s) URL with a host "
+                        "(e.g. http://localhost:8000/v1)")
+
+
 class OpenAIJudge(Annotator):
     """Annotator backed by a judge model over the chat-completions API (see the module docstring).
 
@@ -308,6 +324,7 @@ class OpenAIJudge(Annotator):
         self._key_env = cfg.api_key_env
         self._api_key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
         register_endpoint(self._api_key, cfg.base_url)  # redacted from all this process writes or prints
+        check_base_url(cfg.base_url or os.environ.get("OPENAI_BASE_URL"))
         self.max_answer_chars = int(getattr(cfg, "max_answer_chars", 0) or 0) or None
         self.use_n = bool(cfg.use_n)  # turned off for the rest of the job when the server ignores n
         self.stopping = False  # Ctrl-C: send nothing new (request_stop)
