@@ -126,16 +126,25 @@ def join_annotations(trajectory_paths: Sequence[str], annotation_paths: Sequence
 def labelled_from_trajectories(path: str) -> list[dict[str, Any]]:
     """Labelled rows from a file of per-step-labelled trajectories (ActivePRM's hard_labels/soft_labels,
     TRL's labels): the label is its first wrong step, the soft targets its `step_labels` (kept in meta)."""
-    rows = []
+    rows, read = [], 0
     for batch in iter_batches(open_corpus([path])):
         for r in batch.valid:
-            if r["first_error_step"] is None:
-                continue
+            read += 1
             meta = json.loads(r["meta"]) if r.get("meta") else {}
-            soft = meta.get("step_labels") if isinstance(meta, dict) else None
+            meta = meta if isinstance(meta, dict) else {}
+            label = r["first_error_step"]
+            if label is None:  # a labelled table written as JSON: its label_first_error is in meta
+                label = meta.get("label_first_error")
+            if label is None or isinstance(label, bool) or not isinstance(label, int):
+                continue
+            weight = meta.get("label_weight")
             rows.append({"id": r["id"], "problem": r["problem"], "steps": r["steps"],
-                         "label_first_error": int(r["first_error_step"]), "label_source": "dataset",
-                         "step_labels": soft, "label_weight": 1.0})
+                         "label_first_error": int(label), "label_source": meta.get("label_source") or "dataset",
+                         "step_labels": meta.get("step_labels"),
+                         "label_weight": float(weight) if isinstance(weight, (int, float)) else 1.0})
+    if read and not rows:
+        raise UserError(f"{path}: {read} rows and none with a label (first_error_step, label_first_error, "
+                        "hard_labels or labels); is it the right file?")
     return rows
 
 

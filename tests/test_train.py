@@ -14,6 +14,7 @@ import torch
 from actprm.checkpoint import ANCHOR_NAME, OPTIMIZER_NAME
 from actprm.cli import main
 from actprm.config import TrainConfig
+from actprm.errors import UserError
 from actprm.judge import labelled_row
 from actprm.judge.verifier import VerifierAnnotator
 from actprm.labels import step_targets
@@ -211,3 +212,21 @@ def test_cli_train_and_user_errors(world, tmp_path, capsys):
                  "--output", str(tmp_path / "y")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not an annotations table" in err
+
+
+def test_a_labelled_table_written_as_jsonl_is_read_and_a_file_without_labels_is_one_line(world, tmp_path):
+    """`train --labelled x.jsonl` with the labelled table's own columns used to read 0 rows and go on."""
+    from actprm.labels import LabelCounts, read_labelled
+
+    _, rows = world
+    path = tmp_path / "labelled.jsonl"
+    path.write_text("".join(json.dumps({"id": r["id"], "problem": r["problem"], "steps": r["steps"],
+                                        "label_first_error": r["first_error_step"], "label_weight": 0.5}) + "\n"
+                            for r in rows[:20]))
+    got = read_labelled([str(path)], LabelCounts())
+    assert [g["label_first_error"] for g in got] == [r["first_error_step"] for r in rows[:20]]
+    assert {g["label_weight"] for g in got} == {0.5}
+    unlabelled = tmp_path / "plain.jsonl"
+    unlabelled.write_text("".join(json.dumps({"problem": r["problem"], "steps": r["steps"]}) + "\n" for r in rows[:5]))
+    with pytest.raises(UserError, match="5 rows and none with a label"):
+        read_labelled([str(unlabelled)], LabelCounts())
