@@ -167,6 +167,7 @@ def report(args) -> str:
 
 def plot(rows: list[dict], args) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -186,6 +187,7 @@ def plot(rows: list[dict], args) -> None:
             ax.plot(xs, ys.mean(0), "-o", ms=3, color=colors[strategy], label=f"{strategy} ({len(got)} seeds)")
             ax.fill_between(xs, ys.min(0), ys.max(0), color=colors[strategy], alpha=0.15)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no overlapping minor labels
         ax.set_title(world)
         ax.set_xlabel("labels bought along the pass")
         ax.set_ylabel("ProcessBench F1 (eval)")
