@@ -396,6 +396,19 @@ def test_demo_end_to_end_at_a_small_size(tmp_path, local_ray, capsys):
     assert main(["demo", "--output", str(out), "--rows", "90", "--no-progress"]) == 2
 
 
+def test_demo_with_a_contrast_world_reports_both(tmp_path, local_ray, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--output", str(out), "--rows", "60", "--eval-rows", "20", "--rounds", "1",
+                 "--round-labels", "15", "--no-one-pass", "--contrast-world", "configs/worlds/arith.yaml",
+                 "--actors", "1", "--threads", "1", "--no-progress"]) == 0
+    every = lines(out)
+    assert {x["world"] for x in every} == {"arith-rare", "arith"} and not any(x["run"] == "one pass" for x in every)
+    report = (out / "report.md").read_text()
+    assert "## Contrast: the world `arith`" in report and "on `arith-rare` random" in report
+    assert "![F1 against labels](contrast/f1_vs_labels.png)" in report
+    assert (out / "contrast" / "f1_vs_labels.png").is_file() and (out / "contrast" / "world" / "pool").is_dir()
+
+
 def test_round_labels_keep_the_per_step_labels_of_rollout_annotations():
     rows = {r["id"]: r for r in Generator(seed=9).rows(0, 3)}
     a, b, c = rows
