@@ -517,10 +517,10 @@ class LoopConfig(ReadSettings, ScorerSettings, RuleSettings, EvalSettings, RaySe
                                "most 4)")
     batch_rows: int = Field(512, gt=0, description="rows per scoring task")
     threads: int | None = Field(None, gt=0, description="torch threads of the driver (training)")
-    head_cache: bool | None = Field(None, description="rounds with train.backbone frozen: run the backbone once over "
-                                    "the pool and eval set and score, train and evaluate every round on the heads' "
+    head_cache: bool | None = Field(None, description="train.backbone frozen: run the backbone once over the pool "
+                                    "(rounds) and the eval set and score, train and evaluate every round on the heads' "
                                     "cached inputs (null: whenever that applies; README \"Rounds on cached backbone "
-                                    "outputs\")")
+                                    "outputs\"; the stream mode's pass always reads each chunk's once)")
 
     def judge_config(self) -> JudgeConfig:
         """The annotator's settings; a path is read as a judge YAML (keys other than the judge's are ignored)."""
