@@ -33,6 +33,7 @@ from actprm.calibration import rule_constants
 from actprm.config import DemoConfig, GenerateConfig, LoopConfig, dump_config
 from actprm.curves import labels_to_reach
 from actprm.errors import UserError
+from actprm.io.lock import output_lock
 from actprm.io.writers import replaced_dir, write_text_atomic
 from actprm.plots import plot_f1_vs_labels, plot_selection_rate, plot_step_stats
 from actprm.progress import JobResult
@@ -390,6 +391,11 @@ def run_world(cfg: DemoConfig, name: str, world: str | None, out: Path, pool, pr
 
 
 def run(cfg: DemoConfig, progress: bool = True) -> DemoResult:
+    with output_lock(cfg.output):  # one demo per output at a time (exit 2 naming the holder)
+        return _run(cfg, progress)
+
+
+def _run(cfg: DemoConfig, progress: bool) -> DemoResult:
     start = time.perf_counter()
     out = prepare(cfg)
     worlds_wanted = [(cfg.world_config, out)] + ([(cfg.contrast_world, out / "contrast")] if cfg.contrast_world else [])

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from actprm.config import ExportConfig
 from actprm.errors import UserError
+from actprm.io.lock import output_lock
 from actprm.io.readers import iter_batches, open_corpus
 from actprm.progress import JobResult
 
@@ -143,11 +144,12 @@ def export(input: list[str] | str, output: str, fmt: Literal["trl", "activeprm"]
         else:
             kept.append(got)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    if out.suffix == ".jsonl":
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
-    else:
-        pq.write_table(pa.Table.from_pylist(kept, schema=SCHEMAS[fmt]), tmp)
-    tmp.replace(out)
+    with output_lock(out):  # one run per output at a time (exit 2 naming the holder)
+        tmp = out.with_name(out.name + ".tmp")
+        if out.suffix == ".jsonl":
+            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+        else:
+            pq.write_table(pa.Table.from_pylist(kept, schema=SCHEMAS[fmt]), tmp)
+        tmp.replace(out)
     result.rows, result.output, result.seconds = len(kept), out, time.perf_counter() - start
     return result

@@ -54,6 +54,7 @@ from actprm.checkpoint import DEFAULT_MODEL_NAME, load_for_scoring, load_scoring
 from actprm.config import FilterConfig
 from actprm.errors import UserError
 from actprm.io.filesystems import file_size
+from actprm.io.lock import output_lock
 from actprm.io.readers import (
     SourceFile,
     check_not_empty,
@@ -143,6 +144,8 @@ def prepare_output(cfg: FilterConfig) -> tuple[Path, bool]:
     out = Path(cfg.output)
     check_output_path(out)
     if cfg.overwrite and out.exists():
+        if any((out / name).exists() for name in [*TABLES, PROGRESS, "summary.json"]):
+            refuse_link(out)  # the tables inside a linked directory are not ours to delete
         for name in [*TABLES, PROGRESS, "summary.json"]:
             refuse_link(out / name)  # all checked before anything is removed
         for name in [*TABLES, PROGRESS, "summary.json"]:
@@ -297,6 +300,12 @@ def run(cfg: FilterConfig, progress: bool = True) -> FilterResult:
             bad.append((path, f"unreadable file: {exc}"))
     if not bad:
         check_not_empty(sources, cfg.input)
+    with output_lock(cfg.output):  # one run per output at a time (exit 2 naming the holder)
+        return _filter(cfg, sources, bad, store_set, start, progress)
+
+
+def _filter(cfg: FilterConfig, sources: list, bad: list, store_set: bool, start: float,
+            progress: bool) -> FilterResult:
     out, _ = prepare_output(cfg)
     init_ray(cfg.address, cfg.object_store_mb, store_set)
     # 2. phase 1: ids, hygiene keys and contamination, calibration sample per file, in parallel

@@ -97,6 +97,7 @@ from actprm.features import (
     train_and_save_cached,
     train_frozen_and_save,
 )
+from actprm.io.lock import output_lock
 from actprm.io.readers import iter_batches, open_corpus
 from actprm.io.subsets import resolve_subsets
 from actprm.io.writers import write_parquet_atomic, write_text_atomic
@@ -934,6 +935,12 @@ def run(cfg: LoopConfig, progress: bool = True, *, annotator: Annotator | None =
     start = time.perf_counter()
     check_config(cfg)
     open_corpus(cfg.pool, cfg.format)  # bad paths: one line now
+    with output_lock(cfg.output):  # one run per run directory at a time (exit 2 naming the holder)
+        return _run(cfg, progress, annotator, pool, start)
+
+
+def _run(cfg: LoopConfig, progress: bool, annotator: Annotator | None, pool: ScoringPool | None,
+         start: float) -> LoopResult:
     run_dir = prepare_run(cfg)
     annotator = annotator or make_loop_annotator(cfg, run_dir)
     threads = cfg.threads or cfg.train.threads

@@ -22,7 +22,7 @@ from conftest import good_row
 from actprm.cli import main
 from actprm.config import AnnotateConfig, JudgeConfig
 from actprm.errors import UserError
-from actprm.io.lock import LOCK_NAME, LockHeld, RunLock
+from actprm.io.lock import LOCK_NAME, LockHeld, RunLock, lock_path_for_output
 from actprm.judge.budget import checked_usage
 from actprm.judge.cache import AnswerCache
 from actprm.judge.openai_judge import OpenAIJudge
@@ -155,13 +155,14 @@ def test_two_annotate_runs_into_one_output_or_one_cache_the_second_exits_2_namin
     finally:
         first.kill()
     assert fake.total_paid == 16 and all(n == 1 for n in fake.paid.values())  # nothing paid twice
-    assert not (out / LOCK_NAME).exists() and not (tmp_path / "other").exists()
+    assert not lock_path_for_output(out).exists() and not (tmp_path / "other").exists()
 
 
 def test_run_annotate_refuses_an_output_another_process_holds(served, tmp_path):
     _, fake, server, data = served(n=4)
     out = tmp_path / "ann"
-    holder = subprocess.Popen([PY, "-c", HOLD, str(out / LOCK_NAME)], env=ENV, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([PY, "-c", HOLD, str(lock_path_for_output(out))], env=ENV, stdout=subprocess.PIPE,
+                              text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(LockHeld, match=f"pid {holder.pid}"):

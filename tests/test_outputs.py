@@ -5,6 +5,7 @@ import json
 import os
 import re
 import socket
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -168,3 +169,36 @@ def test_shard_writer_streams_row_groups_and_cuts_shards(tmp_path):
         w.add_rows(rows[:5])
         raise RuntimeError("killed")
     assert list((tmp_path / "failed").iterdir()) == []
+
+
+HOLD = ("import sys, time; from actprm.io.lock import output_lock; "
+        "output_lock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)")
+
+
+@pytest.mark.parametrize("verb", ["validate", "score", "annotate", "generate", "init-model", "evaluate", "export"])
+def test_every_verb_refuses_an_output_another_run_holds(tmp_path, corpus, capsys, verb):
+    """A run holds its output (an `annotate` into it, say); any other verb writing there exits 2 naming the
+    holder and touches nothing (validate --overwrite used to delete what the running annotate wrote)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / ("out.jsonl" if verb == "export" else "out")
+    if verb != "export":
+        out.mkdir()
+        (out / "theirs.txt").write_text("the running job's")
+    args = {"validate": ["--input", str(corpus)], "score": ["--input", str(corpus)],
+            "annotate": ["--input", str(corpus), "--backend", "verifier"],
+            "generate": ["--n", "5"], "init-model": ["--preset", "tiny", "--n-heads", "2"],
+            "evaluate": ["--data", str(corpus)], "export": ["--input", str(corpus), "--format", "trl"]}[verb]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+        assert main([verb, *args, "--output", str(out), "--overwrite", "--no-progress"]) == 2
+        one_line_error(capsys, "in use by another actprm run", f"pid {holder.pid}")
+        assert (sorted(p.name for p in out.iterdir()) if out.is_dir() else []) == before
+        assert not out.is_file()
+    finally:
+        holder.kill()
+        holder.wait()

@@ -94,9 +94,13 @@ class RunLock:
             if held is not None:
                 held[1] += 1
                 return self
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             while True:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                except OSError as exc:  # a read-only or virtual filesystem: one line, as for the output itself
+                    reason = exc.strerror or type(exc).__name__
+                    raise UserError(f"{self.what}: cannot be written there ({reason}: {self.path})") from None
                 try:
                     if not self._lock(fd):
                         self._refuse()
@@ -198,9 +202,17 @@ class FileLock:
             self._key = None
 
 
+def lock_path_for_output(directory: str | os.PathLike) -> Path:
+    """The lock file of an output directory: `.<name>.actprm.lock` beside the directory its path resolves to
+    (beside, not inside: a job that replaces the directory whole keeps its lock; a link to it is the same
+    output)."""
+    real = Path(os.path.realpath(directory))
+    return real.parent / f".{real.name}{LOCK_NAME}"
+
+
 def output_lock(directory: str | os.PathLike) -> RunLock:
-    """The lock of an output directory: `DIR/.actprm.lock`."""
-    return RunLock(Path(directory) / LOCK_NAME, f"output {directory}")
+    """The lock of an output directory (lock_path_for_output), taken by every verb that writes one."""
+    return RunLock(lock_path_for_output(directory), f"output {directory}")
 
 
 def cache_lock(cache: str | os.PathLike) -> RunLock:

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from actprm import provenance
 from actprm.errors import UserError
+from actprm.io.lock import output_lock
 from actprm.schemas import table_from_rows, to_canonical
 
 
@@ -142,14 +143,15 @@ def replaced_dir(out: Path) -> Iterator[Path]:
     out = check_output_path(out)
     refuse_link(out)
     make_dirs(out.parent)
-    clean_stale_staging(out.parent, f".{out.name}.staging-")
-    staging = make_dirs(out.parent / staging_name(f".{out.name}.staging-"))
-    try:
-        yield staging
-        remove_output(out)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with output_lock(out):  # one run per output at a time (exit 2 naming the holder)
+        clean_stale_staging(out.parent, f".{out.name}.staging-")
+        staging = make_dirs(out.parent / staging_name(f".{out.name}.staging-"))
+        try:
+            yield staging
+            remove_output(out)
+            os.replace(staging, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _tmp_beside(path: Path) -> Path:
@@ -290,11 +292,17 @@ class StagedOutput:
         for part in existing:
             refuse_link(self.directory / part)
         self._staging: Path | None = None
+        # one run per output at a time (exit 2 naming the holder): taken now where the lock's place exists,
+        # else with the first write (construction creates nothing)
+        self._lock = output_lock(self.directory).acquire() if self.directory.parent.is_dir() else None
 
     @property
     def staging(self) -> Path:
         """The staging directory, made on first use (with `DIR`); stale ones of killed runs are removed then."""
         if self._staging is None:
+            if self._lock is None:
+                make_dirs(self.directory.parent)
+                self._lock = output_lock(self.directory).acquire()
             make_dirs(self.directory)
             clean_stale_staging(self.directory, self.PREFIX)
             self._staging = make_dirs(self.directory / staging_name(self.PREFIX))
@@ -304,18 +312,29 @@ class StagedOutput:
         return self.staging / part
 
     def commit(self) -> None:
-        if self._staging is None:  # nothing was written
-            return
-        for part in self.parts:  # an earlier run's part goes even when this run has none (e.g. no plot)
-            remove_output(self.directory / part)
-            staged = self._staging / part
-            if staged.exists():
-                os.replace(staged, self.directory / part)
-        shutil.rmtree(self._staging, ignore_errors=True)
+        try:
+            if self._staging is None:  # nothing was written
+                return
+            for part in self.parts:  # an earlier run's part goes even when this run has none (e.g. no plot)
+                remove_output(self.directory / part)
+                staged = self._staging / part
+                if staged.exists():
+                    os.replace(staged, self.directory / part)
+            shutil.rmtree(self._staging, ignore_errors=True)
+        finally:
+            self._unlock()
 
     def abort(self) -> None:
-        if self._staging is not None:
-            shutil.rmtree(self._staging, ignore_errors=True)
+        try:
+            if self._staging is not None:
+                shutil.rmtree(self._staging, ignore_errors=True)
+        finally:
+            self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> "StagedOutput":
         return self
