@@ -61,9 +61,11 @@ end with \\boxed{{-1}}."""
 
 _BOXED = re.compile(r"\\boxed(?![A-Za-z])")  # not \boxedfoo
 # the template's delimiters, as found in a text's NFKC form: a paragraph tag, a box, a section header
-_DELIMITER = re.compile(r"(?P<tag><\s*/?\s*paragraph_)|(?P<box>\\boxed(?![A-Za-z]))"
+# (and a reasoning model's think tags: a step quoting `</think>` would cut the judge's answer where it is read)
+_DELIMITER = re.compile(r"(?P<tag><\s*/?\s*(?:paragraph_|think\s*>))|(?P<box>\\boxed(?![A-Za-z]))"
                         r"|(?P<header>\[\s*(?:problem|solution)\s*\])", re.IGNORECASE)
-_MAYBE = re.compile(r"<\s*/?\s*paragraph_|\\boxed|\[\s*(?:problem|solution)\s*\]", re.IGNORECASE)  # looser
+_MAYBE = re.compile(r"<\s*/?\s*(?:paragraph_|think)|\\boxed|\[\s*(?:problem|solution)\s*\]",
+                    re.IGNORECASE)  # looser
 # default-ignorable code points (invisible: a delimiter split by one still reads as the delimiter)
 _IGNORABLE = re.compile("[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
                         "\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\U0001bca0-\U0001bca3"
