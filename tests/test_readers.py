@@ -173,3 +173,18 @@ def test_activeprm_soft_labels_are_step_labels_beside_the_hard_label(write_jsonl
     assert step_targets(rows[0]["label_first_error"], 3, rows[0]["step_labels"]) == [0.9, 0.25, 0.0]
     assert step_targets(rows[2]["label_first_error"], 1, rows[2]["step_labels"]) == [1.0]
 
+
+
+def test_a_parquet_file_with_a_column_twice_is_a_file_error(tmp_path, capsys):
+    """Two `id` columns: a reader keeps one of them without a word; the file is refused, naming the column."""
+    from actprm.cli import main
+    from actprm.io.readers import inspect_file
+
+    path = tmp_path / "twice.parquet"
+    table = pa.Table.from_arrays([pa.array(["a"]), pa.array(["b"]), pa.array(["p"]), pa.array([["s"]])],
+                                 names=["id", "id", "problem", "steps"])
+    pq.write_table(table, path)
+    with pytest.raises(UserError, match="column 'id' appears more than once"):
+        inspect_file(path)
+    assert main(["validate", "--input", str(path), "--output", str(tmp_path / "out")]) == 2
+    assert "appears more than once" in capsys.readouterr().err

@@ -223,6 +223,9 @@ def inspect_file(path: Location, fmt: str = "auto", limits: Limits = Limits()) -
             meta = pq.ParquetFile(open_random_access(path))
             columns = meta.schema_arrow.names
             n_rows = meta.metadata.num_rows
+            twice = sorted({c for c in columns if columns.count(c) > 1})
+            if twice:  # a reader would keep one of them silently
+                raise UserError(f"{path}: column {', '.join(repr(c) for c in twice)} appears more than once")
         else:
             kind = "jsonl" if _has_suffix(path, JSONL_SUFFIXES) else _sniff_json(path)
             if kind == "empty":
