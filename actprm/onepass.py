@@ -74,6 +74,7 @@ class PassSettings:
     window: int = 2000
     calibrate_every: int = 5
     threshold_tolerance: float = 0.02
+    warm_up: bool = True  # label every row until the first calibration (off: deltas chosen for the start heads)
     explore: float = 0.1
     delta_pred: float = uncertainty.DEFAULT_DELTA_PRED
     delta_std: float = cal.DEFAULT_DELTA_STD_UNITS
@@ -100,7 +101,8 @@ def pass_settings(cfg, total_batches: int, *, strategy: str | None = None, seed:
         explore=cfg.explore, delta_pred=cfg.delta_pred, delta_std=cfg.delta_std,
         decision_threshold=cfg.decision_threshold, spread_scale=cfg.spread_scale, acquisition=cfg.acquisition,
         error_weight=t.error_weight, prior_bias=t.prior_bias, anchor_lambda=t.anchor_lambda,
-        learning_probability=t.learning_probability, grad_clip=t.grad_clip, seed=cfg.seed if seed is None else seed)
+        learning_probability=t.learning_probability, grad_clip=t.grad_clip, seed=cfg.seed if seed is None else seed,
+        warm_up=cfg.target_rate is None)  # target_rate: the deltas were chosen on the start heads' own scores
 
 
 @dataclass
@@ -213,7 +215,7 @@ class OnePass:
         if s.strategy in ("entropy", "bald"):
             acq = np.where(ok, stats[s.strategy], np.nan)
             return ok & uncertainty.select_budget(inputs.ids, acq, count if count is not None else n), weights, stats
-        if self.heads.calibration is None:  # no scale to read the heads on yet: every row is labelled (warm-up)
+        if self.heads.calibration is None and self.s.warm_up:  # no scale to read the heads on: label every row
             stats["uncertain"] = ok.copy()
         uncertain = stats["uncertain"] & ok
         mask = actprm_selection(inputs.ids, ok, uncertain, stats["entropy"], count, s.explore,
