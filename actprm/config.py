@@ -724,10 +724,34 @@ class PretrainConfig(Config):
 C = TypeVar("C", bound=Config)
 
 
+#: a config file larger than this, or whose values expand (YAML aliases followed) to more nodes, is refused:
+#: a few hundred bytes of nested aliases ("billion laughs") expand to gigabytes when the values are used
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_NODES = 100_000
+
+
+def _check_expanded_size(data: Any, path: Path) -> None:
+    """Walk the loaded values as a user of them would (aliases expanded), stopping at MAX_CONFIG_NODES."""
+    count, stack = 0, [data]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_NODES:
+            raise UserError(f"{path}: the config expands to more than {MAX_CONFIG_NODES:,} values "
+                            "(YAML aliases nested in aliases?)")
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+
+
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise UserError(f"{path}: a config file of {path.stat().st_size:,} bytes; at most {MAX_CONFIG_BYTES:,}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -738,6 +762,7 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: a config must be a mapping of key: value")
+    _check_expanded_size(data, path)
     return data
 
 

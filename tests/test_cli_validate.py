@@ -166,3 +166,29 @@ def test_recipe_runs_as_a_module_from_the_repo_root_and_the_console_script_exist
     assert script, "the actprm console script is not installed next to this Python"
     proc = subprocess.run([script, "init-model", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "--preset" in proc.stdout
+
+
+LAUGHS = "\n".join(["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+                   + [f"{chr(98 + i)}: &{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 10) + "]" for i in range(8)]
+                   + ["extra_body: {x: *i}"]) + "\n"
+
+
+def test_a_yaml_bomb_is_refused_before_its_values_are_used(tmp_path, capsys):
+    """Under 1 KB of nested aliases ("billion laughs") expands to 10^9 values once used (8 GB and a kill
+    in `annotate`'s extra_body); the config is one line, exit 2, in no time and no memory."""
+    import resource
+    import time
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(LAUGHS)
+    assert cfg.stat().st_size < 1024
+    before, start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
+    assert main(["annotate", "--config", str(cfg), "--input", "x", "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "expands to more than" in err and err.count("\n") == 1
+    assert time.perf_counter() - start < 10
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: no expansion
+    big = tmp_path / "big.yaml"
+    big.write_text("# " + "x" * (2 << 20) + "\n")
+    assert main(["validate", "--config", str(big), "--input", "x", "--output", str(tmp_path / "p")]) == 2
+    assert "at most" in capsys.readouterr().err
