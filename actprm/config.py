@@ -163,7 +163,8 @@ class JudgeConfig(Config):
     requests_per_minute: int | None = Field(None, ge=1, description="request rate limit")
     tokens_per_minute: int | None = Field(None, ge=1, description="token rate limit, estimated before sending "
                                           "(prompt chars / 4 + output)")
-    timeout_s: float = Field(600.0, gt=0, description="seconds per request; reasoning models answer slowly",
+    timeout_s: float = Field(600.0, gt=0, description="seconds per request, from its start to its whole answer (a "
+                             "deadline, not a read timeout); reasoning models answer slowly",
                              json_schema_extra=cli("--timeout"))
     max_attempts: int = Field(6, ge=1, description="attempts per request, the first included")
     max_backoff_s: float = Field(60.0, gt=0, description="cap of the random exponential back-off")

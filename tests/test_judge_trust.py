@@ -519,3 +519,17 @@ def test_a_base_url_the_client_cannot_send_to_is_one_line_before_anything_is_sen
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "not an http(s) URL" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_timeout_is_a_deadline_for_the_whole_request(served, tmp_path):
+    """A server that drips its body a byte every 0.2 s never leaves a read waiting long, so a read timeout
+    never fires and one request took 100 s; `timeout_s` bounds the whole request, and the row fails after
+    its attempts, in about attempts x timeout."""
+    _, fake, server, data = served(n=1, faults=["drip", "drip"], drip_s=0.2)
+    start = time.monotonic()
+    result = run_annotate(annotate_cfg(server.url, data, tmp_path / "o", max_attempts=2, timeout_s=1.0),
+                          progress=False)
+    took = time.monotonic() - start
+    assert result.annotations.n_failed == 1 and took < 15  # the dripped body is ~1,000 bytes: 200 s
+    rows = read(tmp_path / "o" / "annotations")
+    assert "no whole answer within 1s" in rows[0]["error"]

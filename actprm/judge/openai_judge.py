@@ -135,9 +135,13 @@ class FatalEndpointError(UserError):
     """The endpoint refuses every request (bad key, unknown model, wrong URL): stop the job."""
 
 
+class DeadlineExceeded(Exception):
+    """A request that did not finish within `timeout_s` from its start (however the bytes came)."""
+
+
 def is_transient(exc: BaseException) -> bool:
     """Worth another attempt: rate limits, timeouts, connection errors, 5xx, malformed bodies."""
-    if isinstance(exc, (MalformedResponse, openai.APIConnectionError, openai.RateLimitError)):
+    if isinstance(exc, (MalformedResponse, DeadlineExceeded, openai.APIConnectionError, openai.RateLimitError)):
         return True  # APITimeoutError is an APIConnectionError
     return isinstance(exc, openai.APIStatusError) and exc.status_code >= 500
 
@@ -459,8 +463,10 @@ class OpenAIJudge(Annotator):
                 kwargs["extra_body"] = self.sampling["extra_body"]
             kwargs.update(extra or {})
             api = self._client.chat.completions if chat else self._client.completions
-            try:
-                response = await api.create(**kwargs)
+            try:  # timeout_s is a deadline for the whole request: a server dripping bytes cannot hold it open
+                response = await asyncio.wait_for(api.create(**kwargs), timeout=self.cfg.timeout_s)
+            except asyncio.TimeoutError:
+                raise DeadlineExceeded(f"no whole answer within {self.cfg.timeout_s:g}s") from None
             except json.JSONDecodeError as exc:
                 raise MalformedResponse(f"the body is not JSON ({exc.msg})") from exc
         finally:

@@ -23,7 +23,7 @@ careless or hostile server does: `no_usage` (no `usage` in the body), `negative_
 reasoning repeat the Authorization header), `ignore_n` (one choice whatever `n` asks for), `huge`
 (an answer of `huge_chars` characters before the verdict), `echo_prompt` (the answer is the
 prompt itself: the template's example boxes), `slow` (answers after `slow_s` seconds, or when
-`release_slow()` is called). Answers come in
+`release_slow()` is called), `drip` (the body one byte every `drip_s` seconds). Answers come in
 the content, in <think> tags (`reasoning="think"`) or in a `reasoning_content` field
 (`reasoning="field"`); the reasoning holds a decoy \\boxed{} that a parser must not read.
 
@@ -58,7 +58,8 @@ from actprm.world.arith import Generator
 
 FAULTS = ("429", "500", "hang", "malformed", "empty", "400", "401",
           "no_boxed", "out_of_range", "length",
-          "no_usage", "negative_usage", "absurd_usage", "echo_key", "ignore_n", "huge", "echo_prompt", "slow")
+          "no_usage", "negative_usage", "absurd_usage", "echo_key", "ignore_n", "huge", "echo_prompt", "slow",
+          "drip")
 
 _PROBLEM = re.compile(r"\[Problem\]\n(.*?)\n\n\[Solution\]\n", re.DOTALL)
 _PARAGRAPH = re.compile(r"<paragraph_(\d+)>\n(.*?)\n</paragraph_\1>", re.DOTALL)
@@ -89,7 +90,7 @@ class FakeJudge:
                  faults: Iterable[str] = (), fault_rates: Mapping[str, float] | None = None,
                  wrong_rate: float = 0.0, reasoning: str = "none", retry_after: str = "1",
                  hang_s: float = 30.0, seed: int = 0, prover: Any = None, huge_chars: int = 2_000_000,
-                 slow_s: float = 2.0):
+                 slow_s: float = 2.0, drip_s: float = 0.5):
         for fault in list(faults) + list(fault_rates or {}):
             if fault not in FAULTS:
                 raise ValueError(f"unknown fault {fault!r}; choose from {', '.join(FAULTS)}")
@@ -104,6 +105,7 @@ class FakeJudge:
         self.hang_s = hang_s
         self.huge_chars = huge_chars
         self.slow_s = slow_s
+        self.drip_s = drip_s
         self._released = False
         self.rng = random.Random(seed)
         self.requests = 0
@@ -244,6 +246,14 @@ class FakeJudge:
                  "model": body.get("model", "judge"), "choices": choices}
         if usage is not None:
             reply["usage"] = {**usage, "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}
+        if fault == "drip":  # the body a byte every drip_s: no read ever waits long, the whole takes ages
+            out = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await out.prepare(request)
+            for byte in json.dumps(reply).encode():
+                await out.write(bytes([byte]))
+                await asyncio.sleep(self.drip_s)
+            await out.write_eof()
+            return out
         return web.json_response(reply)
 
     async def handle_completion(self, request: web.Request) -> web.StreamResponse:
