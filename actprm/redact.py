@@ -11,7 +11,9 @@
 - whatever looks like a credential even when it was never registered: the userinfo of any URL
   (`scheme://user:pass@` -> `scheme://[redacted]@`), `Bearer <token>` and `Basic <token>`;
 - the `Authorization: Basic` value a client sends for a URL's `user:pass` (its base64), registered with
-  the URL.
+  the URL;
+- what a judge might make of the API key when told to repeat it (`derived_forms`: reversed, base64, cut
+  by a character, either half), matched whatever the case and with any whitespace between characters.
 
 `display_url(url)` is a URL as it may be shown: userinfo and secret-looking query values removed.
 The registry is per process: each Ray actor registers what it reads from its own environment.
@@ -65,9 +67,40 @@ def register(*secrets: str | None) -> None:
                 _SECRETS.update(_forms(secret))
 
 
+#: an API key at least this long also has its derived forms redacted (derived_forms)
+MIN_DERIVED_CHARS = 12
+
+
+def derived_forms(key: str) -> list[str]:
+    """What a judge told to repeat its key might write instead of the key: reversed, base64 (standard and
+    URL-safe, padded or not), all but its first or last character, and either half (each at least 8
+    characters). Matched case-insensitively with any whitespace between characters (`_derived_pattern`)."""
+    if len(key) < MIN_DERIVED_CHARS:
+        return []
+    raw = key.encode()
+    forms = {key[::-1], key[:-1], key[1:], base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()}
+    forms |= {f.rstrip("=") for f in list(forms)}
+    half = len(key) // 2
+    if half >= 8:
+        forms |= {key[:half], key[half:]}
+    return sorted(f for f in forms if len(f) >= 8)
+
+
+def _derived_pattern(form: str) -> re.Pattern:
+    return re.compile(r"\s*".join(re.escape(ch) for ch in form), re.IGNORECASE)
+
+
+_DERIVED: dict[str, re.Pattern] = {}
+
+
 def register_endpoint(api_key: str | None, base_url: str | None) -> None:
-    """Register an endpoint's API key and the credentials in its URL."""
+    """Register an endpoint's API key (and its derived forms) and the credentials in its URL."""
     register(api_key, *url_secrets(base_url))
+    if api_key:
+        with _GUARD:
+            for form in [api_key, *derived_forms(api_key)]:
+                if len(form) >= MIN_SECRET_CHARS:
+                    _DERIVED.setdefault(form, _derived_pattern(form))
 
 
 def redact(text: str | None, extra: Iterable[str | None] = ()) -> str | None:
@@ -76,12 +109,15 @@ def redact(text: str | None, extra: Iterable[str | None] = ()) -> str | None:
         return text
     with _GUARD:
         secrets = set(_SECRETS)
+        derived = sorted(_DERIVED.items(), key=lambda kv: len(kv[0]), reverse=True)
     for secret in extra:
         if secret:
             secrets.update(_forms(secret))
     for secret in sorted(secrets, key=len, reverse=True):  # longest first: a secret inside another
         if secret in text:
             text = text.replace(secret, REDACTED)
+    for _, pattern in derived:  # the key upper-cased, spaced out, reversed, in base64, cut short
+        text = pattern.sub(REDACTED, text)
     if "://" in text:
         text = _USERINFO.sub(lambda m: m.group("scheme") + REDACTED + "@", text)
     if "Bearer" in text or "Basic" in text:

@@ -34,7 +34,7 @@ from actprm.judge.prompt import (
     parse_verdict,
     render_prompt,
 )
-from actprm.redact import display_url, redact, url_secrets
+from actprm.redact import display_url, redact, register_endpoint, url_secrets
 from actprm.testing.judge_server import FakeJudge, JudgeServer, truth_from_rows
 from actprm.world.arith import Generator
 from pipelines.annotate import run as run_annotate
@@ -533,3 +533,16 @@ def test_timeout_is_a_deadline_for_the_whole_request(served, tmp_path):
     assert result.annotations.n_failed == 1 and took < 15  # the dripped body is ~1,000 bytes: 200 s
     rows = read(tmp_path / "o" / "annotations")
     assert "no whole answer within 1s" in rows[0]["error"]
+
+
+def test_what_a_judge_makes_of_the_key_is_redacted_too():
+    """Reversed, base64, spaced out, upper-cased, all but its last character: each a copy of the key."""
+    import base64
+
+    key = "sk-live-5f3a9c2e7b1d4086aa11"
+    register_endpoint(key, None)
+    for form in (key[::-1], base64.b64encode(key.encode()).decode(), " ".join(key), key.upper(), key[:-1],
+                 key[1:], key[: len(key) // 2]):
+        out = redact(f"my key: {form} (as asked)")
+        assert out.startswith("my key: [redacted]") and "(as asked)" in out, (form, out)
+    assert redact("an ordinary sentence about keys, 42 of them") == "an ordinary sentence about keys, 42 of them"
