@@ -147,6 +147,9 @@ class Limits:
     max_depth: int = 64
     max_row_bytes: int = 64 * 2**20
     max_id_chars: int = 1_000
+    #: a Parquet column chunk's uncompressed size, read from the file's metadata before anything is
+    #: decompressed (a 10 KB file may hold a 1 GiB chunk of repeated text)
+    max_chunk_bytes: int = 512 * 2**20
 
 
 def _type_name(value: Any) -> str:

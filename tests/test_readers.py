@@ -188,3 +188,18 @@ def test_a_parquet_file_with_a_column_twice_is_a_file_error(tmp_path, capsys):
         inspect_file(path)
     assert main(["validate", "--input", str(path), "--output", str(tmp_path / "out")]) == 2
     assert "appears more than once" in capsys.readouterr().err
+
+
+def test_a_parquet_chunk_too_large_uncompressed_is_refused_from_the_metadata(tmp_path):
+    """A small file whose column chunk decompresses to far more than its size (1 GiB of text in 10 KB took
+    6 GB of memory to read): refused from the metadata, before anything is decompressed."""
+    from actprm.io.readers import inspect_file
+    from actprm.schemas import Limits
+
+    path = tmp_path / "bomb.parquet"
+    rows = [{"id": f"r{i}", "problem": "p", "steps": ["a" * 50_000]} for i in range(40)]  # 2 MB of 'a'
+    pq.write_table(pa.Table.from_pylist(rows), path, compression="zstd", use_dictionary=False)
+    assert path.stat().st_size < 50_000
+    with pytest.raises(UserError, match=r"column 'steps.*MiB uncompressed; at most 1 MiB"):
+        inspect_file(path, limits=Limits(max_chunk_bytes=2**20))
+    assert inspect_file(path).n_rows == 40  # under the default bound: read as usual

@@ -223,6 +223,15 @@ def inspect_file(path: Location, fmt: str = "auto", limits: Limits = Limits()) -
             meta = pq.ParquetFile(open_random_access(path))
             columns = meta.schema_arrow.names
             n_rows = meta.metadata.num_rows
+            for g in range(meta.metadata.num_row_groups):
+                group = meta.metadata.row_group(g)
+                for c in range(group.num_columns):
+                    chunk = group.column(c)
+                    if chunk.total_uncompressed_size > limits.max_chunk_bytes:
+                        raise UserError(
+                            f"{path}: row group {g}, column {chunk.path_in_schema!r}: "
+                            f"{chunk.total_uncompressed_size / 2**20:,.0f} MiB uncompressed; at most "
+                            f"{limits.max_chunk_bytes / 2**20:,.0f} MiB per column chunk (write smaller row groups)")
             twice = sorted({c for c in columns if columns.count(c) > 1})
             if twice:  # a reader would keep one of them silently
                 raise UserError(f"{path}: column {', '.join(repr(c) for c in twice)} appears more than once")
