@@ -108,6 +108,7 @@ class FakeJudge:
         self.drip_s = drip_s
         self._released = False
         self.rng = random.Random(seed)
+        self.seed = seed
         self.requests = 0
         self.statuses: Counter = Counter()
         self.faults_served: Counter = Counter()
@@ -149,9 +150,11 @@ class FakeJudge:
             return (label if len(paragraphs) == n_steps else -1), len(paragraphs)
         return arithmetic_verdict(paragraphs), len(paragraphs)
 
-    def choice(self, index: int, label: int, n: int, fault: str | None) -> dict[str, Any]:
-        if self.wrong_rate and self.rng.random() < self.wrong_rate:
-            label = self.rng.choice([k for k in range(-1, n) if k != label] or [label])
+    def choice(self, index: int, label: int, n: int, fault: str | None, draw: random.Random | None = None
+               ) -> dict[str, Any]:
+        rng = draw or self.rng
+        if self.wrong_rate and rng.random() < self.wrong_rate:
+            label = rng.choice([k for k in range(-1, n) if k != label] or [label])
         verdict = f"\\boxed{{{label}}}"
         finish = "stop"
         if fault == "no_boxed":
@@ -219,7 +222,12 @@ class FakeJudge:
             choices: list[dict[str, Any]] = []
         else:
             label, n_paragraphs = self.verdict(prompt)
-            choices = [self.choice(i, label, n_paragraphs, fault) for i in range(n)]
+            # the k-th answer to a prompt draws from its own seeded stream: wrong answers do not depend on the
+            # order concurrent requests arrive in
+            key = hashlib.sha256(prompt.encode()).hexdigest()
+            first = self.paid[key]
+            choices = [self.choice(i, label, n_paragraphs, fault, random.Random(f"{self.seed}-{key}-{first + i}"))
+                       for i in range(n)]
         for c in choices:
             message = c["message"]
             if fault == "echo_key":  # what a judge told to repeat its instructions might do
