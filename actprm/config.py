@@ -503,7 +503,7 @@ class LoopConfig(ReadSettings, ScorerSettings, RuleSettings, EvalSettings, RaySe
     replay_rows: int = Field(256, ge=0, description="stream: earlier labels replayed in each optimizer step")
     steps_per_batch: int = Field(4, gt=0, description="stream: optimizer steps per mini-batch")
     calibrate_every: int = Field(5, gt=0, description="stream: recalibrate the heads every N mini-batches on the "
-                                 "last `calibration_window` labels, each scored before it was trained on")
+                                 "last `calibration_window` labels, rescored by the current heads (README \"One pass (stream mode)\")")
     calibration_window: int = Field(2000, gt=0, description="stream: labelled rows the calibration reads")
     rounds: int | None = Field(None, gt=0, description="stop after this many rounds (stream: chunks)")
     label_budget: int | None = Field(None, ge=0, description="stop when this many rows went to the annotator")
