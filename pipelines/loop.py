@@ -705,16 +705,19 @@ class Loop:
 
     def stream(self, totals: Totals, done: int, bar) -> tuple[int, str]:
         """One pass over the corpus in chunks, from chunk `done` + 1; (last chunk, why it stopped)."""
-        r = 0
-        for chunk in chunks_of(read_rows(self.cfg.pool, self.cfg), self.cfg.chunk_rows):
-            r += 1
-            if r <= done:
-                continue  # a finished chunk: read past, not scored again
+        r = done
+        for r, chunk in self.chunks_after(done):
             stopped = self.stop_reason(r, totals)
             if stopped:
                 return r - 1, stopped
             self._show(bar, self.run_round(r, chunk, {row["id"]: row for row in chunk}, totals))
         return r, "end of the corpus"
+
+    def chunks_after(self, done: int) -> Iterator[tuple[int, list[dict]]]:
+        """(r, chunk) of the corpus from chunk `done` + 1; finished chunks are read past, not scored again."""
+        for r, chunk in enumerate(chunks_of(read_rows(self.cfg.pool, self.cfg), self.cfg.chunk_rows), start=1):
+            if r > done:
+                yield r, chunk
 
     def use_head_cache(self) -> None:
         """Build (or read back) the head-input cache when the config asks for it (`head_cache`): the pool and
@@ -742,7 +745,7 @@ class Loop:
         n_rows = sum(known) if all(n is not None for n in known) else sum(len(c) for c in read_rows(cfg.pool, cfg))
         total_batches = sum(batches_of(min(cfg.chunk_rows, n_rows - k), cfg.stream_batch)
                             for k in range(0, max(n_rows, 1), cfg.chunk_rows))
-        start_model = str(Path(cfg.model).resolve()) if cfg.model else None
+        start_model = self.model_after(0)
         model, _ = load_scoring_model(start_model, "cpu", None, "float32")
         fingerprint = model_fingerprint(model, cfg.max_length)
         del model
@@ -751,11 +754,8 @@ class Loop:
         if shared.is_file():
             with contextlib.suppress(ValueError):
                 self.pool_inputs = HeadInputs.load(shared, fingerprint)
-        r = 0
-        for chunk in chunks_of(read_rows(cfg.pool, cfg), cfg.chunk_rows):
-            r += 1
-            if r <= done:
-                continue  # a finished chunk: read past, not scored again
+        r = done
+        for r, chunk in self.chunks_after(done):
             stopped = self.stop_reason(r, totals)
             if stopped:
                 return r - 1, stopped
