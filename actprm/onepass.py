@@ -61,32 +61,33 @@ MIN_CALIBRATION_STEPS = 20
 
 @dataclass(frozen=True)
 class PassSettings:
-    """What one pass does; the loop builds it from its config (:func:`pass_settings`), where every field has
-    its default and its help."""
+    """What one pass does. The loop builds it from its config (:func:`pass_settings`): the defaults and the
+    help of these fields are LoopConfig's and TrainConfig's, not repeated here."""
 
     total_batches: int  # batches in the whole pass: the length of the learning-rate schedule
-    strategy: str = "actprm"
-    head_lr: float = 1e-2
-    warmup_batches: int = 5
-    steps_per_batch: int = 1
-    replay: int = 4096
-    replay_rows: int = 64
-    window: int = 2000
-    calibrate_every: int = 5
+    strategy: str
+    head_lr: float
+    warmup_batches: int
+    steps_per_batch: int
+    replay: int
+    replay_rows: int
+    window: int
+    calibrate_every: int
+    explore: float
+    delta_pred: float
+    delta_std: float
+    decision_threshold: float | None
+    spread_scale: float | None
+    acquisition: str
+    error_weight: float | str
+    prior_bias: bool
+    anchor_lambda: float
+    learning_probability: float
+    grad_clip: float
+    seed: int
+    warm_up: bool  # label every row until the first calibration (off: deltas chosen for the start heads)
+    #: the window's threshold: any within this of the best F1 (and within one standard error) nearest 0.5
     threshold_tolerance: float = 0.02
-    warm_up: bool = True  # label every row until the first calibration (off: deltas chosen for the start heads)
-    explore: float = 0.1
-    delta_pred: float = uncertainty.DEFAULT_DELTA_PRED
-    delta_std: float = cal.DEFAULT_DELTA_STD_UNITS
-    decision_threshold: float | None = None
-    spread_scale: float | None = None
-    acquisition: str = "entropy"
-    error_weight: float | str = "balanced"
-    prior_bias: bool = True
-    anchor_lambda: float = 0.0
-    learning_probability: float = 1.0
-    grad_clip: float = 1.0
-    seed: int = 0
 
 
 def pass_settings(cfg, total_batches: int, *, strategy: str | None = None, seed: int | None = None) -> PassSettings:
