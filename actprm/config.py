@@ -438,24 +438,31 @@ class TrainConfig(ImplicitSettings, RaySettings):
 
 
 class EvaluateConfig(ReadSettings, ScorerSettings, EvalSettings):
-    """ProcessBench F1 (the official metric), step AUROC and ECE of a PRM on labelled subsets.
+    """ProcessBench F1 and PRMBench PRMScore (the official metrics), step AUROC and ECE of a PRM.
 
     Score labelled subsets with a PRM and compute ProcessBench's metric exactly as the official script does:
     per subset error_acc, correct_acc and their harmonic mean F1; mean_f1 is the unweighted mean over subsets.
     The prediction is the first step whose ensemble mean is below --threshold, else -1; --sweep-subset picks the
     threshold (0.01..0.99) that maximises one subset's F1 and applies it to all, as ActivePRM does. Also step
-    AUROC and ECE. Each --data path is one subset, named by its file stem or directory name. Writes
-    OUTPUT/metrics.json and OUTPUT/predictions.parquet (every figure can be recomputed from it)."""
+    AUROC and ECE. PRMBench's files (recognised by their columns) are scored as its official scorer does, from
+    validity labels (step mean > --threshold): PRMScore, positive and negative F1, step and first-error
+    accuracies, per class and overall. Each --data path is one subset, named by its file stem or directory
+    name. Writes OUTPUT/metrics.json, OUTPUT/predictions.parquet (every figure can be recomputed from it) and
+    OUTPUT/errors.parquet (rows refused, with the reason)."""
 
     examples = ("actprm evaluate --data ../shared/data/processbench/*.json --output out/eval",
                 "actprm evaluate --data out/world-eval --model runs/round1/model --output out/eval",
                 "actprm evaluate --data ../shared/data/processbench/*.json --sweep-subset gsm8k --output out/eval",
+                "actprm evaluate --data ../shared/data/prmbench/*.jsonl --output out/prmbench",
                 "actprm evaluate --config configs/evaluate.yaml --output out/eval --overwrite")
     data: list[str] = Field(default_factory=list, description="one file or directory per subset (a glob: one per "
                             "match)")
     output: str | None = Field(None, description="output directory")
     overwrite: bool = Field(False, description="replace metrics.json and predictions.parquet in --output")
     sweep_subset: str | None = Field(None, description="pick the threshold maximising this subset's F1")
+    benchmark: Literal["auto", "processbench", "prmbench"] = Field(
+        "auto", description="auto: each --data set by its own benchmark (PRMBench's rows are recognised); "
+        "prmbench: every set is PRMBench's; processbench: none is")
 
 
 class LoopConfig(ReadSettings, ScorerSettings, RuleSettings, EvalSettings, RaySettings):

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from actprm import uncertainty
+from actprm import prmbench, uncertainty
 
 #: The sweep's thresholds: 0.01, 0.02, ..., 0.99 (exact two-decimal floats).
 THRESHOLD_GRID = np.round(np.arange(1, 100) / 100, 2)
@@ -212,10 +212,31 @@ def compute_metrics(rows: Sequence[dict[str, Any]], subsets: Sequence[str] | Non
 def prediction_row(row: dict[str, Any], subset: str, step_mean: Sequence[float], step_std: Sequence[float],
                    n_scored_steps: int, threshold: float = 0.5) -> dict[str, Any]:
     """A predictions-table row (data_schemas/predictions.yaml) of a labelled trajectory and its scores
-    (no scored step: a trajectory whose first step does not fit the model, predicting -1)."""
-    return {"id": row["id"], "subset": subset, "label": row["first_error_step"],
-            "prediction": predict_first_error(step_mean, threshold), "step_mean": list(step_mean),
-            "step_std": list(step_std), "n_scored_steps": int(n_scored_steps), "n_steps": len(row["steps"])}
+    (no scored step: a trajectory whose first step does not fit the model, predicting -1). A PRMBench
+    sample (actprm.io.subsets.labelled_batches) keeps its class and error steps."""
+    out = {"id": row["id"], "subset": subset, "benchmark": row.get("benchmark", "processbench"),
+           "label": row["first_error_step"], "step_mean": list(step_mean), "step_std": list(step_std),
+           "n_scored_steps": int(n_scored_steps), "n_steps": len(row["steps"]),
+           "classification": row.get("classification"), "error_steps": row.get("error_steps")}
+    return at_threshold(out, threshold)
+
+
+def at_threshold(row: dict[str, Any], threshold: float) -> dict[str, Any]:
+    """Set a prediction row's threshold-dependent columns: `prediction` (first step < threshold) and
+    `step_valid` (each step > threshold, PRMBench's validity labels)."""
+    row["prediction"] = predict_first_error(row["step_mean"], threshold)
+    row["step_valid"] = prmbench.step_validity(_means(row["step_mean"]), threshold)
+    return row
+
+
+def benchmark_metrics(rows: Sequence[dict[str, Any]], subsets: Sequence[str]) -> dict[str, Any]:
+    """ProcessBench's figures (:func:`compute_metrics`) over its rows and `subsets` (ProcessBench's), and under `prmbench` the
+    PRMBench figures (actprm.prmbench.prmbench_metrics) of the PRMBench rows, None when there are none."""
+    pb = [r for r in rows if r.get("benchmark", "processbench") == "processbench"]
+    prm = [r for r in rows if r.get("benchmark") == "prmbench"]
+    out = compute_metrics(pb, subsets)
+    out["prmbench"] = prmbench.prmbench_metrics(prm) if prm else None
+    return out
 
 
 def f1_table(subsets: dict[str, dict[str, Any]], mean: float | None, extra: Sequence[str] = ()) -> str:
@@ -247,6 +268,7 @@ def checkpoint_threshold_metrics(rows: list[dict[str, Any]], names: list[str], c
     if not calibration:
         return None
     t = float(calibration["threshold"])
-    m = compute_metrics([r | {"prediction": predict_first_error(r["step_mean"], t)} for r in rows], names)
+    m = compute_metrics([r | {"prediction": predict_first_error(r["step_mean"], t)} for r in rows
+                         if r.get("benchmark", "processbench") == "processbench"], names)
     return {"threshold": t, "mean_f1": m["mean_f1"],
             "subsets": {k: {f: v.get(f) for f in ("f1", "error_acc", "correct_acc")} for k, v in m["subsets"].items()}}

@@ -197,7 +197,7 @@ def check_id(rid: Any, limits: Limits) -> str:
     return rid
 
 
-def check_trajectory(row: dict[str, Any], limits: Limits) -> dict[str, Any]:
+def check_trajectory(row: dict[str, Any], limits: Limits, allow_empty_steps: bool = False) -> dict[str, Any]:
     """Validate one row already mapped onto the trajectories columns.
 
     Returns the row with optional columns filled in; raises RowError otherwise.
@@ -235,7 +235,7 @@ def check_trajectory(row: dict[str, Any], limits: Limits) -> dict[str, Any]:
             raise RowError(
                 "too large", f"step {i} has {len(step)} characters, over the limit of {limits.max_step_chars}"
             )
-        if not step or step.isspace():
+        if (not step or step.isspace()) and not allow_empty_steps:
             raise RowError("empty step", f"step {i} is empty" if not step else f"step {i} is only whitespace")
 
     fes = row.get("first_error_step")

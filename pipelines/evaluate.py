@@ -1,9 +1,12 @@
-"""`actprm evaluate`: ProcessBench F1 of a PRM exactly as the official script computes it, plus step AUROC and ECE.
+"""`actprm evaluate`: ProcessBench F1 and PRMBench's PRMScore of a PRM exactly as the official scorers compute
+them, plus step AUROC and ECE.
 
     DIR/metrics.json          mean_f1, threshold, per subset error_acc / correct_acc / f1 / counts,
-                              step AUROC and ECE (per subset and pooled), row counts, seconds
+                              step AUROC and ECE (per subset and pooled), row counts, seconds; under
+                              `prmbench` (PRMBench files given) its figures per class and overall
     DIR/predictions.parquet   predictions schema: one row per evaluated trajectory; every figure of
-                              metrics.json can be recomputed from it (actprm.metrics.compute_metrics)
+                              metrics.json can be recomputed from it (actprm.metrics.benchmark_metrics)
+    DIR/errors.parquet        errors schema: every row refused, with its reason
 
 A trajectory truncated to the model's maximum length predicts from its scored steps; one whose first
 step alone does not fit predicts -1, so every labelled item counts, as in the official script (both
@@ -24,23 +27,24 @@ import numpy as np
 from actprm.checkpoint import load_for_scoring
 from actprm.config import EvaluateConfig
 from actprm.errors import UserError
-from actprm.io.readers import iter_batches, known_rows
-from actprm.io.subsets import Subset, resolve_subsets
+from actprm.io.readers import known_rows
+from actprm.io.subsets import Subset, labelled_batches, resolve_subsets
 from actprm.io.writers import StagedOutput, write_parquet_atomic
 from actprm.metrics import (
+    at_threshold,
+    benchmark_metrics,
     best_threshold,
     checkpoint_threshold_metrics,
-    compute_metrics,
     f1_table,
-    predict_first_error,
     prediction_row,
 )
+from actprm.prmbench import prmbench_table
 from actprm.progress import JobResult, RowCounts, progress_bar
 from actprm.schemas import table_from_rows
 from actprm.scoring import ScoringStats, score_trajectories
 from actprm.selection import model_calibration
 
-PARTS = ["metrics.json", "predictions.parquet"]
+PARTS = ["metrics.json", "predictions.parquet", "errors.parquet"]
 
 
 @dataclass
@@ -49,7 +53,10 @@ class EvaluateResult(JobResult):
     output: Path
 
     def table(self) -> str:
-        return f1_table(self.metrics["subsets"], self.metrics["mean_f1"])
+        parts = [f1_table(self.metrics["subsets"], self.metrics["mean_f1"])] if self.metrics["subsets"] else []
+        if self.metrics["prmbench"]:
+            parts.append(prmbench_table(self.metrics["prmbench"]))
+        return "\n\n".join(parts)
 
     def render(self) -> str:
         return self.table() + "\n" + self.summary_line()
@@ -62,19 +69,22 @@ class EvaluateResult(JobResult):
         own = m.get("checkpoint_threshold")
         mine = "" if own is None else (f"; {'n/a' if own['mean_f1'] is None else format(own['mean_f1'], '.3f')} at "
                                        f"the checkpoint's threshold {own['threshold']:.2f}")
-        return (f"evaluate: mean F1 {f1} over {n_f1} subsets ({m['counts']['rows_evaluated']} items) at threshold "
-                f"{m['threshold']:.2f}{swept}{mine} in {m['seconds']:.1f}s -> {self.output}")
+        prm = m["prmbench"]
+        prm = "" if not prm else f"; PRMBench PRMScore {prm['prmscore']:.3f} over {prm['n']} samples"
+        return (f"evaluate: mean F1 {f1} over {n_f1} subsets{prm} ({m['counts']['rows_evaluated']} items) at "
+                f"threshold {m['threshold']:.2f}{swept}{mine} in {m['seconds']:.1f}s -> {self.output}")
 
 
 def _score_subset(subset: Subset, cfg: EvaluateConfig, model, tokenizer, device: str, batch_tokens: int,
-                  stats: ScoringStats, bar) -> list[dict[str, Any]]:
+                  stats: ScoringStats, bar, seen: set[str], errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for batch in iter_batches(subset.sources, limits=cfg.limits, step_separator=cfg.step_separator,
-                              batch_rows=cfg.batch_rows):
+    for batch in labelled_batches(subset, limits=cfg.limits, step_separator=cfg.step_separator,
+                                  batch_rows=cfg.batch_rows, seen=seen):
         subset.counts.read += batch.n_read
         subset.counts.add_errors(batch.errors)
-        labelled = [r for r in batch.valid if r["first_error_step"] is not None]
-        subset.unlabelled += len(batch.valid) - len(labelled)
+        errors += batch.errors
+        labelled = batch.rows
+        subset.unlabelled += batch.unlabelled
         subset.counts.valid += len(labelled)
         results = score_trajectories(
             model, tokenizer, [r["problem"] for r in labelled], [r["steps"] for r in labelled],
@@ -92,21 +102,37 @@ def _score_subset(subset: Subset, cfg: EvaluateConfig, model, tokenizer, device:
     return rows
 
 
+def _subsets(cfg: EvaluateConfig) -> list[Subset]:
+    """The --data subsets, their benchmark detected from the files or as --benchmark says."""
+    if cfg.benchmark == "prmbench" and cfg.format not in ("auto", "prmbench"):
+        raise UserError(f"--benchmark prmbench reads PRMBench's rows; --format {cfg.format} contradicts it")
+    subsets = resolve_subsets(cfg.data, "prmbench" if cfg.benchmark == "prmbench" else cfg.format)
+    if cfg.benchmark == "processbench":
+        for s in subsets:
+            if s.benchmark == "prmbench":
+                raise UserError(f"--benchmark processbench: {s.path} holds PRMBench's rows (drop the flag to "
+                                f"score each set by its own benchmark)")
+    return subsets
+
+
 def run(cfg: EvaluateConfig, progress: bool = True) -> EvaluateResult:
     start = time.perf_counter()
-    subsets = resolve_subsets(cfg.data, cfg.format)
+    subsets = _subsets(cfg)
     if not cfg.output:
         raise UserError("no output: pass --output DIR")
-    names = [s.name for s in subsets]
+    names = [s.name for s in subsets if s.benchmark == "processbench"]
     if cfg.sweep_subset is not None and cfg.sweep_subset not in names:
-        raise UserError(f"--sweep-subset {cfg.sweep_subset!r}: no such subset; the subsets are {', '.join(names)}")
+        raise UserError(f"--sweep-subset {cfg.sweep_subset!r}: no such subset scored by ProcessBench's metric; they are "
+                        f"{', '.join(names) or 'none'}")
     device, model, tokenizer, model_name, batch_tokens = load_for_scoring(cfg)
     stats = ScoringStats()
     with StagedOutput(cfg.output, PARTS, cfg.overwrite) as out:
         rows: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
+        seen: set[str] = set()  # PRMBench sample ids, one of each over all files
         with progress_bar(known_rows([src for s in subsets for src in s.sources]), "evaluate", progress) as bar:
             for subset in subsets:
-                rows += _score_subset(subset, cfg, model, tokenizer, device, batch_tokens, stats, bar)
+                rows += _score_subset(subset, cfg, model, tokenizer, device, batch_tokens, stats, bar, seen, errors)
         threshold, sweep = cfg.threshold, None
         if cfg.sweep_subset is not None:
             part = [r for r in rows if r["subset"] == cfg.sweep_subset]
@@ -118,20 +144,30 @@ def run(cfg: EvaluateConfig, progress: bool = True) -> EvaluateResult:
             sweep = {"subset": cfg.sweep_subset, "grid": [0.01, 0.99, 0.01], "f1": round(best, 6),
                      "ties": "closest to 0.5, then lower"}
         for r in rows:
-            r["prediction"] = predict_first_error(r["step_mean"], threshold)
+            at_threshold(r, threshold)
         write_parquet_atomic(table_from_rows(rows, "predictions"), out.path("predictions.parquet"))
-        metrics = compute_metrics(rows, names)
+        write_parquet_atomic(table_from_rows(errors, "errors"), out.path("errors.parquet"))
+        prm = [s for s in subsets if s.benchmark == "prmbench"]
+        metrics = benchmark_metrics(rows, names)
         own = checkpoint_threshold_metrics(rows, names, model_calibration(model))
-        for s in subsets:
-            metrics["subsets"][s.name] |= {
-                "path": s.path, "rows_read": s.counts.read, "rows_invalid": s.counts.n_errors,
-                "rows_unlabelled": s.unlabelled, "rows_truncated": s.truncated, "rows_unscorable": s.unscorable}
+        files = {s.name: {"path": s.path, "rows_read": s.counts.read, "rows_invalid": s.counts.n_errors,
+                          "rows_unlabelled": s.unlabelled, "rows_truncated": s.truncated,
+                          "rows_unscorable": s.unscorable} for s in subsets}
+        for name in names:
+            metrics["subsets"][name] |= files[name]
+        if metrics["prmbench"] is not None:
+            metrics["prmbench"] = {"threshold": threshold, **metrics["prmbench"],
+                                   "samples_with_error_steps_past_end": sum(
+                                       1 for r in rows if r["benchmark"] == "prmbench" and r["error_steps"]
+                                       and max(r["error_steps"]) > r["n_steps"]),
+                                   "files": {s.name: files[s.name] for s in prm}}
         errors = RowCounts()
         for s in subsets:
             errors.merge(s.counts)
         seconds = time.perf_counter() - start
         metrics = {
-            "mean_f1": metrics.pop("mean_f1"), "threshold": threshold, "threshold_from": cfg.sweep_subset,
+            "mean_f1": metrics.pop("mean_f1"), "prmbench": metrics.pop("prmbench"), "threshold": threshold,
+            "threshold_from": cfg.sweep_subset,
             "model": model_name, **metrics,
             "counts": {"rows_read": errors.read, "rows_invalid": errors.n_errors,
                        "invalid_by_kind": dict(errors.errors.most_common()),

@@ -8,6 +8,9 @@
 |               |                               | soft_labels → step_labels (soft targets, kept in `meta`)     |
 | trl           | prompt, completions           | prompt → problem; completions → steps; first False in labels |
 | rollout       | problem, response             | response split into steps on a separator (default blank line)|
+| prmbench      | modified_question,            | PRMBench's rows: id `<classification>_<idx>`, the modified    |
+|               | modified_process,             | solution; first_error_step = min(error_steps) - 1 (they are   |
+|               | classification                | 1-based); the rest (original solution too) kept in `meta`     |
 
 Rows without an `id` get a content hash (`content_id`), stable across runs and machines.
 Fields with no column in the trajectories table are kept as JSON in `meta`.  Per-step soft
@@ -22,9 +25,10 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from actprm import prmbench
 from actprm.schemas import RowError, load_schema
 
-FORMATS = ("canonical", "processbench", "activeprm", "trl", "rollout")
+FORMATS = ("canonical", "processbench", "activeprm", "trl", "rollout", "prmbench")
 
 REQUIRED: dict[str, tuple[str, ...]] = {
     "canonical": ("problem", "steps"),
@@ -32,12 +36,15 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "activeprm": ("question", "steps"),
     "trl": ("prompt", "completions"),
     "rollout": ("problem", "response"),
+    "prmbench": ("modified_question", "modified_process", "classification"),
 }
 
 
 def detect_format(columns: list[str] | set[str]) -> str | None:
     """The format whose shape these columns have, or None."""
     cols = set(columns)
+    if set(REQUIRED["prmbench"]) <= cols:
+        return "prmbench"
     if {"question", "steps"} <= cols:
         return "activeprm"
     if {"prompt", "completions"} <= cols:
@@ -130,8 +137,29 @@ def split_response(response: Any, separator: str) -> list[str] | None:
     return [s for s in (part.strip() for part in response.split(separator)) if s]
 
 
+def prmbench_trajectory(record: dict[str, Any]) -> dict[str, Any]:
+    """A PRMBench row's modified solution as a trajectory (its class and 1-based error steps checked)."""
+    classification = prmbench.check_classification(record.get("classification"))
+    idx = record.get("idx")
+    if idx is None or isinstance(idx, bool) or not isinstance(idx, (str, int)):
+        raise RowError("missing id", f"idx must be a string, got {idx!r}")
+    steps = record.get("modified_process")
+    if not isinstance(steps, (list, tuple)):
+        raise RowError("wrong type", f"modified_process must be a list of strings, got {type(steps).__name__}")
+    error_steps = prmbench.error_steps_of(record, len(steps))
+    row: dict[str, Any] = {col: None for col in _CANONICAL}
+    used = {"modified_question", "modified_process"}
+    extra = {k: v for k, v in record.items() if k not in used}
+    row.update(id=prmbench.sample_id(classification, str(idx)), problem=record.get("modified_question"),
+               steps=list(steps), first_error_step=min(error_steps) - 1, source=f"prmbench/{classification}",
+               meta=json.dumps(extra, ensure_ascii=False, default=repr, sort_keys=True))
+    return row
+
+
 def to_trajectory(record: dict[str, Any], fmt: str, ctx: MapContext) -> dict[str, Any]:
     """Map one record of format `fmt` onto the trajectories columns (not yet validated)."""
+    if fmt == "prmbench":
+        return prmbench_trajectory(record)
     if fmt not in RENAMES:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     names = {col: RENAMES[fmt].get(col, col) for col in _CANONICAL if col != "meta"}
