@@ -369,7 +369,7 @@ class EnsemblePRM(nn.Module):
         # how trajectories become text for this model (actprm.scoring.PROMPT_KEYS); {}: the default format
         self.prompt = dict(prompt or {})
         self.source = source  # what an imported PRM was converted from (actprm.importers), else None
-        #: True: step features as before issue 23 (the LM-head product in float32 whatever the backbone's dtype)
+        #: True: the step features' LM-head product in float32 whatever the backbone's dtype (the older path)
         self.reference_features = False
 
     # ---- properties

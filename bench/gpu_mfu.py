@@ -1,4 +1,4 @@
-"""bf16 scoring throughput and MFU of a Qwen2-0.5B-shaped PRM on one GPU, in a few minutes (issue 23).
+"""bf16 scoring throughput and MFU of a Qwen2-0.5B-shaped PRM on one GPU, in a few minutes.
 
     python -m bench.gpu_mfu                                   # CUDA, `qwen2-0.5b` preset, bf16
     python -m bench.gpu_mfu --device cpu --preset tiny --tokens 20000 --seconds 5    # the CPU check

@@ -1,4 +1,4 @@
-"""What the judge's guards (issue 21) cost per request, next to the client's ~1.7 ms of CPU per request.
+"""What the judge's guards cost per request, next to the client's ~1.7 ms of CPU per request.
 
     python -m bench.judge_guards
 

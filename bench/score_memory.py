@@ -1,4 +1,4 @@
-"""Memory of a long CPU scoring run: the scorer's RSS batch after batch (issue 23, "flat memory").
+"""Memory of a long CPU scoring run: the scorer's RSS batch after batch.
 
     python -m bench.score_memory --dtype bfloat16 --rows 15000            # with actprm's settings
     python -m bench.score_memory --dtype bfloat16 --rows 15000 --no-fixes # oneDNN's default cache, no trim

@@ -17,13 +17,13 @@ Prints a Markdown table and writes JSON to --output.
     python -m bench.score_throughput --dtype both                          # `small` preset, fp32 vs bf16
     python -m bench.score_throughput --dtype both --model shipped --data world --rows 3000
 
-`--dtype both` (issue 23) instead scores the same rows in float32 and in bfloat16, alternating
+`--dtype both` instead scores the same rows in float32 and in bfloat16, alternating
 `--repeats` times (best time of each kept; a shared machine's noise hits both alike), and reports
 both rows/s, the speed-up, the largest step-mean difference, and matmul FLOP/s against the best
 matmul peak of the machine (a 4096² matmul in each dtype, the larger kept), and whether the CPU
 has AMX / AVX512-BF16 (actprm.precision). `--model shipped` (or a PRM directory) scores with that
 PRM instead of a preset, `--data world` on arithmetic-world rows instead of ProcessBench.
-`--old-path` adds bf16 with the step features' LM-head product in float32 (as before issue 23).
+`--old-path` adds bf16 with the step features' LM-head product in float32 (the older path).
 """
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ def main() -> None:
     parser.add_argument("--preset", default="small")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "both"],
-                        help="both: the fp32-vs-bf16 comparison only (issue 23)")
+                        help="both: the fp32-vs-bf16 comparison only")
     parser.add_argument("--model", default=None, help="--dtype both: 'shipped' or a PRM directory (default: --preset)")
     parser.add_argument("--data", default="processbench", choices=["processbench", "world"])
     parser.add_argument("--processbench", default=None, help="--dtype both: the ProcessBench directory "

@@ -1,4 +1,4 @@
-"""The project's layout (README, "Where things live"), read from the code with `ast`: components in actprm/
+"""The project's layout (docs/README.md, "Where things live"), read from the code with `ast`: components in actprm/
 never import a job, no import circle, imports inside functions only for optional heavy dependencies or Ray,
 one job module per CLI verb."""
 
