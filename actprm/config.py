@@ -568,6 +568,9 @@ class DemoConfig(RaySettings):
     one_pass: bool = Field(True, description="also one pass of the stream mode over the pool: ActPRM's selection, "
                            "and every row labelled")
     chunk_rows: int = Field(2500, gt=0, description="the pass's chunks (each a checkpoint and an eval)")
+    prmbench: list[str] = Field(default_factory=list, description=(
+        "PRMBench files (globs allowed) every run is also evaluated on, beside the world's eval set: the report "
+        "adds each round's PRMBench PRMScore"))
     strategies: list[Strategy] = Field(default_factory=lambda: ["actprm", "random"],  # type: ignore[valid-type]
                                        description="the strategies compared")
     seed: int = Field(0, description="the world's and the loops' seed")

@@ -21,6 +21,7 @@ such parts with the same formula, as the official scorer does (so compare only f
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,45 +80,64 @@ def step_validity(step_mean: Sequence[float], threshold: float) -> list[bool]:
     return [float(m) > threshold for m in step_mean]
 
 
-# --------------------------------------------------------------------------- one sample
+# --------------------------------------------------------------------------- counting
 
 
 @dataclass
-class SampleTally:
-    """What one sample adds: the four counts, per-step accuracies and the first-error hit (None: not labelled)."""
+class Tally:
+    """One sample's counts (``confusion``: tp, fp, tn, fn) and hits (1 right, 0 wrong) on its correct steps,
+    its error steps and its first error step (none when that step was not labelled) — or many summed."""
 
-    tp: int = 0
-    fp: int = 0
-    tn: int = 0
-    fn: int = 0
-    correct_steps: list[int] = field(default_factory=list)
-    wrong_steps: list[int] = field(default_factory=list)
-    first_error: int | None = None
-    valid_share: float = UNDEFINED
+    confusion: Counter = field(default_factory=Counter)
+    steps: dict[str, list[int]] = field(default_factory=lambda: {"correct": [], "wrong": []})
+    first_error: list[int] = field(default_factory=list)
+    similarity: list[float] = field(default_factory=list)
+    n: int = 0
+
+    def add(self, other: Tally) -> None:
+        self.confusion.update(other.confusion)
+        for kind, hits in other.steps.items():
+            self.steps[kind] += hits
+        self.first_error += other.first_error
+        self.similarity += other.similarity
+        self.n += other.n
+
+    def figures(self) -> dict[str, Any]:
+        tp, fp, tn, fn = (self.confusion[k] for k in ("tp", "fp", "tn", "fn"))
+        precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+        neg_precision, neg_recall = _ratio(tn, tn + fn), _ratio(tn, tn + fp)
+        f1, neg_f1 = _f1(precision, recall), _f1(neg_precision, neg_recall)
+        return {"prmscore": 0.5 * f1 + 0.5 * neg_f1, "f1": f1, "negative_f1": neg_f1,
+                "precision": precision, "recall": recall,
+                "negative_precision": neg_precision, "negative_recall": neg_recall,
+                "correct_step_acc": _mean(self.steps["correct"]), "wrong_step_acc": _mean(self.steps["wrong"]),
+                "total_step_acc": _mean(self.steps["correct"] + self.steps["wrong"]),
+                "first_error_acc": _mean(self.first_error), "similarity": _mean(self.similarity),
+                "tp": tp, "fp": fp, "tn": tn, "fn": fn, "n": self.n}
 
 
-def tally(error_steps: Iterable[int], valid: Sequence[bool]) -> SampleTally:
+def tally(error_steps: Iterable[int], valid: Sequence[bool]) -> Tally:
     """Score one sample's validity labels against its 1-based error steps."""
     wrong = {s - 1 for s in error_steps}
     first = min(wrong) if wrong else None
-    t = SampleTally()
+    t = Tally(n=1)
     for i, ok in enumerate(valid):
-        if i in wrong:
-            t.wrong_steps.append(0 if ok else 1)
-            t.fp += bool(ok)
-            t.tn += not ok
+        if i in wrong:  # an error step: right when labelled invalid
+            right = not ok
+            t.steps["wrong"].append(int(right))
+            t.confusion["tn" if right else "fp"] += 1
         else:
-            t.correct_steps.append(1 if ok else 0)
-            t.tp += bool(ok)
-            t.fn += not ok
+            right = bool(ok)
+            t.steps["correct"].append(int(right))
+            t.confusion["tp" if right else "fn"] += 1
         if i == first:
-            t.first_error = 0 if ok else 1
-    if valid:
-        t.valid_share = sum(bool(v) for v in valid) / len(valid)
+            t.first_error.append(int(right))
     return t
 
 
-# --------------------------------------------------------------------------- sums
+def valid_share(valid: Sequence[bool]) -> float:
+    """The share of steps labelled valid (the official `model_response_acc`), -1 with no label."""
+    return sum(bool(v) for v in valid) / len(valid) if valid else UNDEFINED
 
 
 def _ratio(num: float, den: float) -> float:
@@ -130,39 +150,6 @@ def _f1(p: float, r: float) -> float:
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else UNDEFINED
-
-
-@dataclass
-class Sums:
-    tp: int = 0
-    fp: int = 0
-    tn: int = 0
-    fn: int = 0
-    n: int = 0
-    correct_steps: list[int] = field(default_factory=list)
-    wrong_steps: list[int] = field(default_factory=list)
-    first_error: list[int] = field(default_factory=list)
-    similarity: list[float] = field(default_factory=list)
-
-    def add(self, t: SampleTally) -> None:
-        self.tp, self.fp, self.tn, self.fn = self.tp + t.tp, self.fp + t.fp, self.tn + t.tn, self.fn + t.fn
-        self.n += 1
-        self.correct_steps += t.correct_steps
-        self.wrong_steps += t.wrong_steps
-        if t.first_error is not None:
-            self.first_error.append(t.first_error)
-
-    def figures(self) -> dict[str, Any]:
-        precision, recall = _ratio(self.tp, self.tp + self.fp), _ratio(self.tp, self.tp + self.fn)
-        neg_precision, neg_recall = _ratio(self.tn, self.tn + self.fn), _ratio(self.tn, self.tn + self.fp)
-        f1, neg_f1 = _f1(precision, recall), _f1(neg_precision, neg_recall)
-        return {"prmscore": 0.5 * f1 + 0.5 * neg_f1, "f1": f1, "negative_f1": neg_f1,
-                "precision": precision, "recall": recall,
-                "negative_precision": neg_precision, "negative_recall": neg_recall,
-                "correct_step_acc": _mean(self.correct_steps), "wrong_step_acc": _mean(self.wrong_steps),
-                "total_step_acc": _mean(self.correct_steps + self.wrong_steps),
-                "first_error_acc": _mean(self.first_error), "similarity": _mean(self.similarity),
-                "tp": self.tp, "fp": self.fp, "tn": self.tn, "fn": self.fn, "n": self.n}
 
 
 def _item(row: dict[str, Any]) -> str:
@@ -184,21 +171,18 @@ def prmbench_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     correct = [r for r in unique if r["classification"] == CORRECT]
     others = [r for r in unique if r["classification"] != CORRECT]
     order = [c for c in (*CLASSES, CORRECT) if any(r["classification"] == c for r in unique)]
-    per = {c: Sums() for c in order}
-    total = Sums()
-    share_correct: dict[str, float] = {}
-    for r in correct:  # the correct samples first: the others' similarity compares with them
-        t = tally(r["error_steps"], r["step_valid"])
-        per[CORRECT].add(t)
-        share_correct[_item(r)] = t.valid_share
+    per = {c: Tally() for c in order}
+    total = Tally()
+    share_correct = {_item(r): valid_share(r["step_valid"]) for r in correct}
+    for r in correct:
+        per[CORRECT].add(tally(r["error_steps"], r["step_valid"]))
     for r in others:
         t = tally(r["error_steps"], r["step_valid"])
+        base, share = share_correct.get(_item(r)), valid_share(r["step_valid"])
+        if base is not None and base != 0 and share != UNDEFINED:  # the official scorer's truthiness
+            t.similarity.append(abs(share - base))
         per[r["classification"]].add(t)
         total.add(t)
-        base = share_correct.get(_item(r))
-        if base is not None and base != 0 and t.valid_share != UNDEFINED:  # the official scorer's truthiness
-            total.similarity.append(abs(t.valid_share - base))
-            per[r["classification"]].similarity.append(abs(t.valid_share - base))
     out = total.figures()
     out["classes"] = {c: per[c].figures() for c in order}
     out["groups"] = {g: _mean([out["classes"][c]["prmscore"] for c in members if c in out["classes"]])

@@ -34,6 +34,7 @@ from actprm.config import DemoConfig, GenerateConfig, LoopConfig, dump_config
 from actprm.curves import labels_to_reach
 from actprm.errors import UserError
 from actprm.io.lock import output_lock
+from actprm.io.subsets import resolve_subsets
 from actprm.io.writers import replaced_dir, write_text_atomic
 from actprm.plots import plot_f1_vs_labels, plot_selection_rate, plot_step_stats
 from actprm.progress import JobResult
@@ -79,7 +80,8 @@ class DemoResult(JobResult):
             f1 = "-" if f1_of(last) is None else f"{f1_of(last):.3f}"
             reach = labels_to(lines, F1_LEVELS[-1])
             to = "" if reach is None else f", F1 {F1_LEVELS[-1]:g} at {reach:.0f}"
-            parts.append(f"{name} F1 {f1} with {last['labels_used']} labels{to}")
+            prm = "" if last.get("prmscore") is None else f" (PRMScore {last['prmscore']:.3f})"
+            parts.append(f"{name} F1 {f1}{prm} with {last['labels_used']} labels{to}")
         passes = self.worlds[0].passes
         if "actprm" in passes:
             last = passes["actprm"][-1]
@@ -132,7 +134,7 @@ def generate(cfg: DemoConfig, world: str | None, out: Path, progress: bool) -> t
 def loop_config(cfg: DemoConfig, strategy: str, pool: Path, evals: Path, out: Path, mode: str = "rounds"
                 ) -> LoopConfig:
     name = strategy if mode == "rounds" else f"pass-{strategy}"
-    return LoopConfig(mode=mode, pool=[str(pool)], eval=[str(evals)], output=str(out / "runs" / name),
+    return LoopConfig(mode=mode, pool=[str(pool)], eval=[str(evals), *cfg.prmbench], output=str(out / "runs" / name),
                       model=cfg.model, strategy=strategy, round_labels=[cfg.round_labels],
                       rounds=cfg.rounds if mode == "rounds" else None, chunk_rows=cfg.chunk_rows,
                       judge=cfg.judge, train=cfg.train, seed=cfg.seed, threads=cfg.threads, device=cfg.device,
@@ -283,14 +285,16 @@ def world_section(cfg: DemoConfig, world: World, rule: LoopConfig, prefix: str =
     for name, ls in list(lines.items()) + [(f"one pass, {n}", ls) for n, ls in world.passes.items()]:
         text += [f"### {world.name}: {name}", "",
                  ("| round | labels | selected | uncertain share | trained on | loss | threshold | mean F1 | "
-                  "F1 at 0.5 | error_acc at 0.5 | correct_acc at 0.5 | step AUROC | seconds |"),
-                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "F1 at 0.5 | error_acc at 0.5 | correct_acc at 0.5 | step AUROC | "
+                  f"{'PRMBench PRMScore at 0.5 | ' if cfg.prmbench else ''}seconds |"),
+                 "|---" * (14 if cfg.prmbench else 13) + "|"]
         for ln in ls:
+            prm = f"{_fmt(ln.get('prmscore'))} | " if cfg.prmbench else ""
             text.append(f"| {ln['round']} | {ln['labels_used']} | {ln['rows_selected']} | "
                         f"{_fmt(ln['uncertain_rate'], '.1%')} | {ln['trained_on']} | {_fmt(ln['train_loss'])} | "
                         f"{_fmt(ln.get('decision_threshold'), '.2f')} | {_fmt(f1_of(ln))} | "
                         f"{_fmt(ln['mean_f1'])} | {_fmt(ln['error_acc'])} | {_fmt(ln['correct_acc'])} | "
-                        f"{_fmt(ln['step_auroc'])} | {_fmt(ln['seconds'], '.1f')} |")
+                        f"{_fmt(ln['step_auroc'])} | {prm}{_fmt(ln['seconds'], '.1f')} |")
         text.append("")
     return text
 
@@ -397,6 +401,10 @@ def run(cfg: DemoConfig, progress: bool = True) -> DemoResult:
 
 def _run(cfg: DemoConfig, progress: bool) -> DemoResult:
     start = time.perf_counter()
+    for subset in resolve_subsets(cfg.prmbench) if cfg.prmbench else []:
+        if subset.benchmark != "prmbench":
+            raise UserError(f"--prmbench {subset.path}: not PRMBench's rows (the world's eval set is the demo's "
+                            f"ProcessBench-scored set)")
     out = prepare(cfg)
     worlds_wanted = [(cfg.world_config, out)] + ([(cfg.contrast_world, out / "contrast")] if cfg.contrast_world else [])
     resolved = [(resolve_world(w), o) for w, o in worlds_wanted]

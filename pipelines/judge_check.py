@@ -4,7 +4,11 @@ The configured annotator (any backend; the openai judge with its cache, limits a
 labelled subsets — ProcessBench's four files, or any set in a supported format with
 `first_error_step` — and its labels are scored exactly as `actprm evaluate` scores a PRM's
 predictions (actprm.evaluate.processbench_scores per subset, mean_f1 the unweighted mean). A row
-the judge failed to label counts as a wrong answer (and is counted). Also: `exact_match`, the
+the judge failed to label counts as a wrong answer (and is counted). PRMBench's files are scored by
+PRMBench's metric: the judge's verdict is read as a model that stops at the first error it finds —
+the steps before it valid, that step invalid, no label after it (PRMBench scores only the steps a
+model labels; a judge says nothing about the steps after its first error); a sample it failed to
+label is left out, as the official scorer leaves out an answer it cannot parse. Also: `exact_match`, the
 share of items whose label is ProcessBench's exactly, over all subsets — the probability that one
 of this judge's labels is right, and so the `label_weight` to give its labels in a labelled table
 against ground-truth labels at 1.0.
@@ -27,12 +31,12 @@ from typing import Any
 
 from actprm.config import JudgeCheckConfig
 from actprm.errors import UserError
-from actprm.io.readers import iter_batches
-from actprm.io.subsets import resolve_subsets
+from actprm.io.subsets import labelled_batches, resolve_subsets
 from actprm.io.writers import StagedOutput, write_parquet_atomic
 from actprm.judge import error_kind, make_annotator
 from actprm.judge.budget import check_spend_settings
 from actprm.metrics import f1_table, mean_f1, processbench_scores
+from actprm.prmbench import prmbench_metrics, prmbench_table
 from actprm.progress import JobResult
 from actprm.sample import BottomK
 from actprm.schemas import table_from_rows
@@ -41,17 +45,23 @@ PARTS = ["judge_check.json", "annotations.parquet"]
 FAILED = -2  # the prediction of a row the judge did not label: equal to no label
 
 
-def labelled_rows(subset: Any, cfg: JudgeCheckConfig) -> tuple[list[dict[str, Any]], int]:
-    """The subset's rows that carry a label — `limit` of them drawn uniformly (bottom-k by id hash, the same
-    on every run; ProcessBench files list their error items first) — and how many rows had no label."""
+def labelled_rows(subset: Any, cfg: JudgeCheckConfig, seen: set[str]) -> tuple[list[dict[str, Any]], int]:
+    """The subset's rows that carry a label (PRMBench: its samples) — `limit` of them drawn uniformly (bottom-k
+    by id hash, the same on every run; ProcessBench files list their error items first) — and how many rows
+    had no label."""
     sample = BottomK(cfg.limit if cfg.limit is not None else 2**62, seed=cfg.seed)
     skipped = 0
-    for batch in iter_batches(subset.sources, limits=cfg.limits, step_separator=cfg.step_separator,
-                              batch_rows=cfg.batch_rows):
-        labelled = [row for row in batch.valid if row.get("first_error_step") is not None]
-        skipped += len(batch.valid) - len(labelled)
-        sample.add(labelled)
+    for batch in labelled_batches(subset, limits=cfg.limits, step_separator=cfg.step_separator,
+                                  batch_rows=cfg.batch_rows, seen=seen):
+        skipped += batch.unlabelled
+        sample.add(batch.rows)
     return sample.rows(), skipped
+
+
+def verdict_validity(first_error_step: int, n_steps: int) -> list[bool]:
+    """PRMBench validity labels of a judge's verdict: valid up to its first error, that step invalid, no label
+    after it (a model that stops there); every step valid for a verdict of no error."""
+    return [True] * n_steps if first_error_step == -1 else [True] * first_error_step + [False]
 
 
 @dataclass
@@ -61,7 +71,11 @@ class JudgeCheckResult(JobResult):
     output: Path | None
 
     def table(self) -> str:
-        return f1_table(self.report["subsets"], self.report["mean_f1"], extra=("failed",))
+        parts = [f1_table(self.report["subsets"], self.report["mean_f1"], extra=("failed",))] \
+            if self.report["subsets"] else []
+        if self.report["prmbench"]:
+            parts.append(prmbench_table(self.report["prmbench"]))
+        return "\n\n".join(parts)
 
     def render(self) -> str:
         return self.table() + "\n" + self.summary_line()
@@ -70,6 +84,8 @@ class JudgeCheckResult(JobResult):
         r = self.report
         where = f" -> {self.output}" if self.output else ""
         f1 = "-" if r["mean_f1"] is None else f"{r['mean_f1']:.3f}"
+        if r["prmbench"]:
+            f1 += f", PRMBench PRMScore {r['prmbench']['prmscore']:.3f}"
         return (f"judge-check: {r['judge']} on {r['n']} items: mean F1 {f1}, exact match {r['exact_match']:.3f} "
                 f"-> label_weight {r['label_weight']:.2f} for its labels (ground truth 1.0); "
                 f"{r['failed']} failed, ${r['cost_usd']:.2f} in {self.seconds:.1f}s{where}")
@@ -83,7 +99,8 @@ def run(cfg: JudgeCheckConfig, progress: bool = True) -> JudgeCheckResult:
         if cfg.output else None
     try:
         annotator = make_annotator(cfg)
-        per_subset = [(s.name, *labelled_rows(s, cfg)) for s in subsets]
+        seen: set[str] = set()
+        per_subset = [(s, *labelled_rows(s, cfg, seen)) for s in subsets]
         if not any(rows for _, rows, _ in per_subset):
             raise UserError(f"{', '.join(cfg.data)}: no labelled rows (first_error_step) to check the judge on")
 
@@ -94,30 +111,39 @@ def run(cfg: JudgeCheckConfig, progress: bool = True) -> JudgeCheckResult:
                 await annotator.aclose()
 
         annotated = asyncio.run(label_all())
-        report_subsets, items, failures = {}, [], Counter()
+        report_subsets, items, failures, prm_rows, prm_failed = {}, [], Counter(), [], 0
         hits = total = 0
         cost = 0.0
-        for (name, rows, skipped), ann in zip(per_subset, annotated):
+        for (subset, rows, skipped), ann in zip(per_subset, annotated):
             by_id = {a["id"]: a for a in ann}
             labels = [r["first_error_step"] for r in rows]
             preds = [FAILED if by_id[r["id"]]["error"] else by_id[r["id"]]["first_error_step"] for r in rows]
+            hits += sum(p == y for p, y in zip(preds, labels))
+            total += len(rows)
+            items += ann
+            for a in ann:
+                if a["error"]:
+                    failures[error_kind(a["error"])] += 1
+                cost += a["cost_usd"]
+            if subset.benchmark == "prmbench":
+                prm_rows += [r | {"step_valid": verdict_validity(p, len(r["steps"]))}
+                             for r, p in zip(rows, preds) if p != FAILED]
+                prm_failed += sum(p == FAILED for p in preds)
+                continue
+            name = subset.name
             scores = processbench_scores(labels, preds) if rows else {"error_acc": None, "correct_acc": None,
                                                                        "f1": None, "n": 0, "n_error": 0,
                                                                        "n_correct": 0}
             failed = sum(p == FAILED for p in preds)
             report_subsets[name] = {**scores, "failed": failed, "unlabelled_skipped": skipped}
-            for a in ann:
-                if a["error"]:
-                    failures[error_kind(a["error"])] += 1
-                cost += a["cost_usd"]
-            hits += sum(p == y for p, y in zip(preds, labels))
-            total += len(rows)
-            items += ann
         exact = hits / total if total else 0.0
         report = {
             "judge": annotator.judge, "prompt_version": annotator.prompt_version, "backend": cfg.backend,
             "samples": cfg.samples, "limit": cfg.limit, "data": [s.path for s in subsets],
             "mean_f1": mean_f1(list(report_subsets.values())), "subsets": report_subsets,
+            "prmbench": ({**prmbench_metrics(prm_rows), "failed": prm_failed,
+                          "verdict_rule": "valid before the first error, invalid at it, no label after"}
+                         if prm_rows or prm_failed else None),
             "n": total, "exact_match": exact, "label_weight": round(exact, 3),
             "failed": sum(failures.values()), "failures_by_kind": dict(failures.most_common()),
             "cost_usd": round(cost, 6),

@@ -99,12 +99,16 @@ from actprm.features import (
 )
 from actprm.io.lock import output_lock
 from actprm.io.readers import iter_batches, open_corpus
-from actprm.io.subsets import resolve_subsets
+from actprm.io.subsets import labelled_batches, resolve_subsets
 from actprm.io.writers import write_parquet_atomic, write_text_atomic
 from actprm.judge import Annotator, make_annotator
 from actprm.judge.budget import SpendBudget
 from actprm.labels import LabelCounts, labelled_rows_of, read_labelled
-from actprm.metrics import checkpoint_threshold_metrics, compute_metrics, prediction_row
+from actprm.metrics import (
+    benchmark_metrics,
+    checkpoint_threshold_metrics,
+    prediction_row,
+)
 from actprm.model import default_prm_path
 from actprm.onepass import (
     OnePass,
@@ -398,15 +402,17 @@ def chunks_of(batches: Iterator[list[dict]], size: int) -> Iterator[list[dict]]:
 
 
 def read_eval(cfg: LoopConfig) -> tuple[list[str], list[tuple[str, dict]]]:
-    """(subset names, [(subset, row)] of the labelled eval rows)."""
+    """(names of the subsets ProcessBench's metric scores, [(subset, row)] of the labelled eval rows; PRMBench's
+    files give their samples, scored by its metric)."""
     subsets = resolve_subsets(cfg.eval, cfg.format)
-    rows = []
+    rows: list[tuple[str, dict]] = []
+    seen: set[str] = set()
     for s in subsets:
-        for batch in iter_batches(s.sources, limits=cfg.limits, step_separator=cfg.step_separator):
-            rows += [(s.name, r) for r in batch.valid if r["first_error_step"] is not None]
+        for batch in labelled_batches(s, limits=cfg.limits, step_separator=cfg.step_separator, seen=seen):
+            rows += [(s.name, r) for r in batch.rows]
     if not rows:
         raise UserError(f"--eval {' '.join(cfg.eval)}: no labelled rows (first_error_step) to evaluate on")
-    return [s.name for s in subsets], rows
+    return [s.name for s in subsets if s.benchmark == "processbench"], rows
 
 
 # ------------------------------------------------------------------ the loop
@@ -445,6 +451,9 @@ class LoopResult(JobResult):
         last = self.lines[-1] if self.lines else {}
         scored = [ln for ln in self.lines if ln["mean_f1"] is not None]
         f1 = f"mean F1 {scored[0]['mean_f1']:.3f} -> {scored[-1]['mean_f1']:.3f}" if scored else "not evaluated"
+        prm = [ln for ln in self.lines if ln.get("prmscore") is not None]
+        if prm:
+            f1 = (f1 + ", " if scored else "") + f"PRMScore {prm[0]['prmscore']:.3f} -> {prm[-1]['prmscore']:.3f}"
         return (f"loop: {self.rounds} rounds, {last.get('labels_used', 0)} rows annotated "
                 f"({last.get('labels', 0)} labels, ${last.get('judge_usd', 0.0):.2f}), {f1}; "
                 f"stopped: {self.stopped}; in {self.seconds:.1f}s -> {self.output}")
@@ -591,7 +600,7 @@ class Loop:
             ok = s.get("error") is None
             preds.append(prediction_row(row, subset, s["step_mean"] if ok else [], (s["step_std"] or []) if ok else [],
                                         s["n_scored_steps"] if ok else 0, self.cfg.threshold))
-        metrics = compute_metrics(preds, self.eval_names) | {"threshold": self.cfg.threshold, "model": model,
+        metrics = benchmark_metrics(preds, self.eval_names) | {"threshold": self.cfg.threshold, "model": model,
                                                              "rows": len(preds)}
         metrics["checkpoint_threshold"] = checkpoint_threshold_metrics(preds, self.eval_names, calibration_of(model))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -627,7 +636,9 @@ class Loop:
             return float(np.mean(values)) if values else None
 
         own = (m or {}).get("checkpoint_threshold") or {}
+        prm = (m or {}).get("prmbench") or {}
         line.update(mean_f1=m["mean_f1"] if m else None, mean_f1_checkpoint=own.get("mean_f1"),
+                    prmscore=prm.get("prmscore"),
                     decision_threshold=own.get("threshold"), error_acc=mean_of("error_acc"),
                     correct_acc=mean_of("correct_acc"), step_auroc=m["step_auroc"] if m else None,
                     checkpoint=self.model_after(r), seconds=self.round_seconds(r))
@@ -905,6 +916,8 @@ class Loop:
         shown = {"labels": line["labels_used"]}
         if line["mean_f1"] is not None:
             shown["f1"] = f"{line['mean_f1']:.3f}"
+        if line.get("prmscore") is not None:
+            shown["prmscore"] = f"{line['prmscore']:.3f}"
         bar.set_postfix(shown)
 
 

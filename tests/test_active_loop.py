@@ -355,12 +355,18 @@ def test_a_killed_loop_process_resumes_without_paying_a_label_twice(world, tmp_p
 
 def test_demo_end_to_end_at_a_small_size(tmp_path, local_ray, capsys):
     out = tmp_path / "demo"
+    prm = [{"idx": f"q{i}", "classification": "redundency", "original_question": f"{i} + 1?",
+            "modified_question": f"{i} + 1?", "original_process": [f"{i} + 1 = {i + 1}."],
+            "modified_process": [f"{i} + 1 = {i + 2}."], "error_steps": [1]} for i in range(3)]
+    (tmp_path / "prm.jsonl").write_text("".join(json.dumps(r) + "\n" for r in prm))
     args = ["demo", "--output", str(out), "--rows", "80", "--eval-rows", "30", "--rounds", "2", "--round-labels",
-            "15", "--chunk-rows", "40", "--actors", "1", "--threads", "1", "--no-progress"]
+            "15", "--chunk-rows", "40", "--actors", "1", "--threads", "1", "--no-progress",
+            "--prmbench", str(tmp_path / "prm.jsonl")]
     assert main(args) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-2] == f"demo: report in {out / 'report.md'}"
     assert printed[-1].startswith("demo: actprm F1 ") and "with 30 labels, random F1" in printed[-1]
+    assert "(PRMScore " in printed[-1]
     assert "one pass: actprm F1 " in printed[-1] and "(full " in printed[-1]
     for name in ("report.md", "f1_vs_labels.png", "step_stats.png", "selection_rate.png", "one_pass.png",
                  "metrics.jsonl"):
@@ -381,6 +387,7 @@ def test_demo_end_to_end_at_a_small_size(tmp_path, local_ray, capsys):
     assert "### arith-rare: actprm" in report and "### arith-rare: random" in report
     assert "### arith-rare: one pass, actprm" in report and "| one pass | labels (share of the pool)" in report
     assert "![F1 against labels](f1_vs_labels.png)" in report and "![one pass](one_pass.png)" in report
+    assert "| PRMBench PRMScore at 0.5 |" in report and all(x["prmscore"] is not None for x in got)
     table = [ln for ln in report.splitlines() if ln.startswith("| actprm | ") or ln.startswith("| random | ")][:2]
     assert len(table) == 2 and table[1].endswith("| - (not scored) |")  # random needs no scores
     routed = table[0].rsplit("|", 2)[-2].strip().split(", ")
@@ -464,3 +471,22 @@ def test_rounds_on_cached_head_inputs_equal_the_uncached_rounds(world, tmp_path,
         active_loop.run(loop_cfg(world, tmp_path / "full", head_cache=True,
                                  train=FAST_TRAIN.model_copy(update={"backbone": "full"})),
                         progress=False, annotator=CountingAnnotator())
+
+
+def test_the_loop_reports_prmbench_beside_processbench(world, tmp_path, scorers):
+    """PRMBench files among the eval sets: each evaluated round carries its PRMScore (metrics.jsonl and
+    evals/round-NNN.json, with the `correct` samples); ProcessBench's mean F1 stays over the other sets."""
+    rows = [{"idx": f"q{i}", "classification": cls, "original_question": f"{i} + 2?", "modified_question": f"{i} + 2?",
+             "original_process": [f"{i} + 2 = {i + 2}.", "done"], "modified_process": [f"{i} + 2 = {i + 3}.", "done"],
+             "error_steps": [1]} for i in range(3) for cls in ("redundency", "deception")]
+    (tmp_path / "prm.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "run"
+    cfg = loop_cfg(world, run, strategy="random", rounds=1, eval=[str(world / "eval"), str(tmp_path / "prm.jsonl")])
+    result = active_loop.run(cfg, progress=False, annotator=CountingAnnotator(), pool=scorers)
+    got = lines(run)
+    assert all(x["prmscore"] is not None for x in got) and "PRMScore" in result.summary_line()
+    m = json.loads((run / "evals" / "round-001.json").read_text())
+    assert list(m["subsets"]) == ["eval"] and m["prmbench"]["n"] == 6
+    assert set(m["prmbench"]["classes"]) == {"redundency", "deception", "correct"}
+    assert got[-1]["prmscore"] == m["prmbench"]["prmscore"]
+    assert m["prmbench"]["classes"]["correct"]["n"] == 3

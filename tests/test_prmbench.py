@@ -8,21 +8,31 @@ import pytest
 from actprm.cli import main
 from actprm.io.subsets import labelled_batches, resolve_subsets
 from actprm.metrics import benchmark_metrics
-from actprm.prmbench import CLASSES, UNDEFINED, prmbench_metrics, step_validity, tally
+from actprm.prmbench import (
+    CLASSES,
+    UNDEFINED,
+    prmbench_metrics,
+    step_validity,
+    tally,
+    valid_share,
+)
 from actprm.schemas import Limits, arrow_schema
 
 # ------------------------------------------------------------------ the scorer by hand
 
 
 def test_one_sample_by_hand():
+    def counts(t):
+        return tuple(t.confusion[k] for k in ("tp", "fp", "tn", "fn"))
+
     t = tally([2], [True, False, True])  # error steps are 1-based: step index 1 is the error
-    assert (t.tp, t.fp, t.tn, t.fn) == (2, 0, 1, 0)
-    assert (t.correct_steps, t.wrong_steps, t.first_error, t.valid_share) == ([1, 1], [1], 1, pytest.approx(2 / 3))
+    assert counts(t) == (2, 0, 1, 0)
+    assert (t.steps, t.first_error, t.n) == ({"correct": [1, 1], "wrong": [1]}, [1], 1)
+    assert valid_share([True, False, True]) == pytest.approx(2 / 3) and valid_share([]) == UNDEFINED
     t = tally([1, 3], [True, True])  # a label list shorter than the error steps: step 3 is never counted
-    assert (t.tp, t.fp, t.tn, t.fn, t.first_error) == (1, 1, 0, 0, 0)
+    assert counts(t) == (1, 1, 0, 0) and t.first_error == [0]
     t = tally([4], [False, False])  # the first error was not labelled: no first-error figure
-    assert (t.fn, t.first_error) == (2, None)
-    assert tally([1], []).valid_share == UNDEFINED
+    assert counts(t) == (0, 0, 0, 2) and t.first_error == []
 
 
 def test_metrics_by_hand():
@@ -178,3 +188,44 @@ def test_evaluate_benchmark_flag(prm_files, tmp_path, capsys):
                  "--output", str(tmp_path / "o"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "missing required column" in err
+
+
+def test_judge_check_on_prmbench_reads_a_verdict_as_a_model_that_stops_at_the_first_error(tmp_path, capsys):
+    from actprm.testing.judge_server import FakeJudge, JudgeServer
+    from pipelines.judge_check import verdict_validity
+
+    assert verdict_validity(2, 4) == [True, True, False] and verdict_validity(-1, 3) == [True] * 3
+    rows = [prm_row(f"q{i}", cls, n=4, error_steps=(2 + i % 2, 4)) | {"modified_question": f"{cls} {i}?"}
+            for i in range(4) for cls in ("redundency", "confidence")]
+    f = write_jsonl(tmp_path / "prm.jsonl", rows)
+    truth = {r["modified_question"]: (min(r["error_steps"]) - 1, 4) for r in rows}
+    truth |= {r["original_question"]: (-1, 4) for r in rows if r["classification"] == "redundency"}
+    with JudgeServer(FakeJudge(truth)) as server:
+        rc = main(["judge-check", "--backend", "openai", "--base-url", server.url, "--judge-model", "fake-judge",
+                   "--data", str(f), "--output", str(tmp_path / "jc"), "--no-progress"])
+    assert rc == 0
+    report = json.loads((tmp_path / "jc" / "judge_check.json").read_text())
+    m = report["prmbench"]
+    assert report["subsets"] == {} and report["n"] == 12 and m["failed"] == 0
+    # a right verdict: every labelled step right; the step-4 errors after the first are never labelled
+    assert (m["prmscore"], m["f1"], m["negative_f1"], m["first_error_acc"]) == (1.0, 1.0, 1.0, 1.0)
+    assert (m["tn"], m["fp"], m["fn"]) == (8, 0, 0) and m["tp"] == sum(1 + i % 2 for i in range(4)) * 2
+    assert m["classes"]["correct"]["tp"] == 4 * 4
+    assert "PRMBench PRMScore 1.000" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not (PRMBENCH := __import__("conftest").REPO.parent / "shared" / "data" / "prmbench").is_dir(),
+                    reason="PRMBench data not present")
+def test_the_released_data_reads_as_the_official_loader_builds_it():
+    """2,848 rows: 357 `correct` samples from the redundency rows; 4 rows whose every error step is past the
+    solution's end refused; 39 with some past the end scored; empty steps scored."""
+    seen, rows, errors = set(), [], []
+    for s in resolve_subsets([str(PRMBENCH / "*.jsonl")]):
+        for b in labelled_batches(s, limits=Limits(), step_separator="\n\n", seen=seen):
+            rows += b.rows
+            errors += b.errors
+    assert len(rows) == 3201 and len(errors) == 4
+    assert all("all past the last" in e["reason"] for e in errors)
+    assert sum(r["classification"] == "correct" for r in rows) == 357
+    assert sum(max(r["error_steps"]) > len(r["steps"]) for r in rows if r["error_steps"]) == 39
+    assert any(not step.strip() for r in rows for step in r["steps"])
