@@ -546,3 +546,22 @@ def test_what_a_judge_makes_of_the_key_is_redacted_too():
         out = redact(f"my key: {form} (as asked)")
         assert out.startswith("my key: [redacted]") and "(as asked)" in out, (form, out)
     assert redact("an ordinary sentence about keys, 42 of them") == "an ordinary sentence about keys, 42 of them"
+
+
+def test_a_read_only_cache_is_refused_before_anything_is_paid(served, tmp_path, capsys):
+    """A cache SQLite can open but not write (an immutable file: read-only even to root) is one line before
+    the first request, not a failure after the first answer was paid."""
+    _, fake, server, data = served(n=2)
+    cache = tmp_path / "c.sqlite"
+    AnswerCache(cache).close()
+    if subprocess.run(["chattr", "+i", str(cache)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    try:
+        code = main(["annotate", "--backend", "openai", "--base-url", server.url, "--judge-model", "fake-judge",
+                     "--input", str(data), "--output", str(tmp_path / "o"), "--cache", str(cache), "--no-progress"])
+    finally:
+        subprocess.run(["chattr", "-i", str(cache)], check=True)
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot be written (attempt to write a readonly database)" in err, err
+    assert err.count("\n") == 1 and fake.requests == 0
+    assert not (tmp_path / "o").exists()

@@ -202,3 +202,25 @@ def test_every_verb_refuses_an_output_another_run_holds(tmp_path, corpus, capsys
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.parametrize("size", [300, 230])
+@pytest.mark.parametrize("verb", ["validate", "score", "annotate", "init-model"])
+def test_an_output_name_too_long_for_the_filesystem_is_one_line(tmp_path, corpus, capsys, verb, size):
+    """Over 255 bytes the system refuses the name; from 192 the staging and lock names made beside it."""
+    out = tmp_path / ("é" * (size // 2))
+    args = ["--input", str(corpus)] if verb != "init-model" else []
+    assert main([verb, *args, "--output", str(out)]) == 2
+    one_line_error(capsys, f"a name of {size} bytes")
+    assert os.listdir(tmp_path) == ["in.jsonl"]
+
+
+def test_annotate_into_a_read_only_place_is_one_line(tmp_path, corpus, capsys):
+    """/sys refuses new directories even to root: the judge's cache in the output, or --cache there."""
+    judge = ["annotate", "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--judge-model", "m",
+             "--input", str(corpus)]
+    assert main([*judge, "--output", "/sys/actprm-test-x"]) == 2
+    one_line_error(capsys, "judge cache /sys/actprm-test-x/judge_cache.sqlite: cannot be written there")
+    assert main([*judge, "--output", str(tmp_path / "o"), "--cache", "/sys/actprm-test-x/c.sqlite"]) == 2
+    one_line_error(capsys, "cannot be written there")
+    assert not (tmp_path / "o").exists()
