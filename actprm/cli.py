@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from actprm import __version__, config, provenance
-from actprm.errors import UserError
+from actprm.errors import UserError, disk_full
 from actprm.redact import redact
 
 #: the verbs, in --help order: `init-model` is config.InitModelConfig (the first line of its docstring is the
@@ -198,6 +198,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("actprm: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        full = disk_full(exc)
+        if full is None:
+            raise
+        # outputs are staged, so nothing half-written was committed; answers paid are in the judge cache
+        print(f"actprm: error: {redact(full)}; free some space and run again (nothing was committed)",
+              file=sys.stderr)
+        return UserError.exit_code
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ Strategy = Literal[LOOP_STRATEGIES]  # type: ignore[valid-type]
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "bfloat16"]
 StepFeature = Literal["lm_logprob"]
+MAX_BATCH_ROWS = 1_000_000  # rows per batch: more is a typo, not a setting
 
 
 def cli(*aliases: str, const: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -52,7 +53,7 @@ class ReadSettings(Config):
     max_problem_chars: int = Field(50_000, gt=0, description="a longer problem is an error row (too large)")
     max_step_chars: int = Field(20_000, gt=0, description="a longer step is an error row (too large)")
     max_steps: int = Field(1_000, gt=0, description="a trajectory with more steps is an error row (too large)")
-    batch_rows: int = Field(2048, gt=0, description="rows read (and scored) per batch")
+    batch_rows: int = Field(2048, gt=0, le=MAX_BATCH_ROWS, description="rows read (and scored) per batch")
 
     @property
     def limits(self) -> Limits:
@@ -328,7 +329,7 @@ class FilterConfig(ScoreConfig, RaySettings):
     actors: int | None = Field(None, ge=1, description="scoring actors (null: one per GPU, else one per CPU)")
     cpus_per_actor: float | None = Field(None, gt=0, description="CPUs reserved per actor, and its torch threads "
                                          "on CPU (null: 1 with GPUs, else (CPUs - 1) / actors, one thread each)")
-    batch_rows: int = Field(1024, gt=0, description="rows per batch sent to an actor")
+    batch_rows: int = Field(1024, gt=0, le=MAX_BATCH_ROWS, description="rows per batch sent to an actor")
     object_store_mb: int = Field(256, ge=80, description="object store of the local Ray filter starts, MiB: small, "
                                  "so the store pages each process maps stay few (README, \"On a Ray cluster\"); a "
                                  "cluster (--address, RAY_ADDRESS) keeps its own")
@@ -430,7 +431,7 @@ class TrainConfig(ImplicitSettings, RaySettings):
     seed: int = Field(0, description="data order and the heads' masks")
     device: Device = Field("auto", description="auto: cuda when available")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (null: torch's)")
-    batch_rows: int = Field(2048, gt=0, description="rows read per batch")
+    batch_rows: int = Field(2048, gt=0, le=MAX_BATCH_ROWS, description="rows read per batch")
     workers: int = Field(1, gt=0, description="Ray Train workers (1: in-process)")
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="Ray Train: DDP, or FSDP when full fine-tuning "
                                              "does not fit a device")
@@ -523,7 +524,7 @@ class LoopConfig(ReadSettings, ScorerSettings, RuleSettings, EvalSettings, RaySe
     train: TrainConfig = Field(default_factory=TrainConfig, description="the round's training recipe")
     actors: int | None = Field(None, ge=1, description="scoring actors (null: the GPUs, else the CPUs Ray has, at "
                                "most 4)")
-    batch_rows: int = Field(512, gt=0, description="rows per scoring task")
+    batch_rows: int = Field(512, gt=0, le=MAX_BATCH_ROWS, description="rows per scoring task")
     threads: int | None = Field(None, gt=0, description="torch threads of the driver (training)")
     head_cache: bool | None = Field(None, description="train.backbone frozen: run the backbone once over the pool "
                                     "(rounds) and the eval set and score, train and evaluate every round on the heads' "
@@ -777,6 +778,11 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> C:
     """defaults < YAML file < overrides (flags that were given: None means not given)."""
     data: dict[str, Any] = read_yaml(path) if path else {}
@@ -792,6 +798,10 @@ def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: 
         source = f"{path}: " if path else ""
         if first["type"] == "extra_forbidden":
             raise UserError(f"{source}unknown setting {field!r}") from None
+        if first["type"] == "int_parsing_size":  # a number past any integer's size (1e32)
+            raise UserError(f"{source}{field}: {_shown(first.get('input'))} is far too large") from None
+        if first["type"] == "int_parsing" and isinstance(first.get("input"), str):
+            raise UserError(f"{source}{field}: {_shown(first['input'])} is not an integer") from None
         raise UserError(f"{source}{field}: {first['msg']}") from None
 
 

@@ -9,3 +9,16 @@ class UserError(Exception):
     """A mistake in the input or the flags: one clear line, exit code 2."""
 
     exit_code = 2
+
+
+def disk_full(exc: BaseException) -> str | None:
+    """What ran out, if `exc` is a full disk or quota (OSError ENOSPC/EDQUOT, SQLite's "database or disk is
+    full", Arrow's "No space left on device"), else None."""
+    import errno
+
+    text = str(exc)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the device{f' ({exc.filename})' if exc.filename else ''}"
+    if "database or disk is full" in text or "No space left on device" in text or "Disk quota exceeded" in text:
+        return "no space left on the device"
+    return None

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel
 
 from actprm.errors import UserError
 from actprm.io.model_files import check_model_dir, read_json_file
@@ -33,7 +33,7 @@ from actprm.model import DEFAULT_MAX_LENGTH, ensure_separator, step_token_logpro
 from actprm.outcome import outcome_label
 from actprm.scoring import ScoreResult
 from actprm.shipped import SHIPPED_BACKBONE, default_backbone_path
-from actprm.tokens import STEP_SEPARATOR
+from actprm.tokens import STEP_SEPARATOR, load_tokenizer
 
 __all__ = [
     "DEFAULT_BETA",
@@ -205,7 +205,7 @@ def load_implicit(path: str | None = None, device: str | torch.device = "cpu", *
     beta = float(beta if beta is not None else saved.get("beta", DEFAULT_BETA))
     ref_name = reference or saved.get("reference") or (SHIPPED_BACKBONE if path is None else str(directory.resolve()))
     policy = _load_lm(str(directory), device, dtype)
-    tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+    tokenizer = load_tokenizer(directory)
     sep_id = ensure_separator(tokenizer, policy)
     ref_model = None
     if ref_name != NO_REFERENCE:

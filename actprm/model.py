@@ -51,7 +51,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tokenizers import AddedToken
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, Qwen2Config
+from transformers import AutoModel, Qwen2Config
 
 from actprm.calibration import check_record
 from actprm.errors import UserError
@@ -536,7 +536,7 @@ class EnsemblePRM(nn.Module):
         backbone_cfg = read_json_file(path / "config.json") if (path / "config.json").is_file() else {}
         hidden = backbone_cfg.get("hidden_size") if isinstance(backbone_cfg, dict) else None
         check_prm_config(path, cfg, hidden if isinstance(hidden, int) else None)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        tokenizer = load_tokenizer(path)
         # safetensors only: never unpickle a pytorch_model.bin someone left in the directory
         kwargs: dict[str, Any] = {"dtype": _resolve_dtype(dtype) if dtype is not None else "auto",
                                   "use_safetensors": True}
@@ -669,7 +669,7 @@ def from_backbone(
     """
     check_model_dir(name_or_path)  # no model code, real safetensors, a config that matches its weights
     from_pretrained_kwargs.pop("trust_remote_code", None)  # never True: a model's own code does not run
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False, **from_pretrained_kwargs)
+    tokenizer = load_tokenizer(name_or_path, **from_pretrained_kwargs)
     kwargs: dict[str, Any] = dict(from_pretrained_kwargs)
     kwargs["dtype"] = _resolve_dtype(dtype) if dtype is not None else "auto"
     kwargs.setdefault("use_safetensors", True)  # weights from safetensors only, never pickle

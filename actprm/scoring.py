@@ -50,7 +50,9 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from jinja2 import TemplateError
 
+from actprm.errors import UserError
 from actprm.precision import release_cpu_memory
 from actprm.tokens import STEP_SEPARATOR
 
@@ -308,7 +310,12 @@ class TrajectoryEncoder:
             if system_prompt is not None:
                 messages.append({"role": "system", "content": system_prompt})
             messages += [{"role": "user", "content": _P_SENTINEL}, {"role": "assistant", "content": _A_SENTINEL}]
-            rendered = tok.apply_chat_template(messages, tokenize=False)
+            try:
+                rendered = tok.apply_chat_template(messages, tokenize=False)
+            except TemplateError as exc:  # the sandbox refused it (or it raised): the model's files are wrong
+                name = getattr(tok, "name_or_path", "") or "the tokenizer"
+                raise UserError(f"{name}: its chat template cannot be rendered "
+                                f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]})") from None
             if not isinstance(rendered, str):
                 raise TypeError(f"apply_chat_template(tokenize=False) returned {type(rendered).__name__}")
             if rendered.count(_P_SENTINEL) != 1 or rendered.count(_A_SENTINEL) != 1:

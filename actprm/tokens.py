@@ -29,6 +29,7 @@ from typing import Any
 
 from transformers import AutoTokenizer
 
+from actprm.errors import UserError
 from actprm.io.model_files import check_no_remote_code
 
 STEP_SEPARATOR = "<extra_0>"
@@ -74,7 +75,10 @@ def load_tokenizer(name_or_path: str | os.PathLike | None = None, **kwargs: Any)
     path = name_or_path or default_tokenizer_path()
     check_no_remote_code(path)
     kwargs.pop("trust_remote_code", None)  # never True: a model's own code does not run
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=False, **kwargs)
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False, **kwargs)
+    except RecursionError:  # a tokenizer.json nested thousands deep
+        raise UserError(f"{path}: the tokenizer files nest too deep to be read") from None
 
 
 def step_separator_id(tokenizer: Any, separator: str = STEP_SEPARATOR) -> int:

@@ -21,7 +21,6 @@ against ground-truth labels at 1.0.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections import Counter
@@ -35,6 +34,7 @@ from actprm.io.subsets import labelled_batches, resolve_subsets
 from actprm.io.writers import StagedOutput, write_parquet_atomic
 from actprm.judge import error_kind, make_annotator
 from actprm.judge.budget import check_spend_settings
+from actprm.judge.interrupt import annotate_draining
 from actprm.metrics import f1_table, mean_f1, processbench_scores
 from actprm.prmbench import prmbench_metrics, prmbench_table
 from actprm.progress import JobResult
@@ -104,13 +104,10 @@ def run(cfg: JudgeCheckConfig, progress: bool = True) -> JudgeCheckResult:
         if not any(rows for _, rows, _ in per_subset):
             raise UserError(f"{', '.join(cfg.data)}: no labelled rows (first_error_step) to check the judge on")
 
-        async def label_all() -> list[list[dict[str, Any]]]:
-            try:
-                return [await annotator.annotate_async(rows) if rows else [] for _, rows, _ in per_subset]
-            finally:
-                await annotator.aclose()
-
-        annotated = asyncio.run(label_all())
+        # one call for every subset: SIGINT/SIGTERM/SIGHUP drain the requests in flight (as annotate does)
+        everything = [row for _, rows, _ in per_subset for row in rows]
+        labelled = iter(annotate_draining(annotator, everything, cfg.interrupt_grace_s))
+        annotated = [[next(labelled) for _ in rows] for _, rows, _ in per_subset]
         report_subsets, items, failures, prm_rows, prm_failed = {}, [], Counter(), [], 0
         hits = total = 0
         cost = 0.0

@@ -103,6 +103,7 @@ from actprm.io.subsets import labelled_batches, resolve_subsets
 from actprm.io.writers import write_parquet_atomic, write_text_atomic
 from actprm.judge import Annotator, make_annotator
 from actprm.judge.budget import SpendBudget
+from actprm.judge.interrupt import annotate_draining
 from actprm.labels import LabelCounts, labelled_rows_of, read_labelled
 from actprm.metrics import (
     benchmark_metrics,
@@ -462,6 +463,8 @@ class LoopResult(JobResult):
 class Loop:
     def __init__(self, cfg: LoopConfig, run: RunDir, pool: ScoringPool, annotator: Annotator, progress: bool):
         self.cfg, self.run, self.pool, self.annotator, self.progress = cfg, run, pool, annotator, progress
+        # SIGINT/SIGTERM/SIGHUP while the judge is paid: drain and cache what is in flight (as annotate does)
+        self.grace_s = cfg.judge_config().interrupt_grace_s if cfg.labels != "outcome" else 0.0
         self.cache: HeadCache | None = None
         self.pool_inputs: HeadInputs | None = None  # the stream mode's: the pool's head inputs, where a run left them
         self.scorer: ScoringPool | HeadCache = pool  # the cache, once built (execute)
@@ -544,7 +547,7 @@ class Loop:
         if path.is_file():
             return pq.read_table(path).to_pylist()
         start = time.perf_counter()
-        rows = self.annotator.annotate(selected) if selected else []
+        rows = annotate_draining(self.annotator, selected, self.grace_s) if selected else []
         if [a["id"] for a in rows] != [s["id"] for s in selected]:
             raise RuntimeError(f"annotator {self.annotator.judge!r} broke the one-row-per-input contract")
         write_parquet_atomic(table_from_rows(rows, "annotations"), path)
@@ -839,7 +842,7 @@ class Loop:
 
                 def annotate(pos: np.ndarray, lo: int = lo) -> list[int | None]:
                     rows = [chunk[lo + int(p)] for p in pos]
-                    got = self.annotator.annotate(rows)
+                    got = annotate_draining(self.annotator, rows, self.grace_s)
                     if [a["id"] for a in got] != [row["id"] for row in rows]:
                         raise RuntimeError(f"annotator {self.annotator.judge!r} broke the one-row-per-input contract")
                     annotations.extend(got)

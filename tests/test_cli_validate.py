@@ -192,3 +192,14 @@ def test_a_yaml_bomb_is_refused_before_its_values_are_used(tmp_path, capsys):
     big.write_text("# " + "x" * (2 << 20) + "\n")
     assert main(["validate", "--config", str(big), "--input", "x", "--output", str(tmp_path / "p")]) == 2
     assert "at most" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value, expect", [("1e32", "'1e32' is not an integer"), ("1.0e+32", "is far too large"),
+                                           ("2000000", "less than or equal to 1000000"),
+                                           ("1.5", "fractional part")])
+def test_batch_rows_must_be_a_sensible_integer(tmp_path, capsys, value, expect):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"batch_rows: {value}\n")
+    assert main(["validate", "--config", str(cfg), "--input", "x", "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"batch_rows: " in err and expect in err and err.count("\n") == 1, err

@@ -202,3 +202,65 @@ def test_every_verb_refuses_an_output_another_run_holds(tmp_path, corpus, capsys
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.parametrize("size", [300, 230])
+@pytest.mark.parametrize("verb", ["validate", "score", "annotate", "init-model"])
+def test_an_output_name_too_long_for_the_filesystem_is_one_line(tmp_path, corpus, capsys, verb, size):
+    """Over 255 bytes the system refuses the name; from 192 the staging and lock names made beside it."""
+    out = tmp_path / ("é" * (size // 2))
+    args = ["--input", str(corpus)] if verb != "init-model" else []
+    assert main([verb, *args, "--output", str(out)]) == 2
+    one_line_error(capsys, f"a name of {size} bytes")
+    assert os.listdir(tmp_path) == ["in.jsonl"]
+
+
+def test_annotate_into_a_read_only_place_is_one_line(tmp_path, corpus, capsys):
+    """/sys refuses new directories even to root: the judge's cache in the output, or --cache there."""
+    judge = ["annotate", "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--judge-model", "m",
+             "--input", str(corpus)]
+    assert main([*judge, "--output", "/sys/actprm-test-x"]) == 2
+    one_line_error(capsys, "judge cache /sys/actprm-test-x/judge_cache.sqlite: cannot be written there")
+    assert main([*judge, "--output", str(tmp_path / "o"), "--cache", "/sys/actprm-test-x/c.sqlite"]) == 2
+    one_line_error(capsys, "cannot be written there")
+    assert not (tmp_path / "o").exists()
+
+
+def _disk_full(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("verb", ["validate", "score", "generate", "annotate", "init-model"])
+def test_a_full_disk_is_one_line_and_commits_nothing(tmp_path, corpus, capsys, monkeypatch, verb):
+    """Writes fail with ENOSPC (simulated): one line, exit 2, no output and no staging left behind."""
+    import actprm.model
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", _disk_full)
+    monkeypatch.setattr(actprm.model, "save_file", _disk_full)
+    out = tmp_path / "out"
+    args = {"validate": ["--input", str(corpus)], "score": ["--input", str(corpus)], "annotate": ["--input", str(corpus)],
+            "generate": ["--n", "20"], "init-model": []}[verb]
+    assert main([verb, *args, "--output", str(out)]) == 2
+    one_line_error(capsys, "no space left on the device")
+    assert not out.exists() or not [p for p in out.iterdir() if not p.name.startswith(".")]
+    assert not [p for p in tmp_path.iterdir() if "staging" in p.name]
+
+
+def test_a_full_disk_under_the_judge_cache_is_one_line(tmp_path, corpus, capsys, monkeypatch):
+    import sqlite3
+
+    from actprm.judge.cache import AnswerCache
+    from actprm.testing.judge_server import FakeJudge, JudgeServer
+
+    def full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(AnswerCache, "put", full)
+    with JudgeServer(FakeJudge()) as server:
+        code = main(["annotate", "--backend", "openai", "--base-url", server.url, "--judge-model", "m",
+                     "--input", str(corpus), "--output", str(tmp_path / "o"), "--no-progress"])
+    assert code == 2
+    one_line_error(capsys, "no space left on the device")
+    assert not (tmp_path / "o" / "annotations").exists()

@@ -192,3 +192,60 @@ def test_dangling_weights_link_is_one_line(tmp_path, corpus, capsys):
     assert _score(tmp_path, corpus, model) == 2
     err = capsys.readouterr().err.strip()
     assert "model.safetensors" in err and len(err.splitlines()) == 1, err
+
+
+def _rewrite_header(path, change):
+    """Rewrite a safetensors file's header with `change(header)` (the tensor data untouched)."""
+    import struct
+
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    change(header)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+
+
+def _first_tensor(header):
+    return header[next(k for k in header if k != "__metadata__")]
+
+
+@pytest.mark.parametrize("change, expect", [
+    (lambda h: _first_tensor(h).update(shape=[2**62, 2**62]), "does not fit its"),
+    (lambda h: _first_tensor(h).update(dtype="Q9"), "unknown dtype 'Q9'"),
+], ids=["shape overflow", "unknown dtype"])
+@pytest.mark.parametrize("verb", ["score", "init-model"])
+def test_a_safetensors_header_that_lies_is_one_line(tmp_path, corpus, capsys, change, expect, verb):
+    model = tmp_path / "m"
+    shutil.copytree(default_prm_path(), model)
+    _rewrite_header(model / "model.safetensors", change)
+    if verb == "score":
+        code = _score(tmp_path, corpus, model)
+    else:
+        code = main(["init-model", "--backbone", str(model), "--output", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and expect in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_chat_template_the_sandbox_blocks_is_one_line(tmp_path, corpus, capsys):
+    model = tmp_path / "m"
+    shutil.copytree(default_prm_path(), model)
+    (model / "chat_template.jinja").write_text("{{ ''.__class__.__mro__[1].__subclasses__() }}")
+    assert _score(tmp_path, corpus, model) == 2
+    err = capsys.readouterr().err.strip()
+    assert "chat template cannot be rendered (SecurityError" in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("verb", ["score", "init-model"])
+def test_a_tokenizer_json_nested_200k_deep_is_one_line(tmp_path, corpus, capsys, verb):
+    model = tmp_path / "m"
+    shutil.copytree(default_prm_path(), model)
+    (model / "tokenizer.json").write_text("[" * 200_000 + "]" * 200_000)
+    if verb == "score":
+        code = _score(tmp_path, corpus, model)
+    else:
+        code = main(["init-model", "--backbone", str(model), "--output", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "nest too deep" in err and len(err.splitlines()) == 1, err

@@ -202,6 +202,25 @@ class FileLock:
             self._key = None
 
 
+#: bytes of a file name (the usual NAME_MAX); an output's name leaves room for what actprm adds to it
+#: (`.NAME.staging-<host>-<pid>-<8 hex>`, `.NAME.actprm.lock`)
+NAME_MAX = 255
+NAME_EXTRA = 64
+
+
+def check_name_length(path: Path) -> None:
+    """A user error if a part of `path` is longer than a file name may be (or leaves no room for the
+    staging and lock names made beside the last part)."""
+    parts = path.parts
+    for i, part in enumerate(parts):
+        limit = NAME_MAX - NAME_EXTRA if i == len(parts) - 1 else NAME_MAX
+        size = len(os.fsencode(part))
+        if size > limit:
+            shown = part if len(part) <= 40 else part[:37] + "..."
+            raise UserError(f"output {shown!r}: a name of {size} bytes; at most {limit} here "
+                            f"(a file name has at most {NAME_MAX}, and actprm adds up to {NAME_EXTRA} to an output's)")
+
+
 def lock_path_for_output(directory: str | os.PathLike) -> Path:
     """The lock file of an output directory: `.<name>.actprm.lock` beside the directory its path resolves to
     (beside, not inside: a job that replaces the directory whole keeps its lock; a link to it is the same
@@ -212,6 +231,7 @@ def lock_path_for_output(directory: str | os.PathLike) -> Path:
 
 def output_lock(directory: str | os.PathLike) -> RunLock:
     """The lock of an output directory (lock_path_for_output), taken by every verb that writes one."""
+    check_name_length(Path(directory))
     return RunLock(lock_path_for_output(directory), f"output {directory}")
 
 

@@ -16,6 +16,7 @@ Every failure is a `UserError` naming the file and the reason.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -32,6 +33,11 @@ MAX_HEADS = 4096
 MAX_HEAD_HIDDEN = 65_536
 #: A config may describe at most this many times the parameters its weights hold (+ slack).
 CONFIG_SLACK_BYTES = 64 * 2**20
+
+#: Bits per element of each safetensors dtype (the format's own list); any other dtype is refused.
+SAFETENSORS_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8,
+                    "F8_E5M2FNUZ": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
+                    "I64": 64, "U64": 64, "F64": 64, "C64": 64, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}
 
 _CONFIG_FILES = ("config.json", "tokenizer_config.json", "generation_config.json", "preprocessor_config.json")
 
@@ -133,6 +139,14 @@ def safetensors_header(path: Path) -> dict[str, Any]:
         if not ok:
             raise UserError(f"{path}: not a valid safetensors file (tensor {_short(repr(name), 60)} is malformed "
                             "or lies outside the file)")
+        bits = SAFETENSORS_BITS.get(info.get("dtype"))
+        if bits is None:
+            raise UserError(f"{path}: not a valid safetensors file (tensor {_short(repr(name), 60)} has unknown "
+                            f"dtype {_short(repr(info.get('dtype')), 40)})")
+        nbytes = info["data_offsets"][1] - info["data_offsets"][0]
+        if math.prod(info["shape"]) * bits != 8 * nbytes:  # Python ints: a huge shape cannot overflow here
+            raise UserError(f"{path}: not a valid safetensors file (tensor {_short(repr(name), 60)} of shape "
+                            f"{_short(repr(info['shape']), 60)} does not fit its {nbytes} bytes)")
         tensors[name] = info
     return tensors
 

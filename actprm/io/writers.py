@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from actprm import provenance
 from actprm.errors import UserError
-from actprm.io.lock import output_lock
+from actprm.io.lock import check_name_length, output_lock
 from actprm.schemas import table_from_rows, to_canonical
 
 
@@ -40,11 +40,15 @@ def check_output_path(path: str | os.PathLike) -> Path:
     """`path` can become an output directory: it is one, or its nearest existing parent is a writable
     directory. Checks only; nothing is created."""
     out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a directory")
-    parent = out
-    while not parent.exists() and not parent.is_symlink() and parent != parent.parent:
-        parent = parent.parent
+    check_name_length(out)
+    try:
+        if out.exists() and not out.is_dir():
+            raise UserError(f"{out}: exists and is not a directory")
+        parent = out
+        while not parent.exists() and not parent.is_symlink() and parent != parent.parent:
+            parent = parent.parent
+    except OSError as exc:  # a path the system refuses to look up (too long, a loop of links)
+        raise UserError(f"{out}: cannot be used as an output ({_reason(exc)})") from None
     if not parent.is_dir():
         raise UserError(f"{out}: cannot be created: {parent} is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):

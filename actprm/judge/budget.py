@@ -21,6 +21,11 @@
   output bound x n + 64). A reply with usage missing or invalid is charged at the request's worst
   case (the reservation: prompt bytes + 16, n x the output bound), so a server that omits usage or
   reports negative counts cannot spend past the budget;
+- a reply whose usage is beyond what its request allows (`usage_beyond_bound`: a server that ignores
+  `max_tokens`) is charged at the worst case, cached, and stops the job: no budget holds against such a
+  server (one line, exit 2);
+- a request that timed out or broke off after it was sent stays charged at its worst case (the server
+  may have billed it), and its call counts;
 - the output bound is `max_tokens` (or `max_completion_tokens` in `extra_body`, OpenAI's name for
   reasoning models): without one a completion has no worst case, so a dollar budget (`max_spend`)
   without it is refused (`check_spend_settings`, one line, exit 2).
@@ -101,6 +106,23 @@ def checked_usage(usage: Any, prompt_bytes: int, n: int, bound: int | None, mean
             and 0 <= ct <= n * (bound or MAX_OUTPUT_TOKENS) + 64):
         return pt, ct, True
     return worst_prompt, worst_completion, False
+
+
+def usage_beyond_bound(usage: Any, prompt_bytes: int, n: int, bound: int | None) -> str | None:
+    """What a reply's usage claims beyond what its request allows (more completion tokens than n x the output
+    bound: the server does not keep to max_tokens; or an impossible prompt), as well-formed counts; else None.
+    A server that does this cannot be held to any budget (see OpenAIJudge: the job stops using it)."""
+    get = usage.get if isinstance(usage, dict) else (lambda name: getattr(usage, name, None))
+    pt, ct = (None, None) if usage is None else (_count(get("prompt_tokens")), _count(get("completion_tokens")))
+    if pt is None or ct is None or pt < 0 or ct < 0:
+        return None  # invalid, not beyond: charged at the worst case
+    allowed = n * (bound or MAX_OUTPUT_TOKENS) + 64
+    if ct > allowed:
+        asked = f"max_tokens {bound:,}" if bound else "no bound"
+        return f"{ct:,} completion tokens for a request of {n} answer{'s' * (n != 1)} at {asked}"
+    if pt > 2 * (prompt_bytes + PROMPT_OVERHEAD_TOKENS) + 8192:
+        return f"{pt:,} prompt tokens for a prompt of {prompt_bytes:,} bytes"
+    return None
 
 
 def worst_case_usd(prompt_chars_bytes: int, n: int, max_tokens: int | None, mean_output_tokens: int,

@@ -68,6 +68,12 @@ def answer_key(problem: str, steps: Sequence[str], model: str, prompt_version: s
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+def is_write_failure(exc: sqlite3.DatabaseError) -> bool:
+    """SQLite's errors for a file it cannot write (read-only, no room, no directory to make its journal in)."""
+    text = str(exc).lower()
+    return any(m in text for m in ("readonly", "read-only", "disk is full", "unable to open", "disk i/o"))
+
+
 @dataclass(frozen=True)
 class Answer:
     """One completion choice as the server returned it, with what it cost."""
@@ -102,7 +108,11 @@ class AnswerCache:
             uri = self.path.resolve().as_uri() + "?mode=ro&immutable=1"
             self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a read-only or virtual filesystem
+            raise UserError(f"judge cache {self.path}: cannot be written there "
+                            f"({exc.strerror or type(exc).__name__}: {self.path.parent})") from None
         if lock:
             self._lock = cache_lock(self.path).acquire()
         try:
@@ -111,10 +121,16 @@ class AnswerCache:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=30000")
             self._db.execute(SCHEMA)
+            # a cache that opens but cannot be written (a read-only file) would fail after the first answer is paid
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("INSERT OR REPLACE INTO answers VALUES ('', NULL, 0, '', '', NULL, NULL, NULL, 0, 0, 0, 0)")
+            self._db.execute("ROLLBACK")
             if lock:  # the file now exists: lock its inode too (the same cache under a hard link)
                 self._file_lock = FileLock(self.path, f"judge cache {self.path}").acquire()
         except sqlite3.DatabaseError as exc:
             self.close()
+            if is_write_failure(exc):
+                raise UserError(f"judge cache {self.path}: cannot be written ({exc}); choose another --cache") from None
             raise UserError(f"{self.path}: not a judge answer cache ({exc}); choose another --cache") from None
         except BaseException:
             self.close()

@@ -101,6 +101,22 @@ class GracefulInterrupt:
         return False
 
 
+def annotate_draining(annotator: Any, rows: list[dict[str, Any]], grace_s: float) -> list[dict[str, Any]]:
+    """`annotator.annotate(rows)` under the paying jobs' signal policy (GracefulInterrupt): the first SIGINT,
+    SIGTERM or SIGHUP sends nothing new and caches the answers in flight, then raises KeyboardInterrupt
+    (the rows are not returned half done). For a synchronous job (the loop, judge-check)."""
+    async def run() -> list[dict[str, Any]]:
+        try:
+            async with GracefulInterrupt(annotator, grace_s) as stop:
+                out = await annotator.annotate_async(list(rows))
+                stop.check()
+                return out
+        finally:
+            await annotator.aclose()
+
+    return asyncio.run(run())
+
+
 @contextlib.contextmanager
 def stop_signals_interrupt() -> Iterator[None]:
     """In a synchronous driver (the Ray recipes): SIGTERM and SIGHUP raise KeyboardInterrupt as SIGINT does,

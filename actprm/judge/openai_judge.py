@@ -45,7 +45,12 @@ Money and time are spent only here, so the rules are strict:
   again for the missing samples one request each, and the job stops using `n` from then on; the
   row's `votes` hold the real answers only.
 - Size: an answer longer than `max_answer_chars` (reasoning included) is not kept: it is cached
-  as `too_large` (paid once) and its sample fails `too large: ...`.
+  as `too_large` (paid once) and its sample fails `too large: ...`. The body itself is decoded under
+  a cap (samples x max_answer_chars x 12 bytes + 1 MiB, actprm.judge.body_cap): a gzip bomb stops
+  there, charged at its worst case and cached as `too_large` the same way.
+- Bounds: a reply whose usage is beyond what its request allows (a server that ignores `max_tokens`)
+  is cached, then the job stops (one line, exit 2): no budget holds against such a server. A request
+  that timed out or broke off once sent stays charged at its worst case (`requests_unanswered`).
 - Ctrl-C (`request_stop`; the job's side is actprm.judge.interrupt.GracefulInterrupt): the first
   SIGINT stops sending (requests waiting for a slot or a retry are not sent), lets the requests in
   flight finish within `interrupt_grace_s` and caches their answers, then the job exits 130; a
@@ -71,6 +76,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx2
 import openai
 from aiolimiter import AsyncLimiter
 from tenacity import (
@@ -82,11 +88,13 @@ from tenacity import (
 
 from actprm.errors import UserError
 from actprm.judge.base import Annotator, majority
+from actprm.judge.body_cap import BadEncoding, CappedTransport, ReplyTooLarge
 from actprm.judge.budget import (
     BudgetExhausted,
     SpendBudget,
     checked_usage,
     output_bound,
+    usage_beyond_bound,
     worst_case_usd,
 )
 from actprm.judge.cache import Answer, AnswerCache, answer_key
@@ -106,6 +114,12 @@ def prompt_text(prompt: Prompt) -> str:
     """The text of a prompt: what its size and price are estimated from."""
     return prompt if isinstance(prompt, str) else "".join(m["content"] for m in prompt)
 
+
+#: decoded bytes a reply may have per answer it holds, per character of max_answer_chars: JSON escapes
+#: take up to 12 bytes a character (a surrogate pair as two \uXXXX)
+BODY_BYTES_PER_CHAR = 12
+BODY_SLACK_BYTES = 1 << 20  # ids, usage, field names
+NO_CAP_CHARS = 8_000_000  # the body cap when max_answer_chars is not set
 
 # Retry-After values above this are not honoured as such (a day-long ban is a failure, not a wait)
 MAX_RETRY_AFTER_S = 600.0
@@ -144,6 +158,19 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, (MalformedResponse, DeadlineExceeded, openai.APIConnectionError, openai.RateLimitError)):
         return True  # APITimeoutError is an APIConnectionError
     return isinstance(exc, openai.APIStatusError) and exc.status_code >= 500
+
+
+def may_be_billed(exc: BaseException) -> bool:
+    """The request left and no usable reply came back (a timeout, a connection cut mid-reply, a broken body,
+    a request abandoned by a second Ctrl-C): the server may have billed it. Refused connections and HTTP
+    errors were not."""
+    if isinstance(exc, EmptyReply):
+        return False  # billed from its usage
+    if isinstance(exc, (DeadlineExceeded, MalformedResponse, asyncio.CancelledError, openai.APITimeoutError)):
+        return True
+    if isinstance(exc, openai.APIConnectionError):
+        return not isinstance(exc.__cause__, (httpx2.ConnectError, httpx2.ConnectTimeout))
+    return False
 
 
 def retry_after_s(exc: BaseException | None) -> float | None:
@@ -256,6 +283,8 @@ class JudgeStats:
     empty_replies: int = 0     # paid replies without choices
     short_replies: int = 0     # replies with fewer choices than n asked for (the server ignores n)
     too_large: int = 0         # answers beyond max_answer_chars (not kept)
+    unanswered: int = 0        # requests that timed out or broke off once sent: charged at their worst case
+    unanswered_usd: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {"requests": self.requests, "answers_paid": self.answers, "samples_from_cache": self.cached,
@@ -263,12 +292,13 @@ class JudgeStats:
                 "spent_usd": round(self.cost_usd, 6), "max_in_flight": self.max_in_flight,
                 "retries_by_kind": dict(self.retries.most_common()),
                 "replies_with_invalid_usage": self.usage_invalid, "replies_without_choices": self.empty_replies,
-                "replies_short_of_n": self.short_replies, "answers_too_large": self.too_large}
+                "replies_short_of_n": self.short_replies, "answers_too_large": self.too_large,
+                "requests_unanswered": self.unanswered, "unanswered_worst_case_usd": round(self.unanswered_usd, 6)}
 
     def add(self, other: JudgeStats) -> JudgeStats:
         """Add another annotator's counts (e.g. one Ray actor's); max_in_flight is left to the caller."""
         for name in ("requests", "answers", "cached", "prompt_tokens", "completion_tokens", "cost_usd",
-                     "usage_invalid", "empty_replies", "short_replies", "too_large"):
+                     "usage_invalid", "empty_replies", "short_replies", "too_large", "unanswered", "unanswered_usd"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.retries.update(other.retries)
         return self
@@ -332,6 +362,7 @@ class OpenAIJudge(Annotator):
         self.max_answer_chars = int(getattr(cfg, "max_answer_chars", 0) or 0) or None
         self.use_n = bool(cfg.use_n)  # turned off for the rest of the job when the server ignores n
         self.stopping = False  # Ctrl-C: send nothing new (request_stop)
+        self.broken: str | None = None  # why this server cannot be paid any more (its usage broke the bound)
         self._shared_limits = limits
         self.budget = budget if budget is not None else SpendBudget.from_config(cfg)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -353,11 +384,20 @@ class OpenAIJudge(Annotator):
         self._limits = self._shared_limits or LocalLimits(
             self.cfg.concurrency, self.cfg.requests_per_minute, self.cfg.tokens_per_minute)
 
+    def body_cap(self) -> int:
+        """The most bytes a reply's body may decode to: `samples` answers of max_answer_chars, escaped."""
+        chars = self.max_answer_chars or NO_CAP_CHARS
+        return max(1, self.samples) * chars * BODY_BYTES_PER_CHAR + BODY_SLACK_BYTES
+
     def _make_client(self) -> Any:
-        """The client of the running loop: the official one, its own retries off (tenacity owns them)."""
+        """The client of the running loop: the official one, its own retries off (tenacity owns them), every
+        reply decoded under the body cap (a gzip bomb stops at the cap, not at its decoded size)."""
+        transport = CappedTransport(self.body_cap(), httpx2.AsyncHTTPTransport(
+            limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100)))
         return openai.AsyncOpenAI(
             api_key=self._api_key or "EMPTY",  # local servers without auth accept any key
-            base_url=self.cfg.base_url, timeout=self.cfg.timeout_s, max_retries=0)
+            base_url=self.cfg.base_url, timeout=self.cfg.timeout_s, max_retries=0,
+            http_client=openai.DefaultAsyncHttpxClient(transport=transport))
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -376,6 +416,8 @@ class OpenAIJudge(Annotator):
             self._stop_event.set()
 
     def _check_stop(self) -> None:
+        if self.broken:
+            raise JudgeStopped("the judge broke the bound of an earlier request")
         if self.stopping:
             raise JudgeStopped("the job was interrupted before this request was sent")
 
@@ -410,6 +452,11 @@ class OpenAIJudge(Annotator):
         pt, ct, valid = checked_usage(usage, len(prompt_text(messages).encode("utf-8")), n,
                                       output_bound(self.sampling), self.cfg.mean_output_tokens)
         self.stats.usage_invalid += not valid
+        beyond = usage_beyond_bound(usage, len(prompt_text(messages).encode("utf-8")), n, output_bound(self.sampling))
+        if beyond and not self.broken:
+            where = display_url(self.cfg.base_url) or "the default OpenAI endpoint"
+            self.broken = (f"the judge endpoint {where} billed {beyond}: it does not keep to the bound, so no "
+                           "spend limit holds against it; stopped sending to it (the answers paid are cached)")
         self.stats.prompt_tokens += pt
         self.stats.completion_tokens += ct
         self.stats.cost_usd += self._cost(pt, ct)
@@ -429,15 +476,22 @@ class OpenAIJudge(Annotator):
                     raise BudgetExhausted(self.budget.why())
             try:
                 response = await self._post(messages, n, extra)
-            except EmptyReply as exc:  # billed: counts as a call
-                self.stats.empty_replies += 1
-                billed = self._billed(exc.response, messages, n)
+            except (EmptyReply, ReplyTooLarge) as exc:  # billed: counts as a call
+                if isinstance(exc, EmptyReply):
+                    self.stats.empty_replies += 1
+                billed = self._billed(getattr(exc, "response", None), messages, n)
                 if reserved is not None:
                     await self.budget.settle(reserved, self._cost(*billed), True)
                 exc.billed = billed  # type: ignore[attr-defined]
                 raise
-            except BaseException:
-                if reserved is not None:
+            except BaseException as exc:
+                if may_be_billed(exc):  # sent, no reply: the server may bill it, so it stays charged (and a call)
+                    worst = self._worst_case_usd(messages, n)
+                    self.stats.unanswered += 1
+                    self.stats.unanswered_usd += worst
+                    if reserved is not None:
+                        await self.budget.settle(reserved, worst, True)
+                elif reserved is not None:
                     await self.budget.settle(reserved, 0.0, False)
                 raise
             billed = self._billed(response, messages, n)
@@ -469,6 +523,13 @@ class OpenAIJudge(Annotator):
                 raise DeadlineExceeded(f"no whole answer within {self.cfg.timeout_s:g}s") from None
             except json.JSONDecodeError as exc:
                 raise MalformedResponse(f"the body is not JSON ({exc.msg})") from exc
+            except (openai.APIConnectionError, BadEncoding) as exc:  # the transport's refusals, as themselves
+                cause = exc if isinstance(exc, BadEncoding) else exc.__cause__
+                if isinstance(cause, ReplyTooLarge):
+                    raise cause from None
+                if isinstance(cause, BadEncoding):
+                    raise MalformedResponse(str(cause)) from None
+                raise
         finally:
             self.stats.in_flight -= 1
         choices = getattr(response, "choices", None)
@@ -501,16 +562,19 @@ class OpenAIJudge(Annotator):
                         response, (prompt_tokens, completion_tokens) = await self._send(
                             messages, len(samples), self._request_params(samples, keys))
                     except Exception as exc:
-                        if isinstance(exc, EmptyReply):
+                        if isinstance(exc, (EmptyReply, ReplyTooLarge)):
                             wasted[0] += exc.billed[0]  # type: ignore[attr-defined]
                             wasted[1] += exc.billed[1]  # type: ignore[attr-defined]
                         if is_transient(exc):
                             self.stats.retries[type(exc).__name__] += 1
                         raise
+        except ReplyTooLarge:  # paid, but not read past the cap: every sample of it is too large (and cached)
+            choices, prompt_tokens, completion_tokens = [None] * len(samples), 0, 0
         except Exception as exc:  # noqa: BLE001 - every failure of a request becomes a failed row
             return {s: _Sample(error=self._request_error(exc, attempts)) for s in samples}, attempts
+        else:
+            choices = list(response.choices)
         out: dict[int, _Sample] = {}
-        choices = list(response.choices)
         if len(choices) < len(samples):
             self.stats.short_replies += 1
         kept = min(len(choices), len(samples))
@@ -522,15 +586,17 @@ class OpenAIJudge(Annotator):
             pt = prompt_tokens + wasted[0] if j == 0 else 0
             ct = completion_tokens // kept + (completion_tokens % kept + wasted[1] if j == 0 else 0)
             message = getattr(choices[j], "message", None)
-            if message is None:  # a text completion
-                content, reasoning = choices[j].text, None
+            if choices[j] is None:  # a body over the cap
+                content, reasoning, finish = None, None, None
+            elif message is None:  # a text completion
+                content, reasoning, finish = choices[j].text, None, choices[j].finish_reason
             else:
-                content = message.content
+                content, finish = message.content, choices[j].finish_reason
                 reasoning = getattr(message, "reasoning_content", None) or getattr(message, "reasoning", None)
             content = content if isinstance(content, str) else None
             reasoning = reasoning if isinstance(reasoning, str) else None
-            finish = choices[j].finish_reason
-            if self.max_answer_chars and len(content or "") + len(reasoning or "") > self.max_answer_chars:
+            if choices[j] is None or (self.max_answer_chars
+                                      and len(content or "") + len(reasoning or "") > self.max_answer_chars):
                 self.stats.too_large += 1
                 content, reasoning, finish = None, None, TOO_LARGE  # paid, so cached, but not kept
             answer = Answer(content=self.redact(content), reasoning=self.redact(reasoning), finish_reason=finish,
@@ -540,9 +606,13 @@ class OpenAIJudge(Annotator):
                                prompt_version=self.prompt_version)
             self.stats.answers += 1
             out[s] = _Sample(answer=answer)
+        if self.broken:  # this reply's answers are cached; nothing more is sent to this server
+            raise FatalEndpointError(self.broken)
         return out, attempts
 
     def _request_error(self, exc: BaseException, attempts: int) -> str:
+        if self.broken:
+            raise FatalEndpointError(self.broken) from None
         if isinstance(exc, BudgetExhausted):
             return f"budget exhausted: {exc}"
         if isinstance(exc, JudgeStopped):

@@ -23,7 +23,9 @@ careless or hostile server does: `no_usage` (no `usage` in the body), `negative_
 reasoning repeat the Authorization header), `ignore_n` (one choice whatever `n` asks for), `huge`
 (an answer of `huge_chars` characters before the verdict), `echo_prompt` (the answer is the
 prompt itself: the template's example boxes), `slow` (answers after `slow_s` seconds, or when
-`release_slow()` is called), `drip` (the body one byte every `drip_s` seconds). Answers come in
+`release_slow()` is called), `drip` (the body one byte every `drip_s` seconds), `gzip_bomb` (a gzip body
+of about `bomb_bytes / 1000` on the wire that decodes to `bomb_bytes`: the answer padded), `ignore_max_tokens`
+(usage reports 4 x `max_tokens` completion tokens per answer, as a server ignoring the bound would bill). Answers come in
 the content, in <think> tags (`reasoning="think"`) or in a `reasoning_content` field
 (`reasoning="field"`); the reasoning holds a decoy \\boxed{} that a parser must not read.
 
@@ -47,6 +49,7 @@ import random
 import re
 import threading
 import time
+import zlib
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -59,7 +62,7 @@ from actprm.world.arith import Generator
 FAULTS = ("429", "500", "hang", "malformed", "empty", "400", "401",
           "no_boxed", "out_of_range", "length",
           "no_usage", "negative_usage", "absurd_usage", "echo_key", "ignore_n", "huge", "echo_prompt", "slow",
-          "drip")
+          "drip", "gzip_bomb", "ignore_max_tokens")
 
 _PROBLEM = re.compile(r"\[Problem\]\n(.*?)\n\n\[Solution\]\n", re.DOTALL)
 _PARAGRAPH = re.compile(r"<paragraph_(\d+)>\n(.*?)\n</paragraph_\1>", re.DOTALL)
@@ -90,7 +93,7 @@ class FakeJudge:
                  faults: Iterable[str] = (), fault_rates: Mapping[str, float] | None = None,
                  wrong_rate: float = 0.0, reasoning: str = "none", retry_after: str = "1",
                  hang_s: float = 30.0, seed: int = 0, prover: Any = None, huge_chars: int = 2_000_000,
-                 slow_s: float = 2.0, drip_s: float = 0.5):
+                 slow_s: float = 2.0, drip_s: float = 0.5, bomb_bytes: int = 200_000_000):
         for fault in list(faults) + list(fault_rates or {}):
             if fault not in FAULTS:
                 raise ValueError(f"unknown fault {fault!r}; choose from {', '.join(FAULTS)}")
@@ -106,6 +109,7 @@ class FakeJudge:
         self.huge_chars = huge_chars
         self.slow_s = slow_s
         self.drip_s = drip_s
+        self.bomb_bytes = bomb_bytes
         self._released = False
         self.rng = random.Random(seed)
         self.seed = seed
@@ -247,6 +251,8 @@ class FakeJudge:
             usage = {"prompt_tokens": 10**15, "completion_tokens": 10**15}
         elif fault == "no_usage":
             usage = None
+        elif fault == "ignore_max_tokens":
+            usage["completion_tokens"] = 4 * int(body.get("max_tokens") or 1000) * len(choices)
         self.statuses[200] += 1
         if choices:
             self.paid[hashlib.sha256(prompt.encode()).hexdigest()] += len(choices)
@@ -262,7 +268,22 @@ class FakeJudge:
                 await asyncio.sleep(self.drip_s)
             await out.write_eof()
             return out
+        if fault == "gzip_bomb":
+            return web.Response(body=self._bomb(reply), headers={"Content-Type": "application/json",
+                                                                 "Content-Encoding": "gzip"})
         return web.json_response(reply)
+
+    def _bomb(self, reply: dict[str, Any]) -> bytes:
+        """`reply` gzipped, its first answer padded to `bomb_bytes` (compressed piece by piece: small here)."""
+        mark = "\x00BOMB\x00"
+        reply["choices"][0]["message"]["content"] = mark + reply["choices"][0]["message"]["content"]
+        head, tail = json.dumps(reply).encode().split(json.dumps(mark).encode()[1:-1])
+        packer = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+        piece = b" " * (1 << 20)
+        parts = [packer.compress(head)]
+        parts += [packer.compress(piece) for _ in range(self.bomb_bytes >> 20)]
+        parts += [packer.compress(tail), packer.flush()]
+        return b"".join(parts)
 
     async def handle_completion(self, request: web.Request) -> web.StreamResponse:
         """POST /v1/completions: n completions of the prompt from `self.prover`."""
