@@ -213,8 +213,9 @@ def select(scored: Sequence[Mapping[str, Any]], *, strategy: str = "actprm", bud
     """The rows to label, in input order, chosen as the active loop chooses (actprm.selection.select_rows):
     `actprm` takes the rows the rule marks uncertain (with a budget: ranked by acquisition, and filled past
     the rule with an `explore` share at random); an acquisition name (`entropy`, `bald`, `variance`,
-    `margin`) the top-`budget` by the rows' `acquisition`; `random` a seeded draw; `full` every row.
-    `scored`: rows from :func:`score` (random and full need only ids)."""
+    `margin`) the top-`budget` by the rows' `acquisition`, both passing over rows with an `error`; `random`
+    a seeded draw and `full` every row (up to `budget`), reading no scores. `scored`: rows from :func:`score`
+    (random and full need only ids)."""
     if strategy not in LOOP_STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of: {', '.join(LOOP_STRATEGIES)}")
     rows = [dict(r) for r in scored]
