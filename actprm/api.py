@@ -20,6 +20,7 @@ torch) loads on the first use of a name from it (actprm/__init__.py). docs/pytho
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -268,8 +269,6 @@ def annotate(rows: Records, judge: str | JudgeConfig | Annotator = "verifier", *
     annotator, mine = _annotator(judge, settings)
     try:
         try:
-            import asyncio
-
             asyncio.get_running_loop()
         except RuntimeError:
             out = annotator.annotate(rows)
