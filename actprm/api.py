@@ -121,8 +121,8 @@ class PRM:
     """A loaded scorer and how it scores: the ensemble PRM (a backbone + K heads, actprm.model) or an implicit
     PRM (a causal LM, actprm.implicit). Build it with :func:`load_prm`."""
 
-    model: Any  # actprm.model.EnsemblePRM | actprm.implicit.ImplicitPRM
-    tokenizer: Any
+    model: Any = field(repr=False)  # actprm.model.EnsemblePRM | actprm.implicit.ImplicitPRM
+    tokenizer: Any = field(repr=False)
     name: str  # what scored rows record as `prm_model`
     path: str | None  # the checkpoint directory (None: the shipped model)
     device: str
