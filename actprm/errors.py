@@ -4,6 +4,8 @@ The CLI prints them as one line and exits with code 2; everything else is a bug
 and keeps its traceback.
 """
 
+import errno
+
 
 class UserError(Exception):
     """A mistake in the input or the flags: one clear line, exit code 2."""
@@ -14,8 +16,6 @@ class UserError(Exception):
 def disk_full(exc: BaseException) -> str | None:
     """What ran out, if `exc` is a full disk or quota (OSError ENOSPC/EDQUOT, SQLite's "database or disk is
     full", Arrow's "No space left on device"), else None."""
-    import errno
-
     text = str(exc)
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"no space left on the device{f' ({exc.filename})' if exc.filename else ''}"

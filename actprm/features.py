@@ -58,6 +58,7 @@ from actprm.trainer import (
     run_epochs,
     set_prior_bias,
     split_holdout,
+    train_and_save,
     with_epochs,
 )
 
@@ -601,6 +602,19 @@ def train_frozen_and_save(cfg, rows: list[dict[str, Any]], counts: LabelCounts, 
                                     system_prompt=cfg.system_prompt, progress=progress)
     model.to("cpu")  # the heads train on the CPU, beside the cached inputs
     return train_and_save_cached(cfg, rows, counts, cache, loaded=loaded)
+
+
+def train_in_process(cfg, rows: list[dict[str, Any]], counts: LabelCounts, device: torch.device, *,
+                     progress: bool = False) -> TrainResult:
+    """One round of `cfg.objective` from `cfg.model` to `cfg.output` on labelled `rows`, in this process: the
+    frozen-backbone round (`train_frozen_and_save`) for the ActPRM objective with `backbone: frozen`, else
+    `actprm.trainer.train_and_save`. The train job, the loop and `actprm.train` all call this. Raises
+    NothingToTrain."""
+    if cfg.objective == "actprm" and cfg.backbone == "frozen":  # the backbone once, then the heads' passes
+        return train_frozen_and_save(cfg, rows, counts, device, progress=progress)
+    result = train_and_save(cfg, rows, counts, device, progress=progress)
+    assert result is not None  # one process: rank 0
+    return result
 
 
 def train_and_save_cached(cfg, rows: list[dict[str, Any]], counts: LabelCounts, cache: HeadInputs, *,

@@ -22,26 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from actprm.checkpoint import load_for_scoring
 from actprm.config import EvaluateConfig
 from actprm.errors import UserError
+from actprm.evaluation import choose_threshold, evaluation_metrics, predict_rows
 from actprm.io.readers import known_rows
 from actprm.io.subsets import Subset, labelled_batches, resolve_subsets
 from actprm.io.writers import StagedOutput, write_parquet_atomic
-from actprm.metrics import (
-    at_threshold,
-    benchmark_metrics,
-    best_threshold,
-    checkpoint_threshold_metrics,
-    f1_table,
-    prediction_row,
-)
+from actprm.metrics import f1_table
 from actprm.prmbench import prmbench_table
 from actprm.progress import JobResult, RowCounts, progress_bar
 from actprm.schemas import table_from_rows
-from actprm.scoring import ScoringStats, score_trajectories
+from actprm.scoring import ScoringStats
 from actprm.selection import model_calibration
 
 PARTS = ["metrics.json", "predictions.parquet", "errors.parquet"]
@@ -86,18 +78,11 @@ def _score_subset(subset: Subset, cfg: EvaluateConfig, model, tokenizer, device:
         labelled = batch.rows
         subset.unlabelled += batch.unlabelled
         subset.counts.valid += len(labelled)
-        results = score_trajectories(
-            model, tokenizer, [r["problem"] for r in labelled], [r["steps"] for r in labelled],
-            batch_tokens=batch_tokens, max_length=cfg.max_length, device=device, stats=stats,
-            system_prompt=cfg.system_prompt) if labelled else []
-        for row, res in zip(labelled, results):
-            if res.error is not None:
-                subset.unscorable += 1
-                rows.append(prediction_row(row, subset.name, [], [], 0))
-                continue
-            subset.truncated += res.n_scored_steps < len(row["steps"])
-            rows.append(prediction_row(row, subset.name, res.mean.astype(np.float32).tolist(),
-                                       res.std.astype(np.float32).tolist(), res.n_scored_steps))
+        part = predict_rows(model, tokenizer, labelled, subset.name, batch_tokens=batch_tokens,
+                            max_length=cfg.max_length, device=device, system_prompt=cfg.system_prompt, stats=stats)
+        subset.truncated += part.truncated
+        subset.unscorable += part.unscorable
+        rows += part.rows
         bar.update(batch.n_read)
     return rows
 
@@ -128,53 +113,34 @@ def run(cfg: EvaluateConfig, progress: bool = True) -> EvaluateResult:
     stats = ScoringStats()
     with StagedOutput(cfg.output, PARTS, cfg.overwrite) as out:
         rows: list[dict[str, Any]] = []
-        errors: list[dict[str, Any]] = []
+        error_rows: list[dict[str, Any]] = []
         seen: set[str] = set()  # PRMBench sample ids, one of each over all files
         with progress_bar(known_rows([src for s in subsets for src in s.sources]), "evaluate", progress) as bar:
             for subset in subsets:
-                rows += _score_subset(subset, cfg, model, tokenizer, device, batch_tokens, stats, bar, seen, errors)
-        threshold, sweep = cfg.threshold, None
-        if cfg.sweep_subset is not None:
-            part = [r for r in rows if r["subset"] == cfg.sweep_subset]
-            try:
-                threshold, best = best_threshold([r["step_mean"] for r in part], [r["label"] for r in part])
-            except ValueError:
-                raise UserError(f"--sweep-subset {cfg.sweep_subset}: F1 is undefined there (it needs labelled "
-                                f"items with an error and items without)") from None
-            sweep = {"subset": cfg.sweep_subset, "grid": [0.01, 0.99, 0.01], "f1": round(best, 6),
-                     "ties": "closest to 0.5, then lower"}
-        for r in rows:
-            at_threshold(r, threshold)
+                rows += _score_subset(subset, cfg, model, tokenizer, device, batch_tokens, stats, bar, seen,
+                                      error_rows)
+        threshold, sweep = choose_threshold(rows, cfg.threshold, cfg.sweep_subset)
+        metrics = evaluation_metrics(rows, names, threshold, sweep, model_calibration(model), model_name)
         write_parquet_atomic(table_from_rows(rows, "predictions"), out.path("predictions.parquet"))
-        write_parquet_atomic(table_from_rows(errors, "errors"), out.path("errors.parquet"))
-        prm = [s for s in subsets if s.benchmark == "prmbench"]
-        metrics = benchmark_metrics(rows, names)
-        own = checkpoint_threshold_metrics(rows, names, model_calibration(model))
+        write_parquet_atomic(table_from_rows(error_rows, "errors"), out.path("errors.parquet"))
         files = {s.name: {"path": s.path, "rows_read": s.counts.read, "rows_invalid": s.counts.n_errors,
                           "rows_unlabelled": s.unlabelled, "rows_truncated": s.truncated,
                           "rows_unscorable": s.unscorable} for s in subsets}
         for name in names:
             metrics["subsets"][name] |= files[name]
         if metrics["prmbench"] is not None:
-            metrics["prmbench"] = {"threshold": threshold, **metrics["prmbench"],
-                                   "samples_with_error_steps_past_end": sum(
-                                       1 for r in rows if r["benchmark"] == "prmbench" and r["error_steps"]
-                                       and max(r["error_steps"]) > r["n_steps"]),
-                                   "files": {s.name: files[s.name] for s in prm}}
+            metrics["prmbench"]["files"] = {s.name: files[s.name] for s in subsets if s.benchmark == "prmbench"}
         errors = RowCounts()
         for s in subsets:
             errors.merge(s.counts)
         seconds = time.perf_counter() - start
-        metrics = {
-            "mean_f1": metrics.pop("mean_f1"), "prmbench": metrics.pop("prmbench"), "threshold": threshold,
-            "threshold_from": cfg.sweep_subset,
-            "model": model_name, **metrics,
+        metrics |= {
             "counts": {"rows_read": errors.read, "rows_invalid": errors.n_errors,
                        "invalid_by_kind": dict(errors.errors.most_common()),
                        "rows_unlabelled": sum(s.unlabelled for s in subsets), "rows_evaluated": len(rows),
                        "rows_truncated": sum(s.truncated for s in subsets),
                        "rows_unscorable": sum(s.unscorable for s in subsets)},
-            "checkpoint_threshold": own, "sweep": sweep, "device": device, "seconds": round(seconds, 3), "scoring": stats.as_dict(),
+            "device": device, "seconds": round(seconds, 3), "scoring": stats.as_dict(),
         }
         out.path("metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return EvaluateResult(metrics, Path(cfg.output))

@@ -95,7 +95,7 @@ from actprm.features import (
     model_fingerprint,
     score_results,
     train_and_save_cached,
-    train_frozen_and_save,
+    train_in_process,
 )
 from actprm.io.lock import output_lock
 from actprm.io.readers import iter_batches, open_corpus
@@ -136,7 +136,6 @@ from actprm.trainer import (
     NothingToTrain,
     RoundResult,
     result_from_checkpoint,
-    train_and_save,
 )
 from actprm.uncertainty import ACQUISITIONS
 from pipelines.ray_session import init_ray
@@ -580,10 +579,8 @@ class Loop:
         try:
             if self.cache is not None:
                 train_and_save_cached(tcfg, rows, counts, self.cache.inputs["pool"])
-            elif tcfg.objective == "actprm" and tcfg.backbone == "frozen":
-                train_frozen_and_save(tcfg, rows, counts, self.device, progress=self.progress)
             else:
-                train_and_save(tcfg, rows, counts, self.device, progress=self.progress)
+                train_in_process(tcfg, rows, counts, self.device, progress=self.progress)
         except NothingToTrain:
             return  # every label was too long for the model, or cut off: the model stays
         self.step_done(r, "train", time.perf_counter() - start)

@@ -6,7 +6,7 @@
 1. Labels: trajectories joined with annotations by id, or a labelled table (actprm.labels).
 2. One round of `objective` from `model` (actprm.trainer.train_and_save; the checkpoint files are
    actprm.checkpoint's). With the backbone frozen (the default) the backbone runs once over the rows and
-   the heads train on its outputs (actprm.features.train_frozen_and_save).
+   the heads train on its outputs (actprm.features.train_in_process).
 3. With `workers > 1`: the labelled rows go into the object store once; each TorchTrainer worker
    loads the start checkpoint, takes its equal share of the examples (rank::world_size) and trains
    with the model wrapped by ray.train.torch.prepare_model: DDP for models that fit a device, FSDP
@@ -29,7 +29,7 @@ from ray.train.torch import TorchTrainer
 from actprm.checkpoint import resolve_device
 from actprm.config import TrainConfig
 from actprm.errors import UserError
-from actprm.features import train_frozen_and_save
+from actprm.features import train_in_process
 from actprm.labels import LabelCounts, load_rows
 from actprm.trainer import TrainResult, result_from_checkpoint, train_and_save
 from pipelines.ray_session import init_ray
@@ -62,11 +62,7 @@ def run(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         torch.set_num_threads(cfg.threads)
     counts = LabelCounts()
     rows = load_rows(cfg, counts)
-    if cfg.objective == "actprm" and cfg.backbone == "frozen":  # the backbone once, then the heads' passes
-        return train_frozen_and_save(cfg, rows, counts, device, progress=progress)
-    result = train_and_save(cfg, rows, counts, device, progress=progress)
-    assert result is not None  # rank 0
-    return result
+    return train_in_process(cfg, rows, counts, device, progress=progress)
 
 
 # ------------------------------------------------------------------ on Ray Train

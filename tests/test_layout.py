@@ -32,8 +32,13 @@ def imports(path: pathlib.Path, known: set[str]) -> list[tuple[str, ast.stmt, bo
     tree = ast.parse(path.read_text())
     inside = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
               for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    # `if TYPE_CHECKING:` imports never run (actprm/__init__.py names its lazy exports for type checkers)
+    typing_only = {id(n) for b in ast.walk(tree) if isinstance(b, ast.If) and isinstance(b.test, ast.Name)
+                   and b.test.id == "TYPE_CHECKING" for n in ast.walk(b)}
     out = []
     for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:

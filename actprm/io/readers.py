@@ -25,7 +25,7 @@ import json
 import os
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -686,6 +686,35 @@ def iter_batches(
     for file_index in range(len(sources)):
         yield from iter_file_batches(sources, file_index, ids=ids, limits=limits,
                                      step_separator=step_separator, batch_rows=batch_rows)
+
+
+def validate_records(records: Iterable[Any], fmt: str = "auto", *, limits: Limits = Limits(),
+                     step_separator: str = "\n\n", source: str = "<memory>") -> Batch:
+    """In-memory records (dicts of any input format) through the same checks as a file's rows: the valid
+    canonical rows and the error rows (errors schema), the duplicate-id rule included. `fmt` auto: each
+    record's format from its keys (actprm.io.formats.detect_format). A record without an id gets its
+    content hash, as a file without an id column does."""
+    batch = Batch(source_file=source, valid=[], errors=[])
+    ids = IdRegistry()
+    for row_index, record in enumerate(records):
+        rid = record.get("id") if isinstance(record, dict) else None
+        try:
+            kind = fmt
+            if kind == "auto":
+                kind = detect_format(list(record)) if isinstance(record, dict) else None
+                if kind is None and isinstance(record, dict):
+                    raise RowError("unknown format", f"no input format has the keys {sorted(record)[:8]}")
+            src = SourceFile(path=source, kind="memory", fmt=kind or "canonical", has_ids=False, n_rows=None)
+            row = validate_record(record, src, limits, step_separator)
+            rid = row["id"]
+            first = ids.claim(rid, 0, row_index)
+            if first is not None:
+                raise RowError("duplicate id", f"{rid!r} first seen at record {first[1]}")
+            batch.valid.append(row)
+            batch.valid_index.append(row_index)
+        except RowError as exc:
+            batch.errors.append(error_row(source, row_index, rid, exc.reason, record))
+    return batch
 
 
 def require_input_output(cfg) -> None:
