@@ -102,6 +102,18 @@ def test_failed_job_creates_nothing(tmp_path, capsys):
     assert not (tmp_path / "deep").exists()
     staged.abort()
     assert not (tmp_path / "deep").exists()
+    # a job that fails after it started writing leaves no output directory it made (one that was there stays)
+    with pytest.raises(RuntimeError):
+        with StagedOutput(out, ["valid"]) as staged:
+            staged.path("valid").mkdir()
+            raise RuntimeError("the job failed midway")
+    assert (tmp_path / "deep").is_dir() and not out.exists()
+    out.mkdir()
+    with pytest.raises(RuntimeError):
+        with StagedOutput(out, ["valid"]) as staged:
+            staged.path("valid").mkdir()
+            raise RuntimeError("the job failed midway")
+    assert out.is_dir() and list(out.iterdir()) == []
 
 
 def test_staging_of_killed_runs_is_cleaned_by_the_next_run(tmp_path, corpus):

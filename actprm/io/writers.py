@@ -13,6 +13,7 @@ are named after their host and process, and those of dead processes are removed 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -296,6 +297,7 @@ class StagedOutput:
         for part in existing:
             refuse_link(self.directory / part)
         self._staging: Path | None = None
+        self._made = False  # this run made DIR: a failed run removes it again (if still empty)
         # one run per output at a time (exit 2 naming the holder): taken now where the lock's place exists,
         # else with the first write (construction creates nothing)
         self._lock = output_lock(self.directory).acquire() if self.directory.parent.is_dir() else None
@@ -307,6 +309,7 @@ class StagedOutput:
             if self._lock is None:
                 make_dirs(self.directory.parent)
                 self._lock = output_lock(self.directory).acquire()
+            self._made = not self.directory.exists()
             make_dirs(self.directory)
             clean_stale_staging(self.directory, self.PREFIX)
             self._staging = make_dirs(self.directory / staging_name(self.PREFIX))
@@ -332,6 +335,9 @@ class StagedOutput:
         try:
             if self._staging is not None:
                 shutil.rmtree(self._staging, ignore_errors=True)
+            if self._made:
+                with contextlib.suppress(OSError):  # not empty: another writer's files stay
+                    self.directory.rmdir()
         finally:
             self._unlock()
 
