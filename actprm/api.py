@@ -37,13 +37,17 @@ from actprm.errors import UserError
 from actprm.evaluation import choose_threshold, evaluation_metrics, predict_rows
 from actprm.features import train_in_process
 from actprm.implicit import IMPLICIT_CONFIG_NAME, ImplicitPRM
+from actprm.io.formats import detect_format
 from actprm.io.readers import iter_batches, open_corpus, validate_records
+from actprm.io.subsets import prmbench_samples
 from actprm.judge import Annotator, make_annotator
 from actprm.judge.base import check_contract
 from actprm.labels import LabelCounts, labelled_rows
 from actprm.metrics import f1_table
 from actprm.model import PRM_CONFIG_NAME
 from actprm.outcome import OutcomeAnnotator
+from actprm.prmbench import prmbench_table
+from actprm.schemas import Limits
 from actprm.scoring import ScoreResult, score_trajectories
 from actprm.selection import (
     deltas_for_rate,
@@ -337,7 +341,7 @@ def train(rows: Iterable[Mapping[str, Any]], *, output: str | os.PathLike, model
 
 @dataclass
 class Evaluation:
-    """ProcessBench figures of a PRM (`metrics`, as metrics.json of `actprm evaluate` without its read
+    """ProcessBench and PRMBench figures of a PRM (`metrics`, as metrics.json of `actprm evaluate` without its read
     counts and timings) and one prediction row per evaluated trajectory (data_schemas/predictions.yaml)."""
 
     metrics: dict[str, Any]
@@ -348,24 +352,42 @@ class Evaluation:
         """The unweighted mean of the subsets' F1 (None if no subset has one)."""
         return self.metrics["mean_f1"]
 
+    @property
+    def prmscore(self) -> float | None:
+        """PRMBench's overall PRMScore (None without PRMBench rows)."""
+        return self.metrics["prmbench"]["prmscore"] if self.metrics["prmbench"] else None
+
     def table(self) -> str:
-        """Subset, n, error_acc, correct_acc, F1 in percent, as `actprm evaluate` prints them."""
-        return f1_table(self.metrics["subsets"], self.metrics["mean_f1"])
+        """Subset, n, error_acc, correct_acc, F1 in percent, as `actprm evaluate` prints them (and PRMBench's
+        classes, with PRMBench rows)."""
+        parts = [f1_table(self.metrics["subsets"], self.metrics["mean_f1"])] if self.metrics["subsets"] else []
+        if self.metrics["prmbench"]:
+            parts.append(prmbench_table(self.metrics["prmbench"]))
+        return "\n\n".join(parts)
 
 
 def evaluate(prm: PRM, data: Mapping[str, Records] | Records, *, threshold: float = 0.5,
              sweep_subset: str | None = None) -> Evaluation:
-    """ProcessBench F1 (per subset and mean), step AUROC and ECE of `prm` on labelled trajectories, as
-    `actprm evaluate` computes them: `data` maps a subset name to its rows (one sequence: subset `eval`);
-    rows without `first_error_step` are left out. A step is wrong iff its mean is below `threshold`;
-    `sweep_subset`: the threshold maximising that subset's F1 instead."""
+    """ProcessBench F1 (per subset and mean), PRMBench's figures, step AUROC and ECE of `prm` on labelled
+    trajectories, as `actprm evaluate` computes them: `data` maps a subset name to its rows (one sequence:
+    subset `eval`); rows without `first_error_step` are left out, and a subset of PRMBench's rows is scored
+    by PRMBench's metric (`metrics["prmbench"]`, its `correct` samples included). A step is wrong iff its
+    mean is below `threshold` (PRMBench: valid iff above it); `sweep_subset`: the threshold maximising that
+    subset's F1 instead."""
     subsets = dict(data) if isinstance(data, Mapping) else {"eval": data}
-    if sweep_subset is not None and sweep_subset not in subsets:
-        raise UserError(f"sweep_subset {sweep_subset!r}: no such subset; the subsets are {', '.join(subsets)}")
     rows: list[dict[str, Any]] = []
+    processbench: list[str] = []
     for name, records in subsets.items():
-        labelled = [r for r in to_trajectories(records) if r["first_error_step"] is not None]
+        records = [dict(r) for r in records]
+        if records and all(detect_format(list(r)) == "prmbench" for r in records):
+            labelled = [s for r in to_trajectories(records, "prmbench") for s in prmbench_samples(r, Limits())]
+        else:
+            labelled = [r for r in to_trajectories(records) if r["first_error_step"] is not None]
+            processbench.append(name)
         rows += predict_rows(prm.model, prm.tokenizer, labelled, name, batch_tokens=prm.batch_tokens,
                              max_length=prm.max_length, device=prm.device, system_prompt=prm.system_prompt).rows
+    if sweep_subset is not None and sweep_subset not in processbench:
+        raise UserError(f"sweep_subset {sweep_subset!r}: no such subset scored by ProcessBench's metric; they are "
+                        f"{', '.join(processbench) or 'none'}")
     used, sweep = choose_threshold(rows, threshold, sweep_subset)
-    return Evaluation(evaluation_metrics(rows, list(subsets), used, sweep, prm.calibration, prm.name), rows)
+    return Evaluation(evaluation_metrics(rows, processbench, used, sweep, prm.calibration, prm.name), rows)

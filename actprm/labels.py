@@ -23,13 +23,18 @@ from actprm.io.readers import iter_batches, list_files, open_corpus
 
 @dataclass
 class LabelCounts:
-    annotations: int = 0
-    labelled: int = 0
+    """What became of the labels on the way to training (trainer_state.json's `counts`)."""
+
+    annotations: int = 0  # annotation rows read
+    labelled: int = 0  # labelled rows built from them
+    # annotations dropped: no label, no trajectory with that id, a second annotation of an id
     failed_annotations: int = 0
     without_trajectory: int = 0
-    without_annotation: int = 0
     duplicate_annotations: int = 0
+    # trajectories dropped: no annotation, a label outside the steps
+    without_annotation: int = 0
     invalid_label: int = 0
+    # rows the model could not learn from whole: too long for it, cut short, their earliest error cut off
     too_long: int = 0
     truncated: int = 0
     error_cut_off: int = 0

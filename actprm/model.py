@@ -162,10 +162,8 @@ class EnsembleHeads(nn.Module):
             raise ValueError(f"n_heads must be >= 1, got {n_heads}")
         if n_layers < 0:
             raise ValueError(f"n_layers must be >= 0, got {n_layers}")
-        self.hidden_size = int(hidden_size)
-        self.n_heads = int(n_heads)
-        self.head_hidden = int(head_hidden)
-        self.n_layers = int(n_layers)
+        self.hidden_size, self.n_heads = int(hidden_size), int(n_heads)
+        self.head_hidden, self.n_layers = int(head_hidden), int(n_layers)
         k, h, d = self.n_heads, self.hidden_size, self.head_hidden
         f32 = torch.float32
         widths = [h] + [d] * self.n_layers + [1]
@@ -426,13 +424,8 @@ class EnsemblePRM(nn.Module):
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        separator_mask: torch.Tensor | None = None,
-        answer_start: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                separator_mask: torch.Tensor | None = None, answer_start: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``(n_separators_total, K)`` at the ``True`` entries of ``separator_mask``.
 
         ``separator_mask`` (bool, same shape as ``input_ids``) defaults to

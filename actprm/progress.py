@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -56,11 +58,24 @@ class RowCounts:
 
 
 class JobResult:
-    """What a job returns. The CLI prints `render()`: the one summary line, after a job's details
+    """What a job returns. The CLI prints `render()`: the one summary line, after a job's `details()`
     (a table, a report's path) where it has some."""
 
     def summary_line(self) -> str:
         raise NotImplementedError
 
+    def details(self) -> str:
+        return ""
+
     def render(self) -> str:
-        return self.summary_line()
+        details = self.details()
+        return f"{details}\n{self.summary_line()}" if details else self.summary_line()
+
+
+@dataclass
+class ReportResult(JobResult):
+    """A job whose result is a report (a dict, written as JSON into `output` when there is one)."""
+
+    report: dict[str, Any]
+    seconds: float
+    output: Path | None

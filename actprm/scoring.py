@@ -628,18 +628,11 @@ def score_trajectories(
     return model.finish_results(results)
 
 
-def score_naive_prefixes(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    problems: Sequence[str],
-    steps: Sequence[Sequence[str]],
-    *,
-    max_length: int | None = None,
-    device: str | torch.device | None = None,
-    min_problem_tokens: int = DEFAULT_MIN_PROBLEM_TOKENS,
-    system_prompt: str | None = None,
-    stats: ScoringStats | None = None,
-) -> list[ScoreResult]:
+def score_naive_prefixes(model: torch.nn.Module, tokenizer: Any, problems: Sequence[str],
+                         steps: Sequence[Sequence[str]], *, max_length: int | None = None,
+                         device: str | torch.device | None = None,
+                         min_problem_tokens: int = DEFAULT_MIN_PROBLEM_TOKENS, system_prompt: str | None = None,
+                         stats: ScoringStats | None = None) -> list[ScoreResult]:
     """Reference scorer: one batch-size-1 forward pass per step prefix, reading its last separator.
 
     Same formatting and truncation as :func:`score_trajectories`, hence the same

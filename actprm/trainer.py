@@ -319,14 +319,17 @@ def set_trainable(model, mode: str, top_layers: int) -> None:
 
 @dataclass
 class RoundResult:
-    steps: int = 0
-    examples: int = 0
+    """One training round: its size, its losses, and how it stopped and was calibrated."""
+
+    steps: int = 0  # optimizer steps
+    examples: int = 0  # labelled rows trained on
     epochs: int = 0
     seconds: float = 0.0
+    # the mean loss of the first and the last tenth of the steps, and every step's
     first_loss: float = float("nan")
     last_loss: float = float("nan")
     losses: list[float] = field(default_factory=list)
-    resumed_optimizer: bool = False
+    resumed_optimizer: bool = False  # the optimizer state of the previous round was loaded
     held_out: int = 0  # labelled rows held out (the stopping rule, the calibration)
     error_weight: float = 1.0
     stopping: dict[str, Any] | None = None  # EarlyStopping.record(): held-out losses, best pass

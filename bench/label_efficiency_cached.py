@@ -86,10 +86,11 @@ def evaluate(heads, ev, truth: np.ndarray, step_lab: np.ndarray, step_ev: np.nda
             "std_auroc": std_auroc, "mean_errors": int(own_error[step_ev].sum())}
 
 
-class Learner:
-    """One (strategy, seed) run of the loop on the cache."""
+class CachedLearner:
+    """Where every (strategy, seed) run on the cache starts: the shipped heads (and a copy, the anchor of
+    their weight decay), no optimizer state, nothing labelled, the verifier seeded by the run."""
 
-    def __init__(self, strategy: str, seed: int, pool, args):
+    def __init__(self, strategy: str, seed: int, pool, wrong_rate: float):
         self.strategy, self.seed = strategy, seed
         self.heads = shipped_heads()
         self.anchor = {k: v.detach().clone() for k, v in self.heads.state_dict().items()}
@@ -97,7 +98,14 @@ class Learner:
         self.labelled = np.zeros(len(pool), dtype=bool)
         self.order: list[int] = []
         self.labels: list[int] = []
-        self.verifier = VerifierAnnotator(wrong_rate=args.wrong_rate, seed=seed)
+        self.verifier = VerifierAnnotator(wrong_rate=wrong_rate, seed=seed)
+
+
+class Learner(CachedLearner):
+    """One (strategy, seed) run of the loop on the cache."""
+
+    def __init__(self, strategy: str, seed: int, pool, args):
+        super().__init__(strategy, seed, pool, args.wrong_rate)
         self.random_keys = (np.array([uncertainty.random_score(i, seed) for i in pool.ids])
                             if strategy == "random" else None)
         self.calibrated = None

@@ -38,11 +38,10 @@ from actprm.calibration import rule_constants
 from actprm.config import LoopConfig, TrainConfig
 from actprm.curves import labels_to_reach, mean_interval, row_stats
 from actprm.features import cached_examples, train_heads_cached
-from actprm.judge.verifier import VerifierAnnotator
 from actprm.metrics import processbench_scores
 from actprm.selection import actprm_selection
 from actprm.trainer import split_holdout
-from bench.label_efficiency_cached import shipped_heads
+from bench.label_efficiency_cached import CachedLearner
 from bench.results import append, read_results
 from bench.selection_lab import WORK, load
 
@@ -74,16 +73,10 @@ def f1_at(heads, ev, truth: np.ndarray, threshold: float) -> dict:
     return {"f1": s["f1"], "error_acc": s["error_acc"], "correct_acc": s["correct_acc"]}
 
 
-class Learner:
+class Learner(CachedLearner):
     def __init__(self, strategy: str, seed: int, pool, truth: np.ndarray, wrong_rate: float):
-        self.strategy, self.seed, self.pool, self.truth = strategy, seed, pool, truth
-        self.heads = shipped_heads()
-        self.anchor = {k: v.detach().clone() for k, v in self.heads.state_dict().items()}
-        self.opt_state = None
-        self.labelled = np.zeros(len(pool), dtype=bool)
-        self.order: list[int] = []
-        self.labels: list[int] = []
-        self.verifier = VerifierAnnotator(wrong_rate=wrong_rate, seed=seed)
+        super().__init__(strategy, seed, pool, wrong_rate)
+        self.pool, self.truth = pool, truth
         self.keys = np.array([uncertainty.random_score(i, seed) for i in pool.ids])
         self.last_share: float | None = None
 

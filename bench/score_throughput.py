@@ -44,26 +44,9 @@ from actprm.scoring import (
     score_naive_prefixes,
     score_trajectories,
 )
+from bench.gpu_mfu import matmul_peak
+from bench.gpu_mfu import sync as _sync
 from bench.sample import stratified_sample
-
-
-def matmul_peak(device: str, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """Best FLOP/s of an n×n matmul on this device and thread count."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    best = float("inf")
-    for _ in range(repeats + 1):
-        _sync(device)
-        t0 = time.perf_counter()
-        (a @ b).sum().item()
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def timed(fn, device: str):

@@ -70,8 +70,8 @@ class DemoResult(JobResult):
     def lines(self) -> dict[str, list[dict]]:
         return self.worlds[0].lines
 
-    def render(self) -> str:
-        return f"demo: report in {self.report}\n" + self.summary_line()
+    def details(self) -> str:
+        return f"demo: report in {self.report}"
 
     def summary_line(self) -> str:
         parts = []

@@ -22,17 +22,15 @@ import json
 import math
 import statistics
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from actprm.checkpoint import load_for_scoring
 from actprm.config import EstimateConfig
 from actprm.errors import UserError
 from actprm.io.readers import open_corpus
-from actprm.io.writers import StagedOutput
+from actprm.io.writers import optional_output
 from actprm.judge.prompt import render_prompt
-from actprm.progress import JobResult
+from actprm.progress import ReportResult
 from actprm.sample import sample_corpus
 from actprm.selection import (
     deltas_for_rate,
@@ -62,13 +60,8 @@ def wilson_interval(k: int, n: int, confidence: float = 0.95, population: int | 
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-@dataclass
-class EstimateResult(JobResult):
-    report: dict[str, Any]
-    seconds: float
-    output: Path | None
-
-    def text(self) -> str:
+class EstimateResult(ReportResult):
+    def details(self) -> str:
         r, p = self.report, self.report["projection"]
 
         def span(key: str, fmt: str = "{:,.0f}") -> str:
@@ -88,9 +81,6 @@ class EstimateResult(JobResult):
         ]
         return "\n".join(lines)
 
-    def render(self) -> str:
-        return self.text() + "\n" + self.summary_line()
-
     def summary_line(self) -> str:
         p = self.report["projection"]
         where = f" -> {self.output / 'estimate.json'}" if self.output else ""
@@ -104,8 +94,7 @@ def run(cfg: EstimateConfig, progress: bool = True) -> EstimateResult:
         raise UserError("no input: pass --input PATH (a file, a directory or a glob)")
     if cfg.selection != "threshold":
         raise UserError("estimate projects the ActPRM rule (--selection threshold); a budget selects --budget rows")
-    out = StagedOutput(cfg.output, ["estimate.json"], cfg.overwrite) if cfg.output else None
-    try:
+    with optional_output(cfg.output, ["estimate.json"], cfg.overwrite) as out:
         sources = open_corpus(cfg.input, cfg.format)
         sample = sample_corpus(sources, cfg, cfg.sample, seed=cfg.seed)
         rows = sample.rows()
@@ -154,9 +143,4 @@ def run(cfg: EstimateConfig, progress: bool = True) -> EstimateResult:
         report["seconds"] = round(seconds, 3)
         if out is not None:
             out.path("estimate.json").write_text(json.dumps(report, indent=2) + "\n")
-            out.commit()
-    except BaseException:
-        if out is not None:
-            out.abort()
-        raise
     return EstimateResult(report, seconds, Path(cfg.output) if cfg.output else None)

@@ -44,14 +44,11 @@ class EvaluateResult(JobResult):
     metrics: dict[str, Any]
     output: Path
 
-    def table(self) -> str:
+    def details(self) -> str:
         parts = [f1_table(self.metrics["subsets"], self.metrics["mean_f1"])] if self.metrics["subsets"] else []
         if self.metrics["prmbench"]:
             parts.append(prmbench_table(self.metrics["prmbench"]))
         return "\n\n".join(parts)
-
-    def render(self) -> str:
-        return self.table() + "\n" + self.summary_line()
 
     def summary_line(self) -> str:
         m = self.metrics

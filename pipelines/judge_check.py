@@ -24,20 +24,19 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from actprm.config import JudgeCheckConfig
 from actprm.errors import UserError
 from actprm.io.subsets import labelled_batches, resolve_subsets
-from actprm.io.writers import StagedOutput, write_parquet_atomic
+from actprm.io.writers import optional_output, write_parquet_atomic
 from actprm.judge import error_kind, make_annotator
 from actprm.judge.budget import check_spend_settings
 from actprm.judge.interrupt import annotate_draining
 from actprm.metrics import f1_table, mean_f1, processbench_scores
 from actprm.prmbench import prmbench_metrics, prmbench_table
-from actprm.progress import JobResult
+from actprm.progress import ReportResult
 from actprm.sample import BottomK
 from actprm.schemas import table_from_rows
 
@@ -64,21 +63,13 @@ def verdict_validity(first_error_step: int, n_steps: int) -> list[bool]:
     return [True] * n_steps if first_error_step == -1 else [True] * first_error_step + [False]
 
 
-@dataclass
-class JudgeCheckResult(JobResult):
-    report: dict[str, Any]
-    seconds: float
-    output: Path | None
-
-    def table(self) -> str:
+class JudgeCheckResult(ReportResult):
+    def details(self) -> str:
         parts = [f1_table(self.report["subsets"], self.report["mean_f1"], extra=("failed",))] \
             if self.report["subsets"] else []
         if self.report["prmbench"]:
             parts.append(prmbench_table(self.report["prmbench"]))
         return "\n\n".join(parts)
-
-    def render(self) -> str:
-        return self.table() + "\n" + self.summary_line()
 
     def summary_line(self) -> str:
         r = self.report
@@ -95,9 +86,9 @@ def run(cfg: JudgeCheckConfig, progress: bool = True) -> JudgeCheckResult:
     start = time.perf_counter()
     subsets = resolve_subsets(cfg.data, cfg.format)
     check_spend_settings(cfg)
-    out = StagedOutput(cfg.output, PARTS, cfg.overwrite or (Path(cfg.output) / "judge_check.json").exists()) \
-        if cfg.output else None
-    try:
+    # a rerun into the same output replaces the check (its answers come from the cache)
+    overwrite = cfg.overwrite or bool(cfg.output and (Path(cfg.output) / "judge_check.json").exists())
+    with optional_output(cfg.output, PARTS, overwrite) as out:
         annotator = make_annotator(cfg)
         seen: set[str] = set()
         per_subset = [(s, *labelled_rows(s, cfg, seen)) for s in subsets]
@@ -153,9 +144,4 @@ def run(cfg: JudgeCheckConfig, progress: bool = True) -> JudgeCheckResult:
         if out is not None:
             out.path("judge_check.json").write_text(json.dumps(report, indent=2) + "\n")
             write_parquet_atomic(table_from_rows(items, "annotations"), out.path("annotations.parquet"))
-            out.commit()
-    except BaseException:
-        if out is not None:
-            out.abort()
-        raise
     return JudgeCheckResult(report, seconds, Path(cfg.output) if cfg.output else None)

@@ -1,4 +1,4 @@
-"""The judge under attack and misuse (issue 21): one run per output and cache (locks), Ctrl-C that
+"""The judge under attack and misuse: one run per output and cache (locks), Ctrl-C that
 waits for what is being paid, budgets a server cannot bypass with bad usage, secrets never written,
 servers that ignore n or answer too much or nothing, prompts a step cannot subvert. Every server
 fault is the stand-in judge's (actprm.testing.judge_server) on 127.0.0.1."""

@@ -178,6 +178,20 @@ def test_evaluate_reports_prmbench_as_its_scorer_computes_it(prm_files, tmp_path
     assert metrics["counts"]["rows_invalid"] == 3
 
 
+def test_the_python_api_evaluates_prmbench_as_the_verb_does(prm_files, tmp_path):
+    import actprm
+
+    out = tmp_path / "eval"
+    files = sorted(prm_files.glob("prm_*.jsonl"))
+    assert main(["evaluate", "--data", *map(str, files), "--output", str(out), "--no-progress", "--threads", "1"]) == 0
+    verb = json.loads((out / "metrics.json").read_text())["prmbench"]
+    records = {f.stem: [json.loads(line) for line in f.read_text().splitlines()] for f in files}
+    records = {name: [r for r in rows if r["error_steps"] != [0]] for name, rows in records.items()}  # the verb's errors
+    got = actprm.evaluate(actprm.load_prm(device="cpu", threads=1), records)
+    assert got.prmscore == verb["prmscore"] and got.metrics["prmbench"]["classes"] == verb["classes"]
+    assert got.mean_f1 is None and "PRMScore" in got.table()
+
+
 def test_evaluate_benchmark_flag(prm_files, tmp_path, capsys):
     prm = str(prm_files / f"prm_{CLASSES[0]}.jsonl")
     assert main(["evaluate", "--data", prm, "--benchmark", "processbench", "--output", str(tmp_path / "o"),

@@ -70,6 +70,14 @@ def test_docs_python_blocks_run_in_order(tmp_path, monkeypatch):
     print(f"docs/python-api.md: {len(blocks)} blocks in {seconds:.1f}s")
 
 
+def test_the_readmes_python_example_runs(tmp_path, monkeypatch):
+    (block,) = python_blocks((REPO / "README.md").read_text())
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {"__name__": "readme"}
+    exec(compile(block, "README.md", "exec"), ns)
+    assert len(ns["scored"]) == 200 and len(ns["picked"]) == 50
+
+
 def test_all_names_resolve_typed_and_documented():
     assert actprm.__all__[0] == "__version__"
     assert set(actprm.__all__[1:]) == set(actprm._EXPORTS)

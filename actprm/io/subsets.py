@@ -83,7 +83,7 @@ class LabelledBatch:
     unlabelled: int = 0
 
 
-def _prmbench_samples(row: dict[str, Any], limits: Limits) -> list[dict[str, Any]]:
+def prmbench_samples(row: dict[str, Any], limits: Limits) -> list[dict[str, Any]]:
     """A valid PRMBench row's samples: the modified solution, and for a `redundency` row its original solution
     as a `correct` sample (README "Evaluation", PRMBench)."""
     meta = json.loads(row["meta"])
@@ -113,7 +113,7 @@ def labelled_batches(subset: Subset, *, limits: Limits, step_separator: str, bat
         rows, errors = [], list(batch.errors)
         for row, index in zip(batch.valid, batch.valid_index):
             try:
-                samples = _prmbench_samples(row, limits)
+                samples = prmbench_samples(row, limits)
                 for sample in samples:
                     if sample["id"] in seen:
                         raise RowError("duplicate id", f"{sample['id']!r} is already in an earlier PRMBench file")

@@ -354,3 +354,15 @@ class StagedOutput:
             self.commit()
         else:
             self.abort()
+
+
+@contextmanager
+def optional_output(directory: str | os.PathLike | None, parts: list[str], overwrite: bool = False
+                    ) -> Iterator[StagedOutput | None]:
+    """A StagedOutput (committed when the block succeeds) for a job whose output directory is optional;
+    None without one."""
+    if not directory:
+        yield None
+        return
+    with StagedOutput(directory, parts, overwrite) as out:
+        yield out
