@@ -71,18 +71,58 @@ def test_an_array_row_nesting_200k_brackets_stays_small_in_memory(tmp_path):
     path = tmp_path / "deep.json"
     path.write_text("[" + json.dumps(good_row(0)) + ',{"id":"d","problem":"p","steps":["a"],"x":'
                     + "[" * 200_000 + "]" * 200_000 + "}," + json.dumps(good_row(1)) + "]")
-    # VmHWM, the peak of this process' own memory map: ru_maxrss would carry over the forking parent's size
-    code = ("import re, sys; from actprm.cli import main; "
-            f"rc = main(['validate', '--input', {str(path)!r}, '--output', {str(tmp_path / 'o')!r}]); "
-            "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)); sys.exit(rc)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False,
-                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    peak_mb = int(proc.stdout.strip().splitlines()[-1]) / 1024
+    rc, peak_mb = peak_mb_of_validate(path, tmp_path / "o")
+    assert rc == 0
     assert peak_mb < 1024, f"peak RSS {peak_mb:.0f} MB"
     errors = pq.read_table(tmp_path / "o" / "errors").to_pylist()
     assert [(e["row_index"], e["reason"].split(":")[0]) for e in errors] == [(1, "too deep")]
     assert pq.read_table(tmp_path / "o" / "valid").num_rows == 2
+
+
+def peak_mb_of_validate(path, out) -> tuple[int, float]:
+    """validate in a fresh process: (exit code, its peak RSS in MB)."""
+    # VmHWM, the peak of this process' own memory map: ru_maxrss would carry over the forking parent's size
+    code = ("import re, sys; from actprm.cli import main; "
+            f"rc = main(['validate', '--input', {str(path)!r}, '--output', {str(out)!r}]); "
+            "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=300)
+    return proc.returncode, int(proc.stdout.strip().splitlines()[-1]) / 1024
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl.gz"])
+def test_a_small_file_holding_a_gigabyte_of_repeated_text_stays_small_in_memory(tmp_path, suffix):
+    """1,024 rows sharing one 1 MiB problem: 3 KB as Parquet (one dictionary value), 1 MB gzipped JSONL.
+    Rows are built a few at a time and batches and row groups cut at a byte budget (it took 6.5 GB)."""
+    big = "x" * (1 << 20)
+    path = tmp_path / f"bomb{suffix}"
+    if suffix == ".parquet":
+        pq.write_table(pa.table({"id": [f"r{i}" for i in range(1024)], "problem": pa.array([big] * 1024)
+                                 .dictionary_encode(), "steps": [["a", "b"]] * 1024}), path, compression="zstd")
+        assert path.stat().st_size < 10_000
+    else:
+        import gzip
+        with gzip.open(path, "wt") as f:
+            for i in range(1024):
+                f.write(json.dumps({"id": f"r{i}", "problem": big, "steps": ["a", "b"]}) + "\n")
+    rc, peak_mb = peak_mb_of_validate(path, tmp_path / "o")
+    assert rc == 0 and peak_mb < 500, f"peak RSS {peak_mb:.0f} MB"
+    errors = pq.read_table(tmp_path / "o" / "errors", columns=["row_index", "reason"]).to_pylist()
+    assert [e["row_index"] for e in errors] == list(range(1024))
+    assert all(e["reason"].startswith("too large: problem has 1048576 characters") for e in errors)
+
+
+def test_a_parquet_row_over_the_size_limit_is_never_built(tmp_path, monkeypatch):
+    from actprm.io import readers
+
+    rows = [good_row(0) | {"extra": None}, good_row(1) | {"extra": "x" * 50_000}, good_row(2) | {"extra": None}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    valid, errors = read_all([tmp_path / "in.parquet"], limits=Limits(max_row_bytes=10_000))
+    assert [r["id"] for r in valid] == ["t0", "t2"] and reasons(errors) == {(1, "too large")}
+    assert "the row holds" in errors[0]["reason"] and errors[0]["row_json"] == "[row not kept]"
+    monkeypatch.setattr(readers, "BATCH_BYTES", 1)  # a budget below a row: one row a batch, none lost
+    batches = [len(b) for b in readers.iter_raw(open_corpus([tmp_path / "in.parquet"])[0], 2048, Limits())]
+    assert batches == [1, 1, 1]
 
 
 def test_rows_over_the_size_limit_are_error_rows_and_never_held_whole(tmp_path):

@@ -30,6 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from actprm.errors import UserError
@@ -194,7 +197,7 @@ def _first_record(path: Location, kind: str, limits: Limits) -> dict[str, Any] |
     if kind == "jsonl":
         with open_binary(path) as f:
             first_line = True
-            for _, record in _jsonl_records(f, limits):
+            for _, record, _ in _jsonl_records(f, limits):
                 if first_line and isinstance(record, BadRecord) and _whole_json(path):
                     raise UserError(f"{path}: one JSON value written over several lines (a pretty-printed JSON "
                                     "object?), not JSON Lines: expected one row per line, or a JSON array of rows")
@@ -205,7 +208,7 @@ def _first_record(path: Location, kind: str, limits: Limits) -> dict[str, Any] |
             return "empty"
         raise UserError(f"{path}: no line is a JSON object: not JSON Lines (expected one JSON object per line)")
     with open_binary(path) as f:
-        for _, record in _array_records(f, limits):
+        for _, record, _ in _array_records(f, limits):
             return record if isinstance(record, dict) else None
     return "empty"
 
@@ -387,8 +390,8 @@ def parse_row(data: bytes, limits: Limits) -> Any:
     return value
 
 
-def _jsonl_records(f, limits: Limits) -> Iterator[tuple[int, Any]]:
-    """(line index, record or BadRecord) of a binary JSONL stream; blank lines are skipped.
+def _jsonl_records(f, limits: Limits) -> Iterator[tuple[int, Any, int]]:
+    """(line index, record or BadRecord, bytes read) of a binary JSONL stream; blank lines are skipped.
 
     A line longer than `limits.max_row_bytes` is never held whole: it is skipped to its end.
     """
@@ -408,10 +411,10 @@ def _jsonl_records(f, limits: Limits) -> Iterator[tuple[int, Any]]:
                     break
                 size += len(line)
             yield index, BadRecord("too large", f"the line has {size} bytes, over the limit of "
-                                                f"{limits.max_row_bytes}", "[line not kept]")
+                                                f"{limits.max_row_bytes}", "[line not kept]"), 0
             continue
         if line.strip():
-            yield index, parse_row(line, limits)
+            yield index, parse_row(line, limits), len(line)
 
 
 class _ArrayScanner:
@@ -548,9 +551,72 @@ def iter_json_array(f, max_depth: int, max_bytes: int, chunk: int = READ_CHUNK) 
         raise ValueError(f"text after the end of the array: {scanner.trailing[:40]!r}")
 
 
-def _array_records(f, limits: Limits) -> Iterator[tuple[int, Any]]:
+def _array_records(f, limits: Limits) -> Iterator[tuple[int, Any, int]]:
     for index, element in enumerate(iter_json_array(f, limits.max_depth, limits.max_row_bytes)):
-        yield index, element if isinstance(element, BadRecord) else parse_row(element, limits)
+        if isinstance(element, BadRecord):
+            yield index, element, len(element.text)
+        else:
+            yield index, parse_row(element, limits), len(element)
+
+
+# A batch of records holds at most `batch_rows` rows and BATCH_BYTES of their text (but for one row): a
+# compressed file can hold far more once decoded (a 3 KB Parquet file 1 GiB of one repeated value). Parquet
+# is decoded PARQUET_PIECE_ROWS rows at a time and its rows measured before they are built.
+PARQUET_PIECE_ROWS = 64
+BATCH_BYTES = 16 * 2**20
+
+
+def row_bytes(array: pa.Array) -> np.ndarray:
+    """Per row of an Arrow array, the bytes its values take once built (strings and binary by their length,
+    list elements and other values 8 each), without building them."""
+    t = array.type
+    if pa.types.is_dictionary(t):
+        lengths = row_bytes(array.dictionary)
+        if not len(lengths):
+            return np.zeros(len(array), dtype=np.int64)
+        picked = lengths[array.indices.fill_null(0).to_numpy(zero_copy_only=False)]
+        return np.where(array.is_null().to_numpy(zero_copy_only=False), 0, picked)
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return pc.binary_length(array).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        total = np.concatenate([[0], np.cumsum(row_bytes(array.values))])
+        offsets = array.offsets.to_numpy(zero_copy_only=False)
+        return total[offsets[1:]] - total[offsets[:-1]] + 8 * np.diff(offsets)
+    if pa.types.is_struct(t):
+        return sum((row_bytes(f) for f in array.flatten()), np.zeros(len(array), dtype=np.int64))
+    return np.full(len(array), 8, dtype=np.int64)
+
+
+def _parquet_records(src: SourceFile, batch_rows: int, limits: Limits) -> Iterator[list[tuple[int, Any]]]:
+    """(row_index, record) batches of a Parquet file, each at most `batch_rows` rows and (but for one row)
+    BATCH_BYTES once built; a row over `max_row_bytes` is a BadRecord and never built."""
+    out: list[tuple[int, Any]] = []
+    size = index = 0
+    for piece in pq.ParquetFile(open_random_access(src.path)).iter_batches(
+            batch_size=min(batch_rows, PARQUET_PIECE_ROWS)):
+        sizes = sum((row_bytes(c) for c in piece.columns), np.zeros(piece.num_rows, dtype=np.int64))
+        if sizes.max(initial=0) <= limits.max_row_bytes and size + sizes.sum() <= BATCH_BYTES \
+                and len(out) + piece.num_rows <= batch_rows:  # the usual case: the piece whole
+            out += enumerate(piece.to_pylist(), start=index)
+            size += int(sizes.sum())
+            index += piece.num_rows
+        else:  # row by row: a row over the limit is never built, and the batch is cut at the budget
+            for i, n in enumerate(sizes.tolist()):
+                if out and (len(out) >= batch_rows or size + n > BATCH_BYTES):
+                    yield out
+                    out, size = [], 0
+                if n > limits.max_row_bytes:
+                    out.append((index, BadRecord("too large", f"the row holds {n:,} bytes, over the limit of "
+                                                              f"{limits.max_row_bytes:,}", "[row not kept]")))
+                else:
+                    out.append((index, piece.slice(i, 1).to_pylist()[0]))
+                    size += n
+                index += 1
+        if len(out) >= batch_rows:
+            yield out
+            out, size = [], 0
+    if out:
+        yield out
 
 
 def iter_raw(src: SourceFile, batch_rows: int = 2048, limits: Limits = Limits()
@@ -558,22 +624,20 @@ def iter_raw(src: SourceFile, batch_rows: int = 2048, limits: Limits = Limits()
     """Batches of (row_index, record): a dict, another JSON value, or a BadRecord (why the row is unusable)."""
     try:
         if src.kind == "parquet":
-            index = 0
-            for batch in pq.ParquetFile(open_random_access(src.path)).iter_batches(batch_size=batch_rows):
-                records = batch.to_pylist()
-                yield list(enumerate(records, start=index))
-                index += len(records)
+            yield from _parquet_records(src, batch_rows, limits)
             return
         if src.kind not in ("jsonl", "json-array"):
             raise ValueError(f"unknown file kind {src.kind!r}")
         out: list[tuple[int, Any]] = []
         with open_binary(src.path) as f:
             records = (_jsonl_records(f, limits) if src.kind == "jsonl" else _array_records(f, limits))
-            for item in records:
-                out.append(item)
-                if len(out) >= batch_rows:
+            size = 0
+            for index, record, nbytes in records:
+                if out and (len(out) >= batch_rows or size + nbytes > BATCH_BYTES):
                     yield out
-                    out = []
+                    out, size = [], 0
+                out.append((index, record))
+                size += nbytes
         if out:
             yield out
     except (OSError, EOFError, ValueError, zlib.error) as exc:

@@ -183,8 +183,11 @@ def write_text_atomic(text: str, path: Path) -> None:
 
 class ShardWriter:
     """Writes rows of one table as `PREFIX-00000.parquet`, `PREFIX-00001.parquet`, ... (`rows_per_shard` rows each),
-    streamed: a shard is written row group by row group (`row_group_rows` rows each) to a hidden temporary
-    file and renamed when it is full or closed, so the writer holds at most one row group, not a shard."""
+    streamed: a shard is written row group by row group (`row_group_rows` rows, or fewer once they hold
+    ROW_GROUP_BYTES) to a hidden temporary file and renamed when it is full or closed, so the writer holds
+    at most one row group, not a shard."""
+
+    ROW_GROUP_BYTES = 16 * 2**20
 
     def __init__(self, directory: str | os.PathLike, table: str, rows_per_shard: int = 100_000,
                  prefix: str = "part", row_group_rows: int = 8192):
@@ -196,40 +199,37 @@ class ShardWriter:
         self.row_group_rows = min(row_group_rows, rows_per_shard)
         self.prefix = prefix
         make_dirs(self.directory)
-        self._rows: list[dict[str, Any]] = []
         self._tables: list[pa.Table] = []
         self._buffered = 0
+        self._bytes = 0
         self._open: tuple[pq.ParquetWriter, Path, Path] | None = None  # (writer, temporary, final)
         self._in_shard = 0  # rows written to the open shard
         self.shards = 0
         self.rows_written = 0
 
     def add_rows(self, rows: list[dict[str, Any]]) -> None:
-        self._rows.extend(rows)
-        self._buffered += len(rows)
-        self._maybe_flush()
+        if rows:
+            self._add(table_from_rows(rows, self.table))
 
     def add_table(self, table: pa.Table) -> None:
-        self._flush_rows_to_table()
-        self._tables.append(to_canonical(table, self.table))
-        self._buffered += table.num_rows
-        self._maybe_flush()
+        self._add(to_canonical(table, self.table))
 
-    def _flush_rows_to_table(self) -> None:
-        if self._rows:
-            self._tables.append(table_from_rows(self._rows, self.table))
-            self._rows = []
+    def _add(self, table: pa.Table) -> None:
+        self._tables.append(table)
+        self._buffered += table.num_rows
+        self._bytes += table.nbytes
+        self._maybe_flush()
 
     def _maybe_flush(self, final: bool = False) -> None:
         """Write full row groups (all that is buffered when `final`), cutting shards at rows_per_shard."""
-        while self._buffered >= self.row_group_rows or (final and self._buffered):
-            self._flush_rows_to_table()
+        while (self._buffered >= self.row_group_rows or self._bytes >= self.ROW_GROUP_BYTES
+               or (final and self._buffered)):
             table = pa.concat_tables(self._tables)
             n = min(self.row_group_rows, self.rows_per_shard - self._in_shard, table.num_rows)
             self._write_group(table.slice(0, n))
             rest = table.slice(n)
             self._tables = [rest] if rest.num_rows else []
-            self._buffered = rest.num_rows
+            self._buffered, self._bytes = rest.num_rows, rest.nbytes if rest.num_rows else 0
 
     def _write_group(self, table: pa.Table) -> None:
         if self._open is None:
@@ -252,14 +252,13 @@ class ShardWriter:
 
     def close(self) -> None:
         """Write what is buffered. A table with no rows still gets one empty shard with its schema."""
-        self._flush_rows_to_table()
         self._maybe_flush(final=True)
         if self._open is not None:
             self._finish_shard()
         elif self.shards == 0:
             write_parquet_atomic(table_from_rows([], self.table), self.directory / f"{self.prefix}-00000.parquet")
             self.shards = 1
-        self._tables, self._buffered = [], 0
+        self._tables, self._buffered, self._bytes = [], 0, 0
 
     def __enter__(self) -> "ShardWriter":
         return self
