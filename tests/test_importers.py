@@ -533,6 +533,28 @@ def test_import_keeps_the_source_tokenizer_byte_for_byte_and_blank_lines_score_t
     assert spread.max() - spread.min() > 0.05 and worst <= TOL, worst
 
 
+def test_the_imports_own_check_refuses_a_tokenizer_that_splits_blank_lines_otherwise(qwen_blank, monkeypatch):
+    """The probe check reads the written directory as actprm loads it against the source's tokenizer.json:
+    the tokenizer transformers 5 re-serialises for model_type qwen2 (a blank line one token) is refused."""
+    from transformers import AutoTokenizer
+
+    from actprm import importers
+
+    tmp, src, _, _ = qwen_blank
+
+    def reserialised(source, out):
+        AutoTokenizer.from_pretrained(source).save_pretrained(out)
+        cfg = json.loads((out / "tokenizer_config.json").read_text())
+        cfg.pop("auto_map", None)
+        (out / "tokenizer_config.json").write_text(json.dumps(cfg))
+        return False
+
+    monkeypatch.setattr(importers, "copy_tokenizer", reserialised)
+    with pytest.raises(UserError, match="splits a probe text unlike"):
+        import_model.run(ImportConfig(layout="qwen-prm", source=str(src), output=str(tmp / "refused")))
+    assert not (tmp / "refused").exists()
+
+
 def test_an_unknown_model_type_is_one_line_without_a_transformers_warning(tmp_path):
     import os
     import subprocess

@@ -14,7 +14,8 @@ Money and time are spent only here, so the rules are strict:
 - Limits: at most `concurrency` requests in flight (an asyncio semaphore, held only while a
   request is on the wire, not during back-off; a request given up on at its deadline may still be
   the server's work, so it keeps its slot and its connection until its reply comes or the
-  connection ends, at most `abandoned_hold_s` more, then is closed), optional requests- and tokens-per-minute
+  connection ends, at most max(`timeout_s`, 30 s) more, then is closed; a late reply is not used),
+  optional requests- and tokens-per-minute
   budgets (aiolimiter's leaky buckets with 10-second windows, so a burst is at most a sixth of
   the minute's budget; tokens are estimated before sending as prompt chars / 4 plus
   `max_tokens`, or `mean_output_tokens` when that is unset, per sample; a request larger than
