@@ -33,16 +33,19 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import CONFIG_MAPPING, AutoModel, AutoTokenizer
+from transformers import CONFIG_MAPPING, AutoModel
 
 from actprm.errors import UserError
+from actprm.io.model_files import read_json_file
 from actprm.model import ANCHOR_NAME, EnsemblePRM, _single_token_id
 from actprm.scoring import PROMPT_KEYS
+from actprm.tokens import tokenizer_as_is
 
 __all__ = [
     "ANCHOR_NAME",
@@ -72,6 +75,15 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "math-shepherd": {"separator": "ки", "step_suffix": " ки\n", "chat_template": False, "middle": " ",
                       "tokenize": "joint"},
 }
+#: The source's tokenizer files, copied into the PRM directory byte for byte (tokenizer_config.json less its
+#: auto_map): a tokenizer re-serialised by transformers can split text differently.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "merges.txt", "vocab.txt", "tokenizer.model", "chat_template.jinja",
+                   "chat_template.json")
+TOKENIZER_DIRS = ("additional_chat_templates",)
+#: The import's own check: steps with newlines, a blank line inside a step and digits.
+PROBE_STEPS = ("What is 12 + 30?\n\n12 + 30 = 42.", "Check: 42 - 30 = 12.\n\nSo 42 is right.",
+               "\n\nThe answer is 42.\n")
 # config.json keys of the sources' own classes that are no backbone setting
 _FOREIGN_KEYS = ("auto_map", "architectures", "num_ensemble", "rr_token", "rr_token_id", "learning_probability",
                  "regularization_lambda", "model_type", "transformers_version")
@@ -181,12 +193,18 @@ def _need(state: dict[str, torch.Tensor], key: str, layout: str) -> torch.Tensor
 # --------------------------------------------------------------------------- backbone
 
 
+def check_model_type(config: dict[str, Any]) -> str:
+    """The config's model_type if transformers ships it (asked before transformers reads anything)."""
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        raise UserError(f"backbone model_type {str(model_type)[:80]!r} needs code transformers does not have "
+                        "(remote code is never run)")
+    return model_type
+
+
 def build_backbone(config: dict[str, Any], state: dict[str, torch.Tensor], prefix: str = "model."):
     """transformers' own base model for ``config['model_type']`` with the ``prefix`` weights loaded."""
-    model_type = config.get("model_type")
-    if model_type not in CONFIG_MAPPING:
-        raise UserError(f"backbone model_type {model_type!r} needs code transformers does not have "
-                        "(remote code is never run)")
+    model_type = check_model_type(config)
     kwargs = {k: v for k, v in config.items() if k not in _FOREIGN_KEYS}
     bb_config = CONFIG_MAPPING[model_type](**kwargs)
     weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
@@ -297,27 +315,67 @@ def perturbed(heads: dict[str, torch.Tensor], n_heads: int, scale: float, seed: 
 # --------------------------------------------------------------------------- convert
 
 
-def _probe_check(model, layout: str, heads: dict[str, torch.Tensor]) -> float:
-    """Max |p_source - p_actprm| over a probe text's positions: the source head's own formula
-    (MLP + softmax of two rows / sigmoid) on the backbone's hidden states vs the imported heads."""
-    tok = model.tokenizer
-    ids = tok("What is 12 + 30? 12 + 30 = 42. The answer is 42.", add_special_tokens=False)["input_ids"][:64]
-    ids = torch.tensor([ids or [0]])
+def _probe_check(out: pathlib.Path, src: pathlib.Path, source_model, layout: str,
+                 heads: dict[str, torch.Tensor]) -> float:
+    """Max |p_source - p_actprm| of head 0 at the step ends of a probe text (PROBE_STEPS: newlines, a
+    blank line inside a step, digits): the source's tokenizer.json as it is, its backbone and its head's
+    own formula (MLP + softmax of two rows / sigmoid) vs the written directory as actprm loads it."""
+    from tokenizers import Tokenizer
+
+    sep = source_model.separator_token
+    text = sep.join(PROBE_STEPS) + sep
+    src_ids = Tokenizer.from_file(str(src / "tokenizer.json")).encode(text, add_special_tokens=False).ids[:256]
+    loaded = EnsemblePRM.from_pretrained(out)
+    ids = loaded.tokenizer.encode(text, add_special_tokens=False)[:256]
+    if ids != src_ids:
+        at = next((i for i, (a, b) in enumerate(zip(ids, src_ids)) if a != b), min(len(ids), len(src_ids)))
+        raise UserError(f"the imported tokenizer splits a probe text unlike {src}'s tokenizer.json (token {at})")
+    t = torch.tensor([src_ids])
+    at_sep = t[0] == loaded.separator_token_id
     with torch.no_grad():
-        hidden = model.hidden_states(ids).float()[0]  # (T, H)
-        ours = torch.sigmoid(model.heads(hidden))[:, 0]
+        hidden = source_model.hidden_states(t).float()[0][at_sep]  # (S, H)
+        ours = torch.sigmoid(loaded(t).float())[:, 0]
         if layout == "activeprm":
             x = torch.relu(hidden @ heads["W1"][0] + heads["b1"][0])
             x = torch.relu(x @ heads["W2"][0] + heads["b2"][0])
             ref = torch.sigmoid(x @ heads["W3"][0] + heads["b3"][0])[:, 0]
         else:
-            src = heads["_source"]
+            src_f = heads["_source"]
             x = hidden
-            if "score0" in src:
-                x = torch.relu(x @ src["score0"].t() + src["score0_b"])
-            logits = x @ src["out"].t() + src["out_b"]
+            if "score0" in src_f:
+                x = torch.relu(x @ src_f["score0"].t() + src_f["score0_b"])
+            logits = x @ src_f["out"].t() + src_f["out_b"]
             ref = torch.softmax(logits, dim=-1)[:, -1] if logits.shape[1] == 2 else torch.sigmoid(logits[:, 0])
+    if ref.numel() == 0 or ours.shape != ref.shape:
+        raise UserError(f"the probe text has no {sep!r} step ends for the imported model to score")
     return float((ours - ref).abs().max())
+
+
+def copy_tokenizer(src: pathlib.Path, out: pathlib.Path) -> bool:
+    """Put the source's tokenizer files in ``out`` byte for byte, in place of those save_pretrained wrote.
+
+    A tokenizer_config.json ``auto_map`` is left out (every verb refuses a directory with one); True if so.
+    """
+    for name in TOKENIZER_FILES:
+        (out / name).unlink(missing_ok=True)
+    for name in TOKENIZER_DIRS:
+        shutil.rmtree(out / name, ignore_errors=True)
+    stripped = False
+    for name in TOKENIZER_FILES:
+        if not (src / name).is_file():
+            continue
+        if name == "tokenizer_config.json":
+            cfg = read_json_file(src / name)
+            if isinstance(cfg, dict) and "auto_map" in cfg:
+                del cfg["auto_map"]
+                (out / name).write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+                stripped = True
+                continue
+        shutil.copyfile(src / name, out / name)  # follows links (a hub cache's snapshot)
+    for name in TOKENIZER_DIRS:
+        if (src / name).is_dir():
+            shutil.copytree(src / name, out / name)
+    return stripped
 
 
 def _source_formula(layout: str, state: dict[str, torch.Tensor], config: dict[str, Any], tokenizer: Any,
@@ -357,6 +415,7 @@ def convert(src: str | pathlib.Path, output: str | pathlib.Path, layout: str | N
     if not src.is_dir():
         raise UserError(f"{src}: not a directory")
     config = read_config(src)
+    check_model_type(config)  # before transformers reads anything: no warning ahead of the refusal
     state = read_weights(src)
     detected = detect_layout(config, set(state))
     if layout is None and detected == "math-shepherd":  # any causal LM looks like one: make the user say so
@@ -378,12 +437,14 @@ def convert(src: str | pathlib.Path, output: str | pathlib.Path, layout: str | N
     if layout == "math-shepherd" and "bos" not in settings:
         settings["bos"] = None  # decided from the tokenizer below
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=False)  # never trust_remote_code
-    except Exception as exc:  # noqa: BLE001 - a missing or foreign tokenizer is the user's to fix
-        raise UserError(f"{src}: cannot load its tokenizer ({' '.join(str(exc).split())[:160]})") from None
-    if not getattr(tokenizer, "is_fast", False):
+    if not (src / "tokenizer.json").is_file():
         raise UserError(f"{src}: a fast tokenizer (tokenizer.json) is needed")
+    try:
+        tokenizer = tokenizer_as_is(src)  # its tokenizer.json as it is; no code from src runs
+    except RecursionError:
+        raise UserError(f"{src}: the tokenizer files nest too deep to be read") from None
+    except Exception as exc:  # noqa: BLE001 - a broken tokenizer is the user's to fix
+        raise UserError(f"{src}: cannot load its tokenizer ({' '.join(str(exc).split())[:160]})") from None
     sep_id = _single_token_id(tokenizer, sep)
     if sep_id is None:
         raise UserError(f"separator {sep!r} is not a single token of {src}'s tokenizer (set it with --separator)")
@@ -418,17 +479,18 @@ def convert(src: str | pathlib.Path, output: str | pathlib.Path, layout: str | N
                         init_heads=False, tokenizer=tokenizer, prompt=settings, source=source)
     model.heads.load_state_dict(heads, strict=True)
     model.eval()
+    out = pathlib.Path(output)
+    model.save_pretrained(out)
+    stripped = copy_tokenizer(src, out)
+    if anchor is not None:
+        save_file({n: t.contiguous() for n, t in anchor.items()}, str(out / ANCHOR_NAME))
     diff = None
     if check:
         probe_heads = dict(heads)
         if layout != "activeprm":
             probe_heads["_source"] = _source_formula(layout, state, config, tokenizer, opts)
-        if n_perturbed == 0:
-            diff = _probe_check(model, layout, probe_heads)
-    out = pathlib.Path(output)
-    model.save_pretrained(out)
-    if anchor is not None:
-        save_file({n: t.contiguous() for n, t in anchor.items()}, str(out / ANCHOR_NAME))
+        diff = _probe_check(out, src, model, layout, probe_heads)
     return ImportSummary(layout=layout, output=out, n_heads=k, head_layers=head_layers,
                          backbone_model_type=str(config.get("model_type")), separator=sep, prompt=settings,
-                         anchor=anchor is not None, max_abs_diff=diff, perturbed_heads=n_perturbed)
+                         anchor=anchor is not None, max_abs_diff=diff, perturbed_heads=n_perturbed,
+                         extra={"auto_map_left_out": stripped})

@@ -27,7 +27,7 @@ import os
 import pathlib
 from typing import Any
 
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, TokenizersBackend
 
 from actprm.errors import UserError
 from actprm.io.model_files import check_no_remote_code
@@ -57,6 +57,7 @@ __all__ = [
     "default_tokenizer_path",
     "load_tokenizer",
     "step_separator_id",
+    "tokenizer_as_is",
 ]
 
 
@@ -66,19 +67,46 @@ def default_tokenizer_path() -> pathlib.Path:
 
 
 def load_tokenizer(name_or_path: str | os.PathLike | None = None, **kwargs: Any):
-    """Load a tokenizer with ``transformers.AutoTokenizer``.
+    """Load a tokenizer: a directory's (or hub repository's) ``tokenizer.json`` exactly as it is.
 
-    With no argument the committed project tokenizer is loaded (offline).  A hub
-    name or another local directory may be given for real models; extra keyword
-    arguments go to ``AutoTokenizer.from_pretrained``.
+    With no argument the committed project tokenizer is loaded (offline).  A hub name or
+    another local directory may be given for real models; extra keyword arguments go to
+    ``from_pretrained``.  Where there is a ``tokenizer.json`` it is loaded as it is
+    (:func:`tokenizer_as_is`); only a directory without one goes through ``AutoTokenizer``.
     """
     path = name_or_path or default_tokenizer_path()
     check_no_remote_code(path)
     kwargs.pop("trust_remote_code", None)  # never True: a model's own code does not run
     try:
+        if _has_tokenizer_json(path, kwargs):
+            return tokenizer_as_is(path, **kwargs)
         return AutoTokenizer.from_pretrained(path, trust_remote_code=False, **kwargs)
     except RecursionError:  # a tokenizer.json nested thousands deep
         raise UserError(f"{path}: the tokenizer files nest too deep to be read") from None
+
+
+def tokenizer_as_is(path: str | os.PathLike, **kwargs: Any):
+    """The tokenizer of ``path``'s ``tokenizer.json`` as it is, with ``tokenizer_config.json``'s settings.
+
+    Not ``AutoTokenizer``: transformers 5 picks the class of the config's ``model_type``, and
+    Qwen2Tokenizer rebuilds the tokenizer from vocab and merges with its own split regex and
+    NFC normaliser ("\\n\\n" one token where the checkpoint's tokenizer.json gives two).
+    ``TokenizersBackend`` runs no code from the directory (auto_map is not read).
+    """
+    return TokenizersBackend.from_pretrained(path, **kwargs)
+
+
+def _has_tokenizer_json(path: str | os.PathLike, kwargs: dict[str, Any]) -> bool:
+    if pathlib.Path(path).is_dir():
+        return (pathlib.Path(path) / "tokenizer.json").is_file()
+    # a hub name: its tokenizer.json is fetched anyway when it has one
+    from transformers.utils import cached_file
+
+    hub = {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only", "subfolder") if k in kwargs}
+    try:
+        return cached_file(str(path), "tokenizer.json", _raise_exceptions_for_missing_entries=False, **hub) is not None
+    except OSError:
+        return False
 
 
 def step_separator_id(tokenizer: Any, separator: str = STEP_SEPARATOR) -> int:

@@ -25,6 +25,13 @@ class ImportResult(JobResult):
     summary: ImportSummary
     output: Path
 
+    def render(self) -> str:
+        if not self.summary.extra.get("auto_map_left_out"):
+            return self.summary_line()
+        return (f"import: {self.summary.extra['source']}'s tokenizer_config.json asks for its own code (auto_map): "
+                f"left out of {self.output}'s copy (actprm never runs code from a model directory)\n"
+                + self.summary_line())
+
     def summary_line(self) -> str:
         s = self.summary
         kind = {0: "linear", 1: "1-hidden-layer", 2: "MLP"}.get(s.head_layers, f"{s.head_layers}-layer")
@@ -51,4 +58,5 @@ def run(cfg: ImportConfig, progress: bool = True) -> ImportResult:
                           separator=cfg.separator, prompt=cfg.prompt(), good_token=cfg.good_token,
                           bad_token=cfg.bad_token, max_length=cfg.max_length)
     summary.output = out
+    summary.extra["source"] = cfg.source
     return ImportResult(summary, out)

@@ -9,6 +9,7 @@ continues from the imported directory.
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -422,3 +423,153 @@ def test_a_causal_lm_is_math_shepherd_only_when_asked(tmp_path, math_shepherd):
     _, src, _ = math_shepherd
     with pytest.raises(UserError, match="pass --from math-shepherd"):
         import_model.run(ImportConfig(source=str(src), output=str(tmp_path / "o")))
+
+
+# --------------------------------------------------------------------------- the source's tokenizer as it is
+
+BLANK_ROWS = [  # steps with newlines, blank lines and digits: where a re-serialised tokenizer differs
+    {"id": "n1", "problem": "What is 12 + 30?\n\nShow your work.",
+     "steps": ["12 + 30 = 42.\n\nCheck: 42 - 30 = 12.", "So the answer is 42."]},
+    {"id": "n2", "problem": "Compute 7 * 6.", "steps": ["7 * 6 = 40 + 2\n= 42", "\n\nThe answer is 42.\n\nDone."]},
+]
+QWEN_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "special_tokens_map.json")
+
+
+def byte_bpe(path):
+    """A tiny byte-level BPE tokenizer.json (GPT-2's split: "\\n\\n" before text is two pre-tokens) with a
+    `ĊĊ` merge, as Qwen2's own files have: transformers' Qwen2Tokenizer (its own split regex) makes one token."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    merges = [("Ċ", "Ċ"), ("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("a", "n"), ("Ġ", "=")]
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tk.decoder = decoders.ByteLevel()
+    tk.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                           for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>", SEP)])
+    tk.save(str(path / "tokenizer.json"))
+    (path / "vocab.json").write_text(json.dumps(tk.get_vocab()))
+    (path / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    special = {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
+    (path / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+    (path / "tokenizer_config.json").write_text(json.dumps(special | {
+        "tokenizer_class": "Qwen2Tokenizer", "bos_token": None, "model_max_length": 4096,
+        "chat_template": QWEN_TEMPLATE, "auto_map": {"AutoTokenizer": ["tokenization_qwen2.Qwen2Tokenizer", None]}},
+        indent=2))
+    return tk
+
+
+@pytest.fixture(scope="module")
+def qwen_blank(tmp_path_factory):
+    """A qwen-prm source (model_type qwen2) with byte_bpe's tokenizer; its step rewards on BLANK_ROWS
+    from its own tokenizer.json (tokenizers.Tokenizer.from_file) and the model card's formula."""
+    from jinja2 import Template
+    from tokenizers import Tokenizer
+
+    tmp = tmp_path_factory.mktemp("qwenblank")
+    src = tmp / "src"
+    src.mkdir()
+    byte_bpe(src)
+    tk = Tokenizer.from_file(str(src / "tokenizer.json"))
+    config = tiny_config(tk.get_vocab_size())
+    bb, state = backbone_state(config, seed=11)
+    H = config.hidden_size
+    g = torch.Generator().manual_seed(12)
+    head = torch.nn.Sequential(torch.nn.Linear(H, H), torch.nn.ReLU(), torch.nn.Linear(H, 2))
+    with torch.no_grad():
+        head[0].weight.copy_(3 * torch.randn(H, H, generator=g) / H ** 0.5)
+        head[2].weight.copy_(8 * torch.randn(2, H, generator=g) / H ** 0.5)
+    sep_id = tk.token_to_id(SEP)
+    ids = {}
+    for r in BLANK_ROWS:  # the model card: system, user, assistant = steps each followed by <extra_0>
+        msgs = [{"role": "system", "content": QWEN_PRM_SYSTEM}, {"role": "user", "content": r["problem"]},
+                {"role": "assistant", "content": SEP.join(r["steps"]) + SEP}]
+        ids[r["id"]] = tk.encode(Template(QWEN_TEMPLATE).render(messages=msgs, add_generation_prompt=False)).ids
+    at_sep = torch.cat([hidden_of(bb, v)[torch.tensor(v) == sep_id] for v in ids.values()])
+    with torch.no_grad():  # centre and scale the head's logit margin on these states (as in qwen_prm)
+        margin = head(at_sep) @ torch.tensor([-1.0, 1.0])
+        head[2].weight.mul_(2.0 / margin.std())
+        head[2].bias[1] -= (head(at_sep) @ torch.tensor([-1.0, 1.0])).mean()
+    ref = {}
+    for r in BLANK_ROWS:
+        with torch.no_grad():
+            probs = torch.softmax(head(hidden_of(bb, ids[r["id"]])), dim=-1)[:, 1]
+        ref[r["id"]] = probs[torch.tensor(ids[r["id"]]) == sep_id].numpy()[None]
+    state |= {f"score.{k}": v.detach().clone() for k, v in head.state_dict().items()}
+    cfg = config.to_dict() | {"architectures": ["Qwen2ForProcessRewardModel"]}
+    (src / "config.json").write_text(json.dumps(cfg, indent=2))
+    save_file(state, str(src / "model.safetensors"), metadata={"format": "pt"})
+    return tmp, src, tk, ref
+
+
+def test_import_keeps_the_source_tokenizer_byte_for_byte_and_blank_lines_score_the_same(qwen_blank, capsys):
+    from transformers import AutoTokenizer
+
+    tmp, src, tk, ref = qwen_blank
+    step = "12 + 30 = 42.\n\nSo the answer is 42."
+    assert tk.encode(step).tokens.count("Ċ") == 2  # the source: a blank line inside a step is two tokens
+    assert "ĊĊ" in AutoTokenizer.from_pretrained(src).tokenize(step)  # what a model_type-picked class makes of it
+    out = tmp / "imported"
+    assert main(["import", "--from", "qwen-prm", str(src), "--output", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert "auto_map" in printed[0] and printed[1].startswith(f"import: qwen-prm -> {out}"), printed
+    for name in TOKENIZER_FILES:
+        assert (out / name).read_bytes() == (src / name).read_bytes(), name
+    tok_cfg = json.loads((out / "tokenizer_config.json").read_text())
+    assert tok_cfg == {k: v for k, v in json.loads((src / "tokenizer_config.json").read_text()).items()
+                       if k != "auto_map"}
+    model, tok = load_prm(out)  # as actprm loads it: the same ids as the source's tokenizer.json
+    for r in BLANK_ROWS:
+        for text in (step, r["problem"], *r["steps"]):
+            assert tok.encode(text, add_special_tokens=False) == tk.encode(text).ids, text
+    res = score_trajectories(model, tok, [r["problem"] for r in BLANK_ROWS], [r["steps"] for r in BLANK_ROWS])
+    worst = max(float(np.abs(x.probs.T - ref[r["id"]]).max()) for x, r in zip(res, BLANK_ROWS))
+    spread = np.concatenate([p.ravel() for p in ref.values()])
+    assert spread.max() - spread.min() > 0.05 and worst <= TOL, worst
+
+
+def test_the_imports_own_check_refuses_a_tokenizer_that_splits_blank_lines_otherwise(qwen_blank, monkeypatch):
+    """The probe check reads the written directory as actprm loads it against the source's tokenizer.json:
+    the tokenizer transformers 5 re-serialises for model_type qwen2 (a blank line one token) is refused."""
+    from transformers import AutoTokenizer
+
+    from actprm import importers
+
+    tmp, src, _, _ = qwen_blank
+
+    def reserialised(source, out):
+        AutoTokenizer.from_pretrained(source).save_pretrained(out)
+        cfg = json.loads((out / "tokenizer_config.json").read_text())
+        cfg.pop("auto_map", None)
+        (out / "tokenizer_config.json").write_text(json.dumps(cfg))
+        return False
+
+    monkeypatch.setattr(importers, "copy_tokenizer", reserialised)
+    with pytest.raises(UserError, match="splits a probe text unlike"):
+        import_model.run(ImportConfig(layout="qwen-prm", source=str(src), output=str(tmp / "refused")))
+    assert not (tmp / "refused").exists()
+
+
+def test_an_unknown_model_type_is_one_line_without_a_transformers_warning(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    src = tmp_path / "foreign"
+    src.mkdir()
+    byte_bpe(src)
+    (src / "config.json").write_text(json.dumps({"model_type": "not-a-transformers-model",
+                                                 "architectures": ["Qwen2ForProcessRewardModel"]}))
+    save_file({"model.x": torch.zeros(1)}, str(src / "model.safetensors"))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "actprm.cli", "import", "--from", "qwen-prm", str(src),
+                           "--output", str(tmp_path / "o")], capture_output=True, text=True, env=env, timeout=300)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and len(err.splitlines()) == 1, err
+    assert "model_type" in err and "never" in err, err
+    assert not (tmp_path / "o").exists()

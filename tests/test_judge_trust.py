@@ -655,3 +655,17 @@ def test_the_loop_annotates_under_the_same_drain(served, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         annotate_draining(judge, rows, grace_s=30)
     assert fake.requests == 4 and fake.total_paid == 4 == len(cache)
+
+
+def test_an_abandoned_request_keeps_its_slot_while_the_server_works_on_it(served, tmp_path):
+    """--timeout 1 against a judge that takes 3 s: a request given up on at 1 s is still the server's work
+    until 3 s, so it holds its place under --concurrency until its reply comes (or a bound passes): the
+    server never sees more than `concurrency` requests at once, retries included."""
+    _, fake, server, data = served(n=3, fault_rates={"slow": 1.0}, slow_s=3.0)
+    out = tmp_path / "o"
+    assert main(["annotate", "--backend", "openai", "--base-url", server.url, "--judge-model", "fake-judge",
+                 "--input", str(data), "--output", str(out), "--timeout", "1", "--concurrency", "2",
+                 "--max-attempts", "2", "--max-backoff-s", "0.05", "--no-progress"]) == 0
+    rows = read(out / "annotations")
+    assert len(rows) == 3 and all("no whole answer within 1s" in r["error"] for r in rows)
+    assert fake.requests >= 3 and fake.max_in_flight <= 2, (fake.requests, fake.max_in_flight)

@@ -168,3 +168,16 @@ def test_rebuild_reproduces_committed_tokenizer(tmp_path):
     for name in ("tokenizer.json", "tokenizer_config.json"):
         assert (out / name).read_bytes() == (committed / name).read_bytes(), name
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in committed.iterdir())
+
+
+def test_a_saved_prm_directory_tokenizes_as_the_tokenizer_it_was_made_with(tmp_path):
+    """A PRM directory's config.json says model_type qwen2: its tokenizer.json is still loaded as it is
+    (not as transformers' Qwen2Tokenizer, which makes a blank line one token where ours has two)."""
+    from actprm.model import init_model
+
+    model, tok = init_model("tiny", n_heads=1)
+    model.save_pretrained(tmp_path / "prm")
+    text = "12 + 30 = 42.\n\nSo the answer is 42.\n"
+    again = load_tokenizer(tmp_path / "prm")
+    assert again.encode(text) == tok.encode(text) == load_tokenizer().encode(text)
+    assert again.tokenize("a.\n\nb").count("Ċ") == 2

@@ -12,7 +12,10 @@ Money and time are spent only here, so the rules are strict:
   parseable or not. A rerun makes
   zero calls for anything already answered; a killed job loses only the requests in flight.
 - Limits: at most `concurrency` requests in flight (an asyncio semaphore, held only while a
-  request is on the wire, not during back-off), optional requests- and tokens-per-minute
+  request is on the wire, not during back-off; a request given up on at its deadline may still be
+  the server's work, so it keeps its slot and its connection until its reply comes or the
+  connection ends, at most max(`timeout_s`, 30 s) more, then is closed; a late reply is not used),
+  optional requests- and tokens-per-minute
   budgets (aiolimiter's leaky buckets with 10-second windows, so a burst is at most a sixth of
   the minute's budget; tokens are estimated before sending as prompt chars / 4 plus
   `max_tokens`, or `mean_output_tokens` when that is unset, per sample; a request larger than
@@ -70,7 +73,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -123,6 +126,9 @@ NO_CAP_CHARS = 8_000_000  # the body cap when max_answer_chars is not set
 
 # Retry-After values above this are not honoured as such (a day-long ban is a failure, not a wait)
 MAX_RETRY_AFTER_S = 600.0
+#: A request given up on at its deadline keeps its slot (and connection) at most this long more, or
+#: `timeout_s` more where that is longer: the server may be working on it still.
+ABANDONED_HOLD_S = 30.0
 
 
 class MalformedResponse(Exception):
@@ -381,6 +387,7 @@ class OpenAIJudge(Annotator):
         if self.stopping:
             self._stop_event.set()
         self._client = self._make_client()
+        self._held: set[asyncio.Task] = set()  # abandoned requests keeping their slots (_hold)
         self._limits = self._shared_limits or LocalLimits(
             self.cfg.concurrency, self.cfg.requests_per_minute, self.cfg.tokens_per_minute)
 
@@ -396,10 +403,19 @@ class OpenAIJudge(Annotator):
             limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100)))
         return openai.AsyncOpenAI(
             api_key=self._api_key or "EMPTY",  # local servers without auth accept any key
-            base_url=self.cfg.base_url, timeout=self.cfg.timeout_s, max_retries=0,
+            # the deadline is ours (_post); the client's own timeout only ends an abandoned request's hold
+            base_url=self.cfg.base_url, timeout=self.cfg.timeout_s + self.abandoned_hold_s(), max_retries=0,
             http_client=openai.DefaultAsyncHttpxClient(transport=transport))
 
+    def abandoned_hold_s(self) -> float:
+        """How long a request given up on at its deadline keeps its slot at most (see `_hold`)."""
+        return max(float(self.cfg.timeout_s), ABANDONED_HOLD_S)
+
     async def aclose(self) -> None:
+        held = list(getattr(self, "_held", ()))
+        for task in held:  # the job is done: close the abandoned requests' connections now
+            task.cancel()
+        await asyncio.gather(*held, return_exceptions=True)
         if self._client is not None:
             await self._client.close()
         self._client, self._loop = None, None
@@ -467,7 +483,8 @@ class OpenAIJudge(Annotator):
         """One HTTP request under the limits and the budget: a usable completion and the tokens it is
         charged, or an exception (an EmptyReply is charged before it is raised)."""
         self._check_stop()
-        async with self._limits.slot(self._token_estimate(messages, n)):
+        async with AsyncExitStack() as slot:
+            await slot.enter_async_context(self._limits.slot(self._token_estimate(messages, n)))
             self._check_stop()
             reserved = None
             if self.budget is not None:
@@ -493,6 +510,9 @@ class OpenAIJudge(Annotator):
                         await self.budget.settle(reserved, worst, True)
                 elif reserved is not None:
                     await self.budget.settle(reserved, 0.0, False)
+                call = getattr(exc, "on_the_wire", None)
+                if call is not None:  # given up on, but the server may be at work on it: it keeps its slot
+                    self._hold(call, slot.pop_all())
                 raise
             billed = self._billed(response, messages, n)
             if reserved is not None:
@@ -506,6 +526,7 @@ class OpenAIJudge(Annotator):
         self.stats.in_flight += 1
         self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
         chat = not isinstance(messages, str)
+        call = None
         try:
             kwargs: dict[str, Any] = {"model": self.model, **({"messages": messages} if chat else {"prompt": messages})}
             for name in ("temperature", "top_p", "max_tokens", "stop"):
@@ -517,10 +538,16 @@ class OpenAIJudge(Annotator):
                 kwargs["extra_body"] = self.sampling["extra_body"]
             kwargs.update(extra or {})
             api = self._client.chat.completions if chat else self._client.completions
+            call = asyncio.ensure_future(api.create(**kwargs))
             try:  # timeout_s is a deadline for the whole request: a server dripping bytes cannot hold it open
-                response = await asyncio.wait_for(api.create(**kwargs), timeout=self.cfg.timeout_s)
+                response = await asyncio.wait_for(asyncio.shield(call), timeout=self.cfg.timeout_s)
             except asyncio.TimeoutError:
-                raise DeadlineExceeded(f"no whole answer within {self.cfg.timeout_s:g}s") from None
+                late = DeadlineExceeded(f"no whole answer within {self.cfg.timeout_s:g}s")
+                late.on_the_wire = call  # type: ignore[attr-defined]  # still open: _send hands it to _hold
+                raise late from None
+            except asyncio.CancelledError:
+                call.cancel()  # abandoned by a second Ctrl-C: closed at once
+                raise
             except json.JSONDecodeError as exc:
                 raise MalformedResponse(f"the body is not JSON ({exc.msg})") from exc
             except (openai.APIConnectionError, BadEncoding) as exc:  # the transport's refusals, as themselves
@@ -531,7 +558,8 @@ class OpenAIJudge(Annotator):
                     raise MalformedResponse(str(cause)) from None
                 raise
         finally:
-            self.stats.in_flight -= 1
+            if call is None or call.done():  # else still on the wire: _hold counts it until it ends
+                self.stats.in_flight -= 1
         choices = getattr(response, "choices", None)
         field = "message" if chat else "text"
         if not choices:
@@ -539,6 +567,23 @@ class OpenAIJudge(Annotator):
         if any(getattr(c, field, None) is None for c in choices):
             raise MalformedResponse(f"the response has no choices/{field}")
         return response
+
+    def _hold(self, call: asyncio.Future, slot: AsyncExitStack) -> None:
+        """A request given up on at its deadline keeps its connection and its slot (`slot`, already entered)
+        until its reply comes or the connection ends, at most `abandoned_hold_s` more; then it is closed
+        and the slot freed. A reply that comes late is not used: the request stays charged its worst case."""
+        async def settle() -> None:
+            try:
+                await asyncio.wait({call}, timeout=self.abandoned_hold_s())
+            finally:
+                call.cancel()
+                await asyncio.gather(call, return_exceptions=True)
+                self.stats.in_flight -= 1
+                await slot.aclose()
+
+        task = asyncio.ensure_future(settle())
+        self._held.add(task)
+        task.add_done_callback(self._held.discard)
 
     def _request_params(self, samples: list[int], keys: list[str]) -> dict[str, Any]:
         """Extra request fields for these samples (none for the judge; the rollout backend seeds them)."""
