@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
 from transformers import CONFIG_MAPPING, AutoModel
 
 from actprm.errors import UserError
@@ -320,7 +321,6 @@ def _probe_check(out: pathlib.Path, src: pathlib.Path, source_model, layout: str
     """Max |p_source - p_actprm| of head 0 at the step ends of a probe text (PROBE_STEPS: newlines, a
     blank line inside a step, digits): the source's tokenizer.json as it is, its backbone and its head's
     own formula (MLP + softmax of two rows / sigmoid) vs the written directory as actprm loads it."""
-    from tokenizers import Tokenizer
 
     sep = source_model.separator_token
     text = sep.join(PROBE_STEPS) + sep

@@ -28,6 +28,7 @@ import pathlib
 from typing import Any
 
 from transformers import AutoTokenizer, TokenizersBackend
+from transformers.utils import cached_file
 
 from actprm.errors import UserError
 from actprm.io.model_files import check_no_remote_code
@@ -100,8 +101,6 @@ def _has_tokenizer_json(path: str | os.PathLike, kwargs: dict[str, Any]) -> bool
     if pathlib.Path(path).is_dir():
         return (pathlib.Path(path) / "tokenizer.json").is_file()
     # a hub name: its tokenizer.json is fetched anyway when it has one
-    from transformers.utils import cached_file
-
     hub = {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only", "subfolder") if k in kwargs}
     try:
         return cached_file(str(path), "tokenizer.json", _raise_exceptions_for_missing_entries=False, **hub) is not None
