@@ -5,4 +5,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # shellcheck disable=SC1091
 . .venv/bin/activate
-exec python -m pytest "$@"
+# two workers (pytest-xdist), each test module on one of them: the suite's waits (judge servers, Ray, killed
+# subprocesses) overlap. ACTPRM_TEST_WORKERS=0 runs it in one process.
+exec python -m pytest -n "${ACTPRM_TEST_WORKERS:-2}" --dist loadfile "$@"
