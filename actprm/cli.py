@@ -22,6 +22,7 @@ from pydantic.fields import FieldInfo
 
 from actprm import __version__, config, provenance
 from actprm.errors import UserError, disk_full
+from actprm.judge.interrupt import stop_signals_interrupt
 from actprm.redact import redact
 
 #: the verbs, in --help order: `init-model` is config.InitModelConfig (the first line of its docstring is the
@@ -191,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.verb:
             parser.print_help()
             return 2
-        return run_verb(args.verb, args)
+        with stop_signals_interrupt():  # SIGTERM, SIGHUP (Slurm, Kubernetes, `timeout`, a closed terminal): as Ctrl-C
+            return run_verb(args.verb, args)
     except UserError as exc:
         print(f"actprm: error: {redact(str(exc))}", file=sys.stderr)  # no secret in any line printed
         return UserError.exit_code

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 
 import ray
 
@@ -19,6 +21,8 @@ def init_ray(address: str | None = None, object_store_mb: int | None = None,
     check_object_store(address, object_store_set)
     if ray.is_initialized():
         return
+    # ray.init puts its own SIGTERM handler in (a stack dump, then abort): the driver's stays in charge
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address or None, log_to_driver=False)
     else:
@@ -26,6 +30,10 @@ def init_ray(address: str | None = None, object_store_mb: int | None = None,
         store = object_store_mb * 2**20 if object_store_mb else None
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, object_store_memory=store)
         start_reaper()
+    if threading.current_thread() is threading.main_thread():
+        for signum, handler in handlers.items():
+            if handler is not None:
+                signal.signal(signum, handler)
 
 
 # Ray takes the gcs_server and raylet of a local Ray down with a killed driver (PR_SET_PDEATHSIG), but the

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -116,13 +117,27 @@ def test_a_killed_filter_resumes_with_every_id_exactly_once(tmp_path):
     cmd = [sys.executable, "-m", "pipelines.filter", "--input", str(corpus), "--output", str(out),
            "--no-progress", "--batch-rows", "64"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    job = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while time.time() < deadline and len(list((out / "_progress").glob("*.json"))) < 3:
-        time.sleep(0.2)
+
+    def files_done() -> int:
+        return len(list((out / "_progress").glob("*.json")))
+
+    def start_and_wait_for(n: int) -> subprocess.Popen:
+        job = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 180
+        while time.time() < deadline and files_done() < n:
+            time.sleep(0.2)
+        return job
+
+    # SIGTERM (what Slurm, Kubernetes and `timeout` send): stops as Ctrl-C does, one line, exit 130, no Ray dump
+    job = start_and_wait_for(2)
+    job.send_signal(signal.SIGTERM)
+    _, err = job.communicate(timeout=60)
+    assert job.returncode == 130 and "actprm: interrupted" in err and "SIGTERM received" not in err, err[-2000:]
+    # then killed outright
+    job = start_and_wait_for(files_done() + 2)
     job.kill()
     job.wait()
-    finished = len(list((out / "_progress").glob("*.json")))
+    finished = files_done()
     assert 3 <= finished < 12, finished
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
