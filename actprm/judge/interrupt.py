@@ -60,9 +60,11 @@ class GracefulInterrupt:
             self._cancel()
             return
         stats = getattr(self.annotator, "stats", None)
-        in_flight = getattr(stats, "in_flight", 0)
+        abandoned = getattr(self.annotator, "abandoned", 0)
+        in_flight = getattr(stats, "in_flight", 0) - abandoned
+        given_up = f"; {abandoned} given up on at their deadline" if abandoned else ""
         self._say(f"interrupted ({name}): sending no new requests; waiting up to {self.grace_s:g}s for "
-                  f"{in_flight} in flight (their answers are cached); Ctrl-C again to stop now")
+                  f"{in_flight} in flight (their answers are cached){given_up}; Ctrl-C again to stop now")
         stop = getattr(self.annotator, "request_stop", None)
         if stop is not None:
             stop()

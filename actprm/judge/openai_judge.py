@@ -411,6 +411,11 @@ class OpenAIJudge(Annotator):
         """How long a request given up on at its deadline keeps its slot at most (see `_hold`)."""
         return max(float(self.cfg.timeout_s), ABANDONED_HOLD_S)
 
+    @property
+    def abandoned(self) -> int:
+        """Requests given up on at their deadline that still hold their slot (their answers are not used)."""
+        return len(getattr(self, "_held", ()))
+
     async def aclose(self) -> None:
         held = list(getattr(self, "_held", ()))
         for task in held:  # the job is done: close the abandoned requests' connections now
