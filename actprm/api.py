@@ -169,7 +169,7 @@ def load_prm(path: str | os.PathLike | None = None, *, scorer: Literal["auto", "
     `import-model`), or with no path the shipped world PRM (K=8 heads; `scorer="implicit"`: the shipped
     backbone as an implicit PRM). `scorer="auto"`: implicit for a directory holding implicit_config.json and
     no prm_config.json (what `train(objective="implicit-ce")` writes), else ensemble. `beta`, `reference`,
-    `step_prob`: the implicit PRM's settings (README, "Implicit PRM"); the rest as the verbs' flags."""
+    `step_prob`: the implicit PRM's settings (docs/implicit-and-rollout.md, "Implicit PRM"); the rest as the verbs' flags."""
     if scorer == "auto":
         d = Path(path) if path is not None else None
         implicit = d is not None and (d / IMPLICIT_CONFIG_NAME).is_file() and not (d / PRM_CONFIG_NAME).is_file()

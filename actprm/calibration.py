@@ -13,7 +13,7 @@ on those rows' scored steps:
   rows (:func:`choose_threshold`); `score` and `filter` use it for the predicted first error.
 
 The record (:func:`calibration_record`) lives in the checkpoint's ``prm_config.json`` under
-``calibration``. README, "The rule and its calibration".
+``calibration``. docs/ensemble-and-rule.md, "The rule and its calibration".
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Where models come from and go: the device, loading any scorer, and trainer checkpoints.
 
-A PRM directory is what `EnsemblePRM.save_pretrained` writes (README, "The ensemble PRM"); a
+A PRM directory is what `EnsemblePRM.save_pretrained` writes (docs/ensemble-and-rule.md, "The ensemble PRM"); a
 training round adds its optimizer moments, the anchor heads and `trainer_state.json`
-(README, "Training rounds"). Everything is read with safetensors, never with pickle.
+(docs/loop-and-stream.md, "Training rounds"). Everything is read with safetensors, never with pickle.
 """
 
 from __future__ import annotations

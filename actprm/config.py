@@ -2,7 +2,7 @@
 
 Defaults are here; a `--config` YAML overrides them; CLI flags override the YAML. YAML keys and flags are
 the same words (`batch_tokens` ↔ `--batch-tokens`): the CLI generates every flag, its help (a field's
-`description`) and its default from these models (README, "The `actprm` command"). A job's docstring is
+`description`) and its default from these models (docs/README.md, "The `actprm` command"). A job's docstring is
 its `--help` description, `examples` its examples. Unknown keys and bad values are user errors (one line,
 exit code 2), never a traceback.
 """
@@ -97,8 +97,8 @@ class ScorerSettings(ImplicitSettings):
     max_length: int | None = Field(None, gt=0, description="tokens per trajectory (null: the model's maximum)")
     device: Device = Field("auto", description="auto: cuda when available")
     dtype: DType = Field("auto", description="the backbone's float type: auto is bfloat16 on a GPU or on a CPU with "
-                         "AMX / AVX512-BF16, else float32 (the heads and step features stay float32; README, "
-                         "\"Precision\")")
+                         "AMX / AVX512-BF16, else float32 (the heads and step features stay float32; "
+                         "docs/ensemble-and-rule.md, \"Precision\")")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (null: torch's)")
     system_prompt: str | None = Field(None, description="system prompt of the scoring format (null: the PRM's own, "
                                       "stored in its prm_config.json; an imported PRM's is its source's)")
@@ -115,7 +115,7 @@ class RuleSettings(Config):
 
     delta_pred: float = Field(uncertainty.DEFAULT_DELTA_PRED, gt=0.5, le=1.0, description=(
         "a step is certain iff its calibrated mean is >= this or <= 1 - this (a chance of being right, with a "
-        "model trained by actprm), and its spread <= delta_std (README \"The rule and its calibration\")"))
+        "model trained by actprm), and its spread <= delta_std (docs/ensemble-and-rule.md \"The rule and its calibration\")"))
     delta_std: float = Field(calibration.DEFAULT_DELTA_STD_UNITS, ge=0.0, description=(
         "the largest spread (std over heads) of a certain step, in units of the model's spread_scale"))
     spread_scale: float | None = Field(None, gt=0.0, description=(
@@ -320,7 +320,7 @@ class FilterConfig(ScoreConfig, RaySettings):
     (one GPU each when there are GPUs), apply the ActPRM rule. Writes OUTPUT/scored/, OUTPUT/selected/ (the rows
     to send to the judge), OUTPUT/errors/ (bad rows, duplicates, unreadable files), OUTPUT/summary.json. Rerun
     with the same OUTPUT to resume a killed job: finished input files are skipped, none is scored twice. Drops
-    duplicates and benchmark problems first (README, "Data hygiene")."""
+    duplicates and benchmark problems first (docs/ray-clusters.md, "Data hygiene")."""
 
     examples = ("actprm filter --input corpus/ --output out/filtered",
                 "actprm filter --input '/shared/rollouts/*.parquet' --output /shared/filtered --address auto",
@@ -331,7 +331,7 @@ class FilterConfig(ScoreConfig, RaySettings):
                                          "on CPU (null: 1 with GPUs, else (CPUs - 1) / actors, one thread each)")
     batch_rows: int = Field(1024, gt=0, le=MAX_BATCH_ROWS, description="rows per batch sent to an actor")
     object_store_mb: int = Field(256, ge=80, description="object store of the local Ray filter starts, MiB: small, "
-                                 "so the store pages each process maps stay few (README, \"On a Ray cluster\"); a "
+                                 "so the store pages each process maps stay few (docs/ray-clusters.md); a "
                                  "cluster (--address, RAY_ADDRESS) keeps its own")
     dedup: bool = Field(True, description="drop rows whose normalised problem and steps repeat an earlier row's")
     near_dedup: bool = Field(False, description="drop rows whose problem nearly repeats an earlier, different "
@@ -376,8 +376,8 @@ class TrainConfig(ImplicitSettings, RaySettings):
     columns of the corpus are never used), then train one round from a checkpoint (default: the shipped PRM)
     with the ActPRM loss: BCE per head at each labelled step, steps after the earliest error untrained, error
     steps weighted by the labels' own class balance, a Bernoulli mask per (head, trajectory). A held-out slice
-    of the labels stops training, calibrates the heads and picks the checkpoint's decision threshold (README,
-    "Training rounds"). Writes a new checkpoint with its optimizer state, so the next round continues.
+    of the labels stops training, calibrates the heads and picks the checkpoint's decision threshold
+    (docs/loop-and-stream.md, "Training rounds"). Writes a new checkpoint with its optimizer state, so the next round continues.
     --workers N > 1 runs under Ray Train."""
 
     examples = ("actprm train --trajectories out/world --annotations out/ann/annotations --output runs/r1",
@@ -487,7 +487,7 @@ class LoopConfig(ReadSettings, ScorerSettings, RuleSettings, EvalSettings, RaySe
         "annotator", description="annotator: the judge's step labels; outcome: the outcome checker's response-level "
         "labels (PRIME-style, no judge call; train.objective implicit-*)")
     mode: Literal["rounds", "stream"] = Field("rounds", description="rounds: pool-based; stream: one pass in "
-                                                    "mini-batches (README \"One pass (stream mode)\")")
+                                                    "mini-batches (docs/loop-and-stream.md \"One pass (stream mode)\")")
     pool: list[str] = Field(default_factory=list, description="the corpus to select from (files, dirs, globs)")
     eval: list[str] = Field(default_factory=list, description="eval subsets, one path each (ProcessBench F1)")
     output: str | None = Field(None, description="the run directory; a rerun into it resumes")
@@ -511,7 +511,7 @@ class LoopConfig(ReadSettings, ScorerSettings, RuleSettings, EvalSettings, RaySe
     replay_rows: int = Field(256, ge=0, description="stream: earlier labels replayed in each optimizer step")
     steps_per_batch: int = Field(4, gt=0, description="stream: optimizer steps per mini-batch")
     calibrate_every: int = Field(5, gt=0, description="stream: recalibrate the heads every N mini-batches on the "
-                                 "last `calibration_window` labels, rescored by the current heads (README \"One pass (stream mode)\")")
+                                 "last `calibration_window` labels, rescored by the current heads (docs/loop-and-stream.md \"One pass (stream mode)\")")
     calibration_window: int = Field(2000, gt=0, description="stream: labelled rows the calibration reads")
     rounds: int | None = Field(None, gt=0, description="stop after this many rounds (stream: chunks)")
     label_budget: int | None = Field(None, ge=0, description="stop when this many rows went to the annotator")
@@ -528,7 +528,7 @@ class LoopConfig(ReadSettings, ScorerSettings, RuleSettings, EvalSettings, RaySe
     threads: int | None = Field(None, gt=0, description="torch threads of the driver (training)")
     head_cache: bool | None = Field(None, description="train.backbone frozen: run the backbone once over the pool "
                                     "(rounds) and the eval set and score, train and evaluate every round on the heads' "
-                                    "cached inputs (null: whenever that applies; README \"Rounds on cached backbone "
+                                    "cached inputs (null: whenever that applies; docs/loop-and-stream.md \"Rounds on cached backbone "
                                     "outputs\"; the stream mode's pass always reads each chunk's once)")
 
     def judge_config(self) -> JudgeConfig:
@@ -635,8 +635,7 @@ class ImportConfig(Config):
     onto transformers' own class and the heads onto actprm's, stores the source's prompt format, checks the
     mapped heads against the source head's formula on a probe text, and writes OUTPUT whole. Layouts:
     activeprm (sail-sg/ActivePRM's ensemble), qwen-prm (Qwen2.5-Math-PRM style), token-classification
-    (TRL), math-shepherd (a causal LM read through the +/- logits at a step tag). README, "Bring your own
-    PRM"."""
+    (TRL), math-shepherd (a causal LM read through the +/- logits at a step tag). docs/bring-your-own-prm.md."""
 
     examples = ("actprm import --from activeprm ActPRM/ActPRM --output models/actprm",
                 "actprm import --from qwen-prm Qwen2.5-Math-PRM-7B/ --output models/qwen-prm --n-heads 8",

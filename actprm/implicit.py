@@ -7,7 +7,7 @@ value and ``r_k = q_k - q_{k-1}`` step k's reward. The tokens are the steps' as 
 frozen: by default the model training started from; ``reference: none`` makes it uniform over the vocabulary.
 ``step_mean`` is ``sigmoid(q_k)`` (``step_prob: value``) or ``sigmoid(r_k)`` (``reward``); ``step_std`` is
 null (one model), so the ActPRM rule acts through ``delta_pred`` alone. This module holds the model, its
-loader and its losses; `actprm.trainer` runs its rounds. README, "Implicit PRM", has the rest.
+loader and its losses; `actprm.trainer` runs its rounds. docs/implicit-and-rollout.md, "Implicit PRM", has the rest.
 
 Checkpoint (DIR): the policy backbone (a tied causal LM that ``AutoModelForCausalLM`` loads too), the
 tokenizer, ``implicit_config.json`` (beta, reference, separator, max_length) and the trainer's files.

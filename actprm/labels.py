@@ -3,7 +3,7 @@
 Only `problem` and `steps` are taken from the trajectories: a ground-truth column a corpus may carry
 (`first_error_step`) never becomes a label. Steps before the earliest error are correct (1), the
 earliest error is wrong (0), later steps are not trained; soft `step_labels` (rollout values) win
-where a row has them (README, "Training rounds").
+where a row has them (docs/loop-and-stream.md, "Training rounds").
 """
 
 from __future__ import annotations

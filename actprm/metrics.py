@@ -15,7 +15,7 @@ predictions.parquet gives the same predictions bit for bit.
 
 **Step metrics**: the ActPRM training labels (:func:`step_labels`) against the ensemble mean of the
 scored steps: AUROC (rank-based, ties averaged) and ECE (10 equal-width bins, weighted by bin size).
-README, "Evaluation", has the rest (truncated and unscorable rows).
+docs/evaluation.md, "Evaluation", has the rest (truncated and unscorable rows).
 """
 
 from __future__ import annotations
@@ -263,7 +263,7 @@ def f1_table(subsets: dict[str, dict[str, Any]], mean: float | None, extra: Sequ
 def checkpoint_threshold_metrics(rows: list[dict[str, Any]], names: list[str], calibration: dict | None
                                  ) -> dict[str, Any] | None:
     """ProcessBench F1 at the checkpoint's own decision threshold (chosen on held-out labels when it was
-    trained; README "The rule and its calibration"), beside the benchmark's fixed threshold: mean F1 and per
+    trained; docs/ensemble-and-rule.md "The rule and its calibration"), beside the benchmark's fixed threshold: mean F1 and per
     subset F1 / accuracies. None for a model without one."""
     if not calibration:
         return None

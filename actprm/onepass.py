@@ -21,7 +21,7 @@ For every mini-batch of `batch_rows` rows, in corpus order (:meth:`OnePass.step`
 
 Every batch leaves a :class:`BatchRecord` (rows, uncertain, labelled: the selection rate falls as the heads
 learn). :meth:`state_dict` / :meth:`load_state_dict` carry the whole pass (heads' optimizer, reservoir,
-window, counters) so a pass stopped between batches goes on where it was. README, "One pass (stream mode)".
+window, counters) so a pass stopped between batches goes on where it was. docs/loop-and-stream.md, "One pass (stream mode)".
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ The ActPRM objective: binary cross-entropy with logits for every head at every l
 ``anchor_lambda * mean((phi - phi_init)^2)`` over the head parameters against the heads the first
 round started from, so every later round anchors to the same point. The implicit objectives
 (`implicit-ce`, `implicit-dpo`) train a causal LM from response-level labels (`actprm.implicit`).
-`OBJECTIVES` maps each objective to its round; README, "Training rounds", has the recipe.
+`OBJECTIVES` maps each objective to its round; docs/loop-and-stream.md, "Training rounds", has the recipe.
 A round started from a checkpoint with optimizer state continues those moments; the learning-rate
 schedule (linear warm-up, linear decay) runs over each round's own steps.
 """

@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 #: The rule's defaults on a model without a calibration record (absolute units). A calibrated checkpoint reads
-#: δ_pred as a calibrated chance and δ_std in units of its spread scale (actprm.calibration; README "The rule
+#: δ_pred as a calibrated chance and δ_std in units of its spread scale (actprm.calibration; docs/ensemble-and-rule.md, "The rule
 #: and its calibration"). Heads trained on labels wrong on a share ε of steps settle near 1 − ε on a correct
 #: step, so read raw, a δ_pred of 0.95 marks every step of an 18%-wrong judge's corpus uncertain.
 DEFAULT_DELTA_PRED = 0.8

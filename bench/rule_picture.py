@@ -1,4 +1,4 @@
-"""The picture of what the rule routes (README, "The rule and its calibration").
+"""The picture of what the rule routes (docs/ensemble-and-rule.md, "The rule and its calibration").
 
     python -m bench.rule_picture [--world arith-rare] [--labels 600] [--output docs/images/rule.png]
 

@@ -11,7 +11,7 @@ them, plus step AUROC and ECE.
 A trajectory truncated to the model's maximum length predicts from its scored steps; one whose first
 step alone does not fit predicts -1, so every labelled item counts, as in the official script (both
 are counted: rows_truncated, rows_unscorable). Invalid rows and rows without a label are counted,
-never evaluated. The metric itself is actprm.metrics (README, "Evaluation").
+never evaluated. The metric itself is actprm.metrics (docs/evaluation.md, "Evaluation").
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ Strategies: `actprm` (the ActPRM rule; when more rows are uncertain than the bud
 `acquisition`), `entropy` and `bald` (top-k by that acquisition), `random` (top-k of a seeded hash of
 the id: a fixed random order, nothing scored), `full` (everything left; nothing scored).
 
-The run directory holds all state (README, "The active loop"):
+The run directory holds all state (docs/loop-and-stream.md, "The active loop"):
 
     RUN/config.yaml                      the resolved config, as run
     RUN/state.json                       the last completed round and step; the deltas chosen for
@@ -253,7 +253,7 @@ def head_cache_applies(cfg: LoopConfig) -> str | None:
 class HeadCache:
     """The pool's and the eval set's head inputs, computed once from the start model by the scoring actors
     and kept in the run directory (RUN/head_inputs/{pool,eval}.safetensors); every round scores, trains and
-    evaluates on them, loading only the checkpoints' heads (README, "Rounds on cached backbone outputs")."""
+    evaluates on them, loading only the checkpoints' heads (docs/loop-and-stream.md, "Rounds on cached backbone outputs")."""
 
     def __init__(self, run: RunDir, pool: ScoringPool, cfg: LoopConfig, parts: dict[str, list[dict]],
                  progress: bool):
@@ -793,7 +793,7 @@ class Loop:
                    fingerprint: str) -> None:
         """Chunk r of the pass, from checkpoint r - 1's state. Its files are written when it ends; a chunk killed
         midway is done again from the same state and seeds, so it picks the same rows, and the judge cache
-        answers those already paid (README, "One pass (stream mode)")."""
+        answers those already paid (docs/loop-and-stream.md, "One pass (stream mode)")."""
         cfg = self.cfg
         step_start = time.perf_counter()
         prev = self.model_after(r - 1)

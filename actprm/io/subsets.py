@@ -85,7 +85,7 @@ class LabelledBatch:
 
 def prmbench_samples(row: dict[str, Any], limits: Limits) -> list[dict[str, Any]]:
     """A valid PRMBench row's samples: the modified solution, and for a `redundency` row its original solution
-    as a `correct` sample (README "Evaluation", PRMBench)."""
+    as a `correct` sample (docs/evaluation.md, "PRMBench")."""
     meta = json.loads(row["meta"])
     samples = [row | {"benchmark": "prmbench", "classification": meta["classification"],
                       "error_steps": list(meta["error_steps"])}]
