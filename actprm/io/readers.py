@@ -563,7 +563,7 @@ def _array_records(f, limits: Limits) -> Iterator[tuple[int, Any, int]]:
 # compressed file can hold far more once decoded (a 3 KB Parquet file 1 GiB of one repeated value). Parquet
 # is decoded PARQUET_PIECE_ROWS rows at a time and its rows measured before they are built.
 PARQUET_PIECE_ROWS = 64
-BATCH_BYTES = 16 * 2**20
+BATCH_BYTES = 8 * 2**20
 
 
 def row_bytes(array: pa.Array) -> np.ndarray:

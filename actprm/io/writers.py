@@ -187,7 +187,7 @@ class ShardWriter:
     ROW_GROUP_BYTES) to a hidden temporary file and renamed when it is full or closed, so the writer holds
     at most one row group, not a shard."""
 
-    ROW_GROUP_BYTES = 16 * 2**20
+    ROW_GROUP_BYTES = 8 * 2**20
 
     def __init__(self, directory: str | os.PathLike, table: str, rows_per_shard: int = 100_000,
                  prefix: str = "part", row_group_rows: int = 8192):
