@@ -53,7 +53,8 @@ class ReadSettings(Config):
     max_problem_chars: int = Field(50_000, gt=0, description="a longer problem is an error row (too large)")
     max_step_chars: int = Field(20_000, gt=0, description="a longer step is an error row (too large)")
     max_steps: int = Field(1_000, gt=0, description="a trajectory with more steps is an error row (too large)")
-    batch_rows: int = Field(2048, gt=0, le=MAX_BATCH_ROWS, description="rows read (and scored) per batch")
+    batch_rows: int = Field(2048, gt=0, le=MAX_BATCH_ROWS, description="rows read (and scored) per batch, at "
+                            "most (a batch also stops at 8 MiB of text)")
 
     @property
     def limits(self) -> Limits:
