@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ from actprm.metrics import f1_table
 from actprm.model import PRM_CONFIG_NAME
 from actprm.outcome import OutcomeAnnotator
 from actprm.prmbench import prmbench_table
-from actprm.schemas import Limits
+from actprm.schemas import Limits, RowError
 from actprm.scoring import ScoreResult, score_trajectories
 from actprm.selection import (
     deltas_for_rate,
@@ -373,14 +374,17 @@ def evaluate(prm: PRM, data: Mapping[str, Records] | Records, *, threshold: floa
     subset `eval`); rows without `first_error_step` are left out, and a subset of PRMBench's rows is scored
     by PRMBench's metric (`metrics["prmbench"]`, its `correct` samples included). A step is wrong iff its
     mean is below `threshold` (PRMBench: valid iff above it); `sweep_subset`: the threshold maximising that
-    subset's F1 instead."""
+    subset's F1 instead. PRMBench rows the verb would refuse (its errors table) are left out."""
     subsets = dict(data) if isinstance(data, Mapping) else {"eval": data}
     rows: list[dict[str, Any]] = []
     processbench: list[str] = []
     for name, records in subsets.items():
         records = [dict(r) for r in records]
         if records and all(detect_format(list(r)) == "prmbench" for r in records):
-            labelled = [s for r in to_trajectories(records, "prmbench") for s in prmbench_samples(r, Limits())]
+            labelled = []
+            for row in to_trajectories(records, "prmbench", strict=False):  # refused rows left out, as the verb's
+                with contextlib.suppress(RowError):                            # errors table holds them
+                    labelled += prmbench_samples(row, Limits())
         else:
             labelled = [r for r in to_trajectories(records) if r["first_error_step"] is not None]
             processbench.append(name)

@@ -8,7 +8,7 @@ PATH/TO/PRMBench is a checkout of ssmisya/PRMBench (its code is not shipped here
 framework's imports). `--eval` is the output of `actprm evaluate` on PRMBench's files: the official scorer
 scores its predictions.parquet (`idx` = `id`, `step_level_validity_labels` = `step_valid`), with the
 samples loaded from `--data` as the official loader builds them, and every figure is compared with
-metrics.json. `--synthetic N` also compares actprm.prmbench.prmbench_metrics with the official scorer on N
+metrics.json; the official samples actprm refused (error rows) are listed. `--synthetic N` also compares actprm.prmbench.prmbench_metrics with the official scorer on N
 random prediction sets with edge cases (no error predicted, every step an error, classes absent, `correct`
 samples missing, labels shorter than the solution). Prints the largest difference; writes JSON to --output.
 """
@@ -64,11 +64,15 @@ def compare_eval(ns: dict, eval_dir: Path, data: Path) -> dict:
     rows = [r for r in pq.read_table(eval_dir / "predictions.parquet").to_pylist() if r["benchmark"] == "prmbench"]
     raw = [json.loads(line) for f in sorted(glob.glob(str(data / "*.jsonl"))) for line in open(f)]
     ns["load_dir_of_jsonl_data_function_default"] = lambda _cfg: raw
-    official = ns["evaluate_function"](results_of(rows), ns["load_data_function"]())
+    meta = ns["load_data_function"]()
+    official = ns["evaluate_function"](results_of(rows), meta)
     mine = json.loads((eval_dir / "metrics.json").read_text())["prmbench"]
     diffs = differences(official, mine)
+    # the official scorer scores the predictions it is given: say which of its samples actprm refused
+    not_scored = sorted({m["idx"] for m in meta} - {r["id"] for r in rows})
     return {"figures": len(diffs), "max_abs_diff": max(d for _, d in diffs),
-            "over_1e-9": [k for k, d in diffs if d > 1e-9], "samples": len(rows)}
+            "over_1e-9": [k for k, d in diffs if d > 1e-9], "samples": len(rows),
+            "official_samples": len(meta), "refused_by_actprm": not_scored}
 
 
 def synthetic_rows(rnd: random.Random) -> list[dict]:

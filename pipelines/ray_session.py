@@ -104,6 +104,7 @@ def start_reaper() -> None:
     raylet = _raylet_pid()
     if raylet is None:
         return
+    _reapers[:] = [r for r in _reapers if r.poll() is None]  # those of earlier Rays, ended: reaped now
     _reapers.append(subprocess.Popen([sys.executable, "-c", _REAPER, str(raylet)], stdin=subprocess.PIPE,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 

@@ -657,6 +657,33 @@ def test_the_loop_annotates_under_the_same_drain(served, tmp_path):
     assert fake.requests == 4 and fake.total_paid == 4 == len(cache)
 
 
+def test_the_stop_policy_outlives_a_drain_and_leaves_an_ignored_hangup_ignored():
+    """Every verb runs under stop_signals_interrupt (SIGTERM/SIGHUP are Ctrl-C); a drain inside it (the loop's
+    rounds, judge-check) gives the policy back when it ends, and `nohup`'s ignored SIGHUP stays ignored."""
+    from actprm.judge.interrupt import annotate_draining, stop_signals_interrupt
+
+    class Instant:
+        async def annotate_async(self, rows, on_row=None):
+            return rows
+
+        async def aclose(self):
+            pass
+
+    with stop_signals_interrupt():
+        annotate_draining(Instant(), [{"id": "a"}], grace_s=1)
+        with pytest.raises(KeyboardInterrupt):  # not the default action, which would end the process
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with stop_signals_interrupt():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            annotate_draining(Instant(), [{"id": "a"}], grace_s=1)
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
 def test_an_abandoned_request_keeps_its_slot_while_the_server_works_on_it(served, tmp_path):
     """--timeout 1 against a judge that takes 3 s: a request given up on at 1 s is still the server's work
     until 3 s, so it holds its place under --concurrency until its reply comes (or a bound passes): the

@@ -578,13 +578,17 @@ def row_bytes(array: pa.Array) -> np.ndarray:
         return np.where(array.is_null().to_numpy(zero_copy_only=False), 0, picked)
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
         return pc.binary_length(array).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-    if pa.types.is_list(t) or pa.types.is_large_list(t):
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_map(t):
         total = np.concatenate([[0], np.cumsum(row_bytes(array.values))])
         offsets = array.offsets.to_numpy(zero_copy_only=False)
         return total[offsets[1:]] - total[offsets[:-1]] + 8 * np.diff(offsets)
     if pa.types.is_struct(t):
         return sum((row_bytes(f) for f in array.flatten()), np.zeros(len(array), dtype=np.int64))
-    return np.full(len(array), 8, dtype=np.int64)
+    if pa.types.is_primitive(t) or pa.types.is_decimal(t) or pa.types.is_null(t):
+        return np.full(len(array), 8, dtype=np.int64)
+    # any other type (fixed-size lists, views, unions): each row built alone and measured as JSON
+    return np.array([len(json.dumps(array.slice(i, 1).to_pylist(), default=str)) for i in range(len(array))],
+                    dtype=np.int64)
 
 
 def _parquet_records(src: SourceFile, batch_rows: int, limits: Limits) -> Iterator[list[tuple[int, Any]]]:

@@ -39,6 +39,7 @@ class GracefulInterrupt:
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._saved: dict[int, Any] = {}
 
     @property
     def requested(self) -> bool:
@@ -84,7 +85,9 @@ class GracefulInterrupt:
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
         try:
-            for signum in STOP_SIGNALS:
+            # a signal the process was told to ignore (`nohup`: SIGHUP) stays ignored
+            self._saved = {s: signal.getsignal(s) for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN}
+            for signum in self._saved:
                 self._loop.add_signal_handler(signum, self._on_signal, signum)
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
             self._loop = None
@@ -94,8 +97,10 @@ class GracefulInterrupt:
         if self._timer is not None:
             self._timer.cancel()
         if self._loop is not None:
-            for signum in STOP_SIGNALS:
-                self._loop.remove_signal_handler(signum)
+            for signum, handler in self._saved.items():
+                self._loop.remove_signal_handler(signum)  # leaves SIG_DFL (SIGINT: Python's): put back what was
+                if handler is not None:
+                    signal.signal(signum, handler)
         if self.cancelled and exc_type is asyncio.CancelledError:
             if self._task is not None:
                 self._task.uncancel()
@@ -130,7 +135,7 @@ def stop_signals_interrupt() -> Iterator[None]:
     saved = {}
     try:
         for signum in STOP_SIGNALS:
-            if signum != signal.SIGINT:
+            if signum != signal.SIGINT and signal.getsignal(signum) is not signal.SIG_IGN:  # `nohup` stays
                 saved[signum] = signal.signal(signum, raise_interrupt)
     except ValueError:  # not the main thread
         pass
