@@ -44,10 +44,9 @@ from actprm.io.subsets import prmbench_samples
 from actprm.judge import Annotator, make_annotator
 from actprm.judge.base import check_contract
 from actprm.labels import LabelCounts, labelled_rows
-from actprm.metrics import f1_table
+from actprm.metrics import benchmark_tables
 from actprm.model import PRM_CONFIG_NAME
 from actprm.outcome import OutcomeAnnotator
-from actprm.prmbench import prmbench_table
 from actprm.schemas import Limits, RowError
 from actprm.scoring import ScoreResult, score_trajectories
 from actprm.selection import (
@@ -361,10 +360,7 @@ class Evaluation:
     def table(self) -> str:
         """Subset, n, error_acc, correct_acc, F1 in percent, as `actprm evaluate` prints them (and PRMBench's
         classes, with PRMBench rows)."""
-        parts = [f1_table(self.metrics["subsets"], self.metrics["mean_f1"])] if self.metrics["subsets"] else []
-        if self.metrics["prmbench"]:
-            parts.append(prmbench_table(self.metrics["prmbench"]))
-        return "\n\n".join(parts)
+        return benchmark_tables(self.metrics)
 
 
 def evaluate(prm: PRM, data: Mapping[str, Records] | Records, *, threshold: float = 0.5,

@@ -21,6 +21,7 @@ from actprm.metrics import (
     best_threshold,
     checkpoint_threshold_metrics,
     prediction_row,
+    processbench_rows,
 )
 from actprm.scoring import ScoringStats, score_trajectories
 
@@ -63,7 +64,7 @@ def choose_threshold(rows: Sequence[dict[str, Any]], threshold: float, sweep_sub
     subset's F1 (actprm.metrics.best_threshold) and what the sweep found."""
     if sweep_subset is None:
         return threshold, None
-    part = [r for r in rows if r["subset"] == sweep_subset and r.get("benchmark", "processbench") == "processbench"]
+    part = [r for r in processbench_rows(rows) if r["subset"] == sweep_subset]
     try:
         best_t, best = best_threshold([r["step_mean"] for r in part], [r["label"] for r in part])
     except ValueError:

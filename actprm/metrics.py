@@ -229,14 +229,27 @@ def at_threshold(row: dict[str, Any], threshold: float) -> dict[str, Any]:
     return row
 
 
+def processbench_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The prediction rows ProcessBench's metric scores (every benchmark but PRMBench)."""
+    return [r for r in rows if r.get("benchmark", "processbench") == "processbench"]
+
+
 def benchmark_metrics(rows: Sequence[dict[str, Any]], subsets: Sequence[str]) -> dict[str, Any]:
     """ProcessBench's figures (:func:`compute_metrics`) over its rows and `subsets` (ProcessBench's), and under `prmbench` the
     PRMBench figures (actprm.prmbench.prmbench_metrics) of the PRMBench rows, None when there are none."""
-    pb = [r for r in rows if r.get("benchmark", "processbench") == "processbench"]
     prm = [r for r in rows if r.get("benchmark") == "prmbench"]
-    out = compute_metrics(pb, subsets)
+    out = compute_metrics(processbench_rows(rows), subsets)
     out["prmbench"] = prmbench.prmbench_metrics(prm) if prm else None
     return out
+
+
+def benchmark_tables(m: dict[str, Any], extra: Sequence[str] = ()) -> str:
+    """The tables a run prints: ProcessBench's (:func:`f1_table`, when it scored subsets) and PRMBench's
+    (actprm.prmbench.prmbench_table, when it scored PRMBench rows); `m` holds `subsets`, `mean_f1`, `prmbench`."""
+    parts = [f1_table(m["subsets"], m["mean_f1"], extra)] if m["subsets"] else []
+    if m["prmbench"]:
+        parts.append(prmbench.prmbench_table(m["prmbench"]))
+    return "\n\n".join(parts)
 
 
 def f1_table(subsets: dict[str, dict[str, Any]], mean: float | None, extra: Sequence[str] = ()) -> str:
@@ -268,7 +281,7 @@ def checkpoint_threshold_metrics(rows: list[dict[str, Any]], names: list[str], c
     if not calibration:
         return None
     t = float(calibration["threshold"])
-    m = compute_metrics([r | {"prediction": predict_first_error(r["step_mean"], t)} for r in rows
-                         if r.get("benchmark", "processbench") == "processbench"], names)
+    m = compute_metrics([r | {"prediction": predict_first_error(r["step_mean"], t)} for r in processbench_rows(rows)],
+                        names)
     return {"threshold": t, "mean_f1": m["mean_f1"],
             "subsets": {k: {f: v.get(f) for f in ("f1", "error_acc", "correct_acc")} for k, v in m["subsets"].items()}}

@@ -29,8 +29,7 @@ from actprm.evaluation import choose_threshold, evaluation_metrics, predict_rows
 from actprm.io.readers import known_rows
 from actprm.io.subsets import Subset, labelled_batches, resolve_subsets
 from actprm.io.writers import StagedOutput, write_parquet_atomic
-from actprm.metrics import f1_table
-from actprm.prmbench import prmbench_table
+from actprm.metrics import benchmark_tables
 from actprm.progress import JobResult, RowCounts, progress_bar
 from actprm.schemas import table_from_rows
 from actprm.scoring import ScoringStats
@@ -45,10 +44,7 @@ class EvaluateResult(JobResult):
     output: Path
 
     def details(self) -> str:
-        parts = [f1_table(self.metrics["subsets"], self.metrics["mean_f1"])] if self.metrics["subsets"] else []
-        if self.metrics["prmbench"]:
-            parts.append(prmbench_table(self.metrics["prmbench"]))
-        return "\n\n".join(parts)
+        return benchmark_tables(self.metrics)
 
     def summary_line(self) -> str:
         m = self.metrics

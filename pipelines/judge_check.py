@@ -34,8 +34,8 @@ from actprm.io.writers import optional_output, write_parquet_atomic
 from actprm.judge import error_kind, make_annotator
 from actprm.judge.budget import check_spend_settings
 from actprm.judge.interrupt import annotate_draining
-from actprm.metrics import f1_table, mean_f1, processbench_scores
-from actprm.prmbench import prmbench_metrics, prmbench_table
+from actprm.metrics import benchmark_tables, mean_f1, processbench_scores
+from actprm.prmbench import prmbench_metrics
 from actprm.progress import ReportResult
 from actprm.sample import BottomK
 from actprm.schemas import table_from_rows
@@ -65,11 +65,7 @@ def verdict_validity(first_error_step: int, n_steps: int) -> list[bool]:
 
 class JudgeCheckResult(ReportResult):
     def details(self) -> str:
-        parts = [f1_table(self.report["subsets"], self.report["mean_f1"], extra=("failed",))] \
-            if self.report["subsets"] else []
-        if self.report["prmbench"]:
-            parts.append(prmbench_table(self.report["prmbench"]))
-        return "\n\n".join(parts)
+        return benchmark_tables(self.report, extra=("failed",))
 
     def summary_line(self) -> str:
         r = self.report
